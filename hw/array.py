@@ -1,0 +1,250 @@
+"""Output-stationary systolic array, generic over the processing element (BM or MAC).
+
+Dataflow
+--------
+The array computes tiles of ``out[r, c] = (+)_k a[r, k] (x) b[c, k]`` for ``rows`` input rows
+(im2col windows, i.e. output pixels) and ``cols`` weight rows (output channels), with
+``(x), (+)`` from the PE kind (:mod:`hw.pe`). It is *output stationary*: PE ``(r, c)`` keeps the
+accumulator of output ``(r, c)``; row operands enter on the left and move right one PE per cycle,
+weight operands enter at the top and move down one PE per cycle, both skewed on entry so that
+PE ``(r, c)`` sees step ``k`` at cycle ``k + r + c``. One input beat carries step ``k`` of every
+row and every column; a beat with ``last`` set ends the tile. Tiles go back to back: the first
+beat after ``last`` restarts every accumulator in the same wave, so fill and drain of one tile
+overlap the next tile's compute and no cycle is lost between tiles of ``K >= rows`` steps.
+
+When a tile ends, each PE copies its result into a drain register of its column; the drain
+registers of a column shift down and leave the array at the bottom, one output row per cycle,
+de-skewed so that an output beat carries one input row across all ``cols`` columns. A tile
+therefore needs ``rows`` cycles to drain: a tile shorter than ``rows`` steps is held at its
+``last`` beat until ``rows`` cycles have passed since the previous ``last`` (``i.ready`` low).
+
+Back-pressure stalls the whole array (one clock enable): while an output beat is not taken,
+nothing moves and ``i.ready`` is low. Input bubbles (``i.valid`` low) are harmless: the array
+feeds a neutral operand that leaves the accumulators unchanged.
+
+Cycle model
+-----------
+With a source that never stalls and a sink that is always ready, a layer of ``tiles`` tiles of
+``K`` steps takes ``K + (tiles - 1) * max(K, rows) + 2 * rows + cols`` cycles from the first beat
+taken to the last output beat taken (inclusive); see :func:`predict_cycles`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Const, EnableInserter, Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ._util import check_count, check_params
+from .pe import pe_class
+
+__all__ = ["SystolicArray", "array_in_layout", "array_out_layout", "predict_cycles",
+           "tile_interval"]
+
+
+def array_in_layout(params, rows: int, cols: int) -> data.StructLayout:
+    """``{a: ArrayLayout(a_shape, rows), b: ArrayLayout(b_shape, cols), last: 1}``."""
+    pe = pe_class(params)
+    return data.StructLayout({
+        "a": data.ArrayLayout(pe.a_shape(params), rows),
+        "b": data.ArrayLayout(pe.b_shape(params), cols),
+        "last": 1,
+    })
+
+
+def array_out_layout(params, cols: int) -> data.StructLayout:
+    """``{acc: ArrayLayout(acc_shape, cols), last: 1}``: one input row's results."""
+    pe = pe_class(params)
+    return data.StructLayout({"acc": data.ArrayLayout(pe.acc_shape(params), cols), "last": 1})
+
+
+def tile_interval(rows: int, fan_in: int) -> int:
+    """Cycles between the starts of two back-to-back tiles of ``fan_in`` steps."""
+    return max(fan_in, rows)
+
+
+def predict_cycles(rows: int, cols: int, *, fan_in: int, pixels: int = 1,
+                   out_ch: int = 1, tiles: int | None = None) -> int:
+    """Cycles for one layer on a ``rows x cols`` array, first beat in to last result out.
+
+    The layer is ``pixels`` im2col windows of ``fan_in`` codes and ``out_ch`` output channels,
+    cut into ``ceil(pixels / rows) * ceil(out_ch / cols)`` tiles (or ``tiles`` when given), all
+    streamed back to back by a source that never stalls into a sink that is always ready.
+    """
+    check_count("rows", rows)
+    check_count("cols", cols)
+    check_count("fan_in", fan_in)
+    if tiles is None:
+        tiles = math.ceil(pixels / rows) * math.ceil(out_ch / cols)
+    check_count("tiles", tiles)
+    return fan_in + (tiles - 1) * tile_interval(rows, fan_in) + 2 * rows + cols
+
+
+class SystolicArray(wiring.Component):
+    """Output-stationary ``rows x cols`` array of BM or MAC processing elements.
+
+    See the module documentation for the dataflow and the cycle model.
+
+    Parameters
+    ----------
+    params : BMParams or MACParams
+        Picks the PE kind: :class:`hw.pe.BMPE` (max-plus) or :class:`hw.pe.MACPE`.
+    rows : int
+        Input rows (im2col windows) per tile.
+    cols : int
+        Weight rows (output channels) per tile.
+
+    Members
+    -------
+    i : In(stream.Signature(array_in_layout(params, rows, cols)))
+        One step ``k`` of a tile: ``a[r]`` is input row ``r``'s operand (BM: ``{lx, zero}`` from
+        the log unit; MAC: the activation code), ``b[c]`` is column ``c``'s weight (BM: ``Lw``;
+        MAC: ``w``). ``last`` marks the tile's final step. Unused rows or columns of a partial
+        tile may carry any value; their results are simply ignored downstream.
+    o : Out(stream.Signature(array_out_layout(params, cols)))
+        ``rows`` beats per tile, input row 0 first: ``acc[c]`` is the tile's result for that
+        row and column ``c`` (BM: ``{m, zero}``, with ``m = 0`` when ``zero``; MAC: the exact
+        sum, wrapping modulo ``2**acc_bits``). ``last`` marks row ``rows - 1``.
+    """
+
+    def __init__(self, params, *, rows: int, cols: int):
+        self.params = check_params(params, block="SystolicArray")
+        self.rows = check_count("rows", rows)
+        self.cols = check_count("cols", cols)
+        self.pe_class = pe_class(params)
+        super().__init__({
+            "i": In(stream.Signature(array_in_layout(params, rows, cols))),
+            "o": Out(stream.Signature(array_out_layout(params, cols))),
+        })
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a tile's ``last`` beat taken to its first output beat (sink ready)."""
+        return self.rows + self.cols + 1
+
+    @property
+    def min_tile_interval(self) -> int:
+        """Fewest cycles between two ``last`` beats: one tile's drain."""
+        return self.rows
+
+    def predict_cycles(self, **kwargs) -> int:
+        """:func:`predict_cycles` for this array."""
+        return predict_cycles(self.rows, self.cols, **kwargs)
+
+    def elaborate(self, platform):
+        p, R, C, PE = self.params, self.rows, self.cols, self.pe_class
+        m = Module()
+        core = Module()  # every register of the array, under one clock enable
+        en = Signal()
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        m.submodules.core = EnableInserter(en)(core)
+
+        # -- input: tile spacing, first flag, bubbles ------------------------------------------
+        gap = Signal(range(R + 1), init=R)  # enabled cycles since the last `last` taken
+        start = Signal(init=1)  # the next beat taken begins a tile
+        last_ok = Signal()
+        m.d.comb += [
+            last_ok.eq(gap >= R),
+            self.i.ready.eq(en & (~self.i.payload.last | last_ok)),
+        ]
+        take = Signal()
+        m.d.comb += take.eq(self.i.valid & self.i.ready)
+        with core.If(take & self.i.payload.last):
+            core.d.sync += gap.eq(1)
+        with core.Elif(gap < R):
+            core.d.sync += gap.eq(gap + 1)
+        with core.If(take):
+            core.d.sync += start.eq(self.i.payload.last)
+
+        a_shape, b_shape = PE.a_shape(p), PE.b_shape(p)
+        row_layout = data.StructLayout({"a": a_shape, "first": 1, "last": 1})
+        if isinstance(a_shape, data.Layout):
+            neutral_a = a_shape.const(PE.neutral_a)
+        else:
+            neutral_a = Const(PE.neutral_a, a_shape)
+
+        # -- row entry: physical row r takes input row R-1-r through r+1 registers -----------
+        row_in = []
+        for r in range(R):
+            x = Signal(row_layout, name=f"row_in{r}")
+            with m.If(take):
+                m.d.comb += [
+                    x.a.eq(self.i.payload.a[R - 1 - r]),
+                    x.first.eq(start),
+                    x.last.eq(self.i.payload.last),
+                ]
+            with m.Else():
+                m.d.comb += x.a.eq(neutral_a)
+            for d in range(r + 1):
+                y = Signal(row_layout, name=f"row_skew{r}_{d}")
+                core.d.sync += y.eq(x)
+                x = y
+            row_in.append(x)
+        col_in = []
+        for c in range(C):
+            x = Signal(b_shape, name=f"col_in{c}")
+            m.d.comb += x.eq(self.i.payload.b[c])
+            for d in range(c + 1):
+                y = Signal(b_shape, name=f"col_skew{c}_{d}")
+                core.d.sync += y.eq(x)
+                x = y
+            col_in.append(x)
+
+        # -- drain control: column c's (active, count) is column 0's delayed by c -------------
+        active = [Signal(name=f"drain_active{c}") for c in range(C)]
+        count = [Signal(range(R), name=f"drain_count{c}") for c in range(C)]
+
+        # -- PE grid ---------------------------------------------------------------------------
+        acc_shape = PE.acc_shape(p)
+        chain = [[Signal(acc_shape, name=f"drain{r}_{c}") for c in range(C)] for r in range(R)]
+        row_reg = [[None] * C for _ in range(R)]
+        b_reg = [[None] * C for _ in range(R)]
+        for r in range(R):
+            for c in range(C):
+                pe = PE(p)
+                core.submodules[f"pe{r}_{c}"] = pe
+                a_src = row_in[r] if c == 0 else row_reg[r][c - 1]
+                b_src = col_in[c] if r == 0 else b_reg[r - 1][c]
+                core.d.comb += [pe.a.eq(a_src.a), pe.b.eq(b_src), pe.first.eq(a_src.first)]
+                row_reg[r][c] = Signal(row_layout, name=f"row{r}_{c}")
+                b_reg[r][c] = Signal(b_shape, name=f"b{r}_{c}")
+                core.d.sync += [row_reg[r][c].eq(a_src), b_reg[r][c].eq(b_src)]
+                # the tile's result is in acc the cycle after `last` passed this PE
+                with core.If(row_reg[r][c].last):
+                    core.d.sync += chain[r][c].eq(pe.acc)
+                with core.Elif(active[c] & (count[c] <= r)):
+                    core.d.sync += chain[r][c].eq(chain[r - 1][c] if r > 0 else 0)
+
+        # the last tile row's result lands in the bottom drain register of column 0 ...
+        with core.If(row_reg[R - 1][0].last):
+            core.d.sync += [active[0].eq(1), count[0].eq(0)]
+        with core.Elif(active[0]):
+            with core.If(count[0] == R - 1):
+                core.d.sync += active[0].eq(0)
+            with core.Else():
+                core.d.sync += count[0].eq(count[0] + 1)
+        # ... then each column drains one cycle after its left neighbour
+        for c in range(1, C):
+            core.d.sync += [active[c].eq(active[c - 1]), count[c].eq(count[c - 1])]
+
+        # -- output: de-skew the columns ------------------------------------------------------
+        for c in range(C):
+            x = chain[R - 1][c]
+            for d in range(C - 1 - c):
+                y = Signal(acc_shape, name=f"out_skew{c}_{d}")
+                core.d.sync += y.eq(x)
+                x = y
+            if hasattr(acc_shape, "members") and "zero" in acc_shape.members:
+                m.d.comb += [
+                    self.o.payload.acc[c].m.eq(x.m & ~x.zero.replicate(len(x.m))),
+                    self.o.payload.acc[c].zero.eq(x.zero),
+                ]
+            else:
+                m.d.comb += self.o.payload.acc[c].eq(x)
+        m.d.comb += [
+            self.o.valid.eq(active[C - 1]),
+            self.o.payload.last.eq(count[C - 1] == R - 1),
+        ]
+        return m

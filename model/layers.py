@@ -1,0 +1,278 @@
+"""Conv2d and Linear layers in three forms: classical, 4-branch BM and 1.5-branch BM.
+
+Classical layers are plain :class:`torch.nn.Conv2d` / :class:`torch.nn.Linear` (valid padding,
+stride 1 for convs). The BM forms below have the same constructor geometry, the same ``weight``
+and ``bias`` shapes (so a classical layer converts by copying them, formula (2) of the paper), and
+a pluggable max approximation ``op`` (:class:`model.maxops.MaxOp`, alpha fixed or learnable).
+
+Conventions shared by both BM forms: a conv weight is ``(O, C, k, k)``, a linear weight ``(O, n)``;
+``n`` (``fan_in``) is ``C*k*k`` or ``n``; the branch ``B(u, v) = exp(op_i(ln u_i + ln v_oi))``
+is :func:`model.maxops.branch`. With ``op`` the hard max, ``B(u, v) = max_i u_i v_oi``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .maxops import MaxOp, branch
+
+__all__ = [
+    "BM4Conv2d",
+    "BM4Linear",
+    "BM15Conv2d",
+    "BM15Linear",
+    "BMLayer",
+    "BM4Layer",
+    "BM15Layer",
+    "convert",
+    "pow2_ceil",
+    "pow2_round",
+    "is_bm",
+    "layer_form",
+]
+
+
+def pow2_ceil(x: float) -> float:
+    """Smallest power of two ``>= x`` (x > 0)."""
+    return 2.0 ** math.ceil(math.log2(x))
+
+
+def pow2_round(x: float) -> float:
+    """Power of two nearest to ``x`` in the log domain (x > 0)."""
+    return 2.0 ** round(math.log2(x))
+
+
+class BMLayer(nn.Module):
+    """Common geometry of the BM layers: ``kind`` is ``"conv"`` or ``"linear"``."""
+
+    def __init__(self, kind: str, in_ch: int, out_ch: int, k: int, op: MaxOp | None):
+        super().__init__()
+        if kind not in ("conv", "linear"):
+            raise ValueError(f"kind must be 'conv' or 'linear', not {kind!r}")
+        if kind == "linear" and k != 1:
+            raise ValueError(f"a linear layer has k = 1, not {k!r}")
+        self.kind = kind
+        self.in_ch, self.out_ch, self.k = in_ch, out_ch, k
+        shape = (out_ch, in_ch, k, k) if kind == "conv" else (out_ch, in_ch)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        ref = nn.Conv2d(in_ch, out_ch, k) if kind == "conv" else nn.Linear(in_ch, out_ch)
+        with torch.no_grad():
+            self.weight.copy_(ref.weight)
+            self.bias.copy_(ref.bias)
+        self.op = op if op is not None else MaxOp("max")
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_ch * self.k * self.k
+
+    def _bias_shape(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(1, -1, 1, 1) if self.kind == "conv" else t.view(1, -1)
+
+    def window_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``sum_i x_i`` over each input window: ``(B, 1, Ho, Wo)`` or ``(B, 1)``."""
+        if self.kind == "linear":
+            return x.sum(1, keepdim=True)
+        s = x.sum(1, keepdim=True)
+        return F.avg_pool2d(s, self.k, stride=1, divisor_override=1)
+
+    def set_op(self, op: MaxOp) -> None:
+        self.op = op
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, in_ch={self.in_ch}, out_ch={self.out_ch}, k={self.k}"
+
+
+class BM4Layer(BMLayer):
+    """4-branch BM neuron (eq. 1 of the paper).
+
+    ``y = B(x+, w+) - B(x+, w-) - B(x-, w+) + B(x-, w-) + bias`` with ``x+ = max(x, 0)``,
+    ``x- = max(-x, 0)`` and likewise for ``w`` (zero parts are ``ln 0 = -inf``: no term). Branches
+    whose input part is all zero (e.g. ``x-`` after a ReLU) are skipped; they are exactly 0.
+
+    Attributes
+    ----------
+    weight, bias : Parameter
+        The classical weight and bias; conversion copies them (formula (2)).
+    op : MaxOp
+        The max or its approximation, with its alpha.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        wp, wn = w.clamp(min=0), (-w).clamp(min=0)
+        xp = x.clamp(min=0)
+        y = branch(xp, wp, self.op) - branch(xp, wn, self.op)
+        if bool((x < 0).any()):
+            xn = (-x).clamp(min=0)
+            y = y - branch(xn, wp, self.op) + branch(xn, wn, self.op)
+        return y + self._bias_shape(self.bias)
+
+
+class BM15Layer(BMLayer):
+    """1.5-branch BM neuron (section 3 of the paper, corrections read as sums).
+
+    ``y = B(x + dx, w_pos) - corr_x * sum_i x_i - corr_w * sum_i w_i - n*dx*dw + bias``
+
+    with ``w_pos = clamp(w + dw, min=dw * w_floor)``. At ``corr_x = dw``, ``corr_w = dx`` and LSE with
+    alpha = 1, this is the classical neuron exactly (for ``w > -dw``).
+
+    Attributes
+    ----------
+    weight : Parameter
+        Classical weight ``w``; the branch uses ``w + dw`` clamped to ``>= dw * w_floor``.
+    bias : Parameter
+        Per-channel bias ``b``.
+    dx : buffer, scalar
+        Input shift (``x + dx > 0`` for the log). After a ReLU it may be 0 (zero input means
+        ``ln 0 = -inf``, the hardware's zero flag).
+    dw : buffer, scalar
+        Weight shift, a power of two chosen so that ``w + dw > 0`` (see :func:`convert`).
+    corr_x : Parameter or buffer, scalar
+        Coefficient of the window-sum correction ``corr_x * sum x`` (``dw`` in the paper). The
+        integer datapath needs it to be a power of two (a shift): see :meth:`snap_corr`.
+    corr_w : Parameter or buffer, scalar
+        Coefficient of ``sum_i w_i`` (``dx`` in the paper). It folds into the bias.
+    op : MaxOp
+        The max or its approximation, with its alpha.
+    w_floor : float
+        Relative floor of ``w + dw`` (default ``2**-12``).
+
+    :meth:`folded_bias` gives ``bias - corr_w * sum w - n*dx*dw`` per channel, so that
+    ``y = B(x + dx, w_pos) - corr_x * sum x + folded_bias``, which is what the integer datapath
+    computes (:mod:`model.reference`).
+    """
+
+    def __init__(
+        self, kind, in_ch, out_ch, k, op=None, *, dx: float = 0.0, dw: float = 1.0,
+        learn_corr: bool = False, w_floor: float = 2.0**-12,
+    ):
+        super().__init__(kind, in_ch, out_ch, k, op)
+        if dx < 0:
+            raise ValueError(f"dx must be >= 0, not {dx!r}")
+        if dw <= 0:
+            raise ValueError(f"dw must be > 0, not {dw!r}")
+        self.register_buffer("dx", torch.tensor(float(dx)))
+        self.register_buffer("dw", torch.tensor(float(dw)))
+        self.w_floor = float(w_floor)
+        cx, cw = torch.tensor(float(dw)), torch.tensor(float(dx))
+        if learn_corr:
+            self.corr_x = nn.Parameter(cx)
+            self.corr_w = nn.Parameter(cw)
+        else:
+            self.register_buffer("corr_x", cx)
+            self.register_buffer("corr_w", cw)
+
+    def w_pos(self) -> torch.Tensor:
+        """The positive weights ``w + dw`` of the branch, clamped."""
+        return (self.weight + self.dw).clamp(min=float(self.dw) * self.w_floor)
+
+    def folded_bias(self) -> torch.Tensor:
+        red = tuple(range(1, self.weight.dim()))
+        sw = self.weight.sum(red)
+        return self.bias - self.corr_w * sw - self.fan_in * self.dx * self.dw
+
+    def forward(self, x: torch.Tensor, *, return_parts: bool = False):
+        e = branch(x + self.dx, self.w_pos(), self.op)
+        s = self.window_sum(x)
+        y = e - self.corr_x * s + self._bias_shape(self.folded_bias())
+        return (y, e, s) if return_parts else y
+
+    def set_dw(self, dw: float) -> None:
+        """Change ``dw`` keeping ``w + dw`` (the branch) unchanged."""
+        with torch.no_grad():
+            self.weight.add_(float(self.dw) - dw)
+            self.dw.fill_(dw)
+
+    def snap_corr(self, *, freeze: bool = True) -> float:
+        """Round ``corr_x`` to the nearest power of two (in log2); optionally stop learning it."""
+        with torch.no_grad():
+            v = pow2_round(max(float(self.corr_x), 1e-30))
+            self.corr_x.fill_(v)
+        if freeze and isinstance(self.corr_x, nn.Parameter):
+            self.corr_x.requires_grad_(False)
+        return v
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", dx={float(self.dx):.3g}, dw={float(self.dw):.3g}, corr_x={float(self.corr_x):.4g}"
+        )
+
+
+def BM4Conv2d(in_ch: int, out_ch: int, kernel_size: int, *, op: MaxOp | None = None) -> BM4Layer:
+    return BM4Layer("conv", in_ch, out_ch, kernel_size, op)
+
+
+def BM4Linear(in_features: int, out_features: int, *, op: MaxOp | None = None) -> BM4Layer:
+    return BM4Layer("linear", in_features, out_features, 1, op)
+
+
+def BM15Conv2d(in_ch: int, out_ch: int, kernel_size: int, *, op=None, **kw) -> BM15Layer:
+    return BM15Layer("conv", in_ch, out_ch, kernel_size, op, **kw)
+
+
+def BM15Linear(in_features: int, out_features: int, *, op=None, **kw) -> BM15Layer:
+    return BM15Layer("linear", in_features, out_features, 1, op, **kw)
+
+
+def is_bm(layer: nn.Module) -> bool:
+    return isinstance(layer, BMLayer)
+
+
+def layer_form(layer: nn.Module) -> str:
+    """``"classical"``, ``"bm4"`` or ``"bm15"``."""
+    if isinstance(layer, BM15Layer):
+        return "bm15"
+    if isinstance(layer, BM4Layer):
+        return "bm4"
+    return "classical"
+
+
+def _geometry(layer: nn.Module):
+    if isinstance(layer, nn.Conv2d):
+        if layer.stride != (1, 1) or layer.padding not in ((0, 0), "valid") or layer.groups != 1:
+            raise ValueError("only valid, stride-1, ungrouped convolutions convert to BM")
+        return "conv", layer.in_channels, layer.out_channels, layer.kernel_size[0]
+    if isinstance(layer, nn.Linear):
+        return "linear", layer.in_features, layer.out_features, 1
+    if isinstance(layer, BMLayer):
+        return layer.kind, layer.in_ch, layer.out_ch, layer.k
+    raise TypeError(f"cannot convert {type(layer).__name__}")
+
+
+def convert(
+    layer: nn.Module, form: str, *, op: MaxOp | None = None, dx: float = 0.0,
+    dw: float | None = None, learn_corr: bool = False, dw_margin: float = 1.0,
+) -> nn.Module:
+    """Convert a trained layer to ``form`` (``"classical"``, ``"bm4"`` or ``"bm15"``), keeping weights.
+
+    For ``"bm15"`` with ``dw=None`` the shift is the smallest power of two with
+    ``w + dw >= (dw_margin - 1) * |min w|``... in short ``dw = pow2_ceil(dw_margin * max(-w, tiny))``
+    so that every ``w + dw > 0`` (``dw_margin > 1`` leaves head room).
+    """
+    kind, cin, cout, k = _geometry(layer)
+    w = layer.weight.detach()
+    b = layer.bias.detach() if layer.bias is not None else torch.zeros(cout)
+    if form == "classical":
+        new = nn.Conv2d(cin, cout, k) if kind == "conv" else nn.Linear(cin, cout)
+        bias = layer.folded_bias().detach() if isinstance(layer, BM15Layer) else b
+    elif form == "bm4":
+        new = BM4Layer(kind, cin, cout, k, op)
+        bias = b
+    elif form == "bm15":
+        if dw is None:
+            neg = float((-w).max().clamp(min=1e-8))
+            dw = pow2_ceil(neg * dw_margin * (1 + 1e-6))
+        new = BM15Layer(kind, cin, cout, k, op, dx=dx, dw=dw, learn_corr=learn_corr)
+        bias = b
+    else:
+        raise ValueError(f"form must be 'classical', 'bm4' or 'bm15', not {form!r}")
+    with torch.no_grad():
+        new.weight.copy_(w)
+        new.bias.copy_(bias)
+    return new

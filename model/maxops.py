@@ -1,0 +1,287 @@
+"""Max and its continuous approximations, and the morphological "branch" built on them.
+
+A bipolar morphological (BM) neuron replaces ``sum_i u_i v_i`` (``u`` inputs, ``v`` weights, both
+``>= 0``) by the *branch* ``exp(op_i(ln u_i + ln v_i))`` where ``op`` is a max or one of its
+approximations (METHOD.md section 2). A zero ``u_i`` or ``v_i`` is ``ln 0 = -inf``: that term
+takes no part (the hardware's zero flag), and a window with no positive term gives 0.
+
+``op`` for a vector ``z`` and temperature ``alpha``:
+
+- ``"max"``:    ``max_i z_i``. The branch is ``max_i u_i v_i`` (a max-times product).
+- ``"lse"``:    ``(1/alpha) ln sum_i exp(alpha z_i)``. The branch is ``(sum_i (u_i v_i)^alpha)^(1/alpha)``;
+  at ``alpha = 1`` it is exactly ``sum_i u_i v_i``, the classical neuron.
+- ``"smorph"``: ``sum_i z_i e^{alpha z_i} / sum_i e^{alpha z_i}`` (softmax-weighted mean of z).
+- ``"lmorph"``: the Lehmer mean ``sum_i p_i^(alpha+1) / sum_i p_i^alpha``. It needs positive
+  arguments, which the logs ``z`` are not, so it is taken over the products ``p_i = u_i v_i``
+  (the branch is the Lehmer mean itself). It also tends to ``max_i p_i``.
+
+All tend to the max as alpha grows. Every smooth form is a ratio of convolutions of powers of ``u``
+and ``v``, so :func:`branch` computes it with ``conv2d`` (or a matmul), stabilised per window: the
+window's ``max u`` (a max-pool) and the channel's ``max v`` are factored out before raising to
+``alpha`` and multiplied back afterwards, so all-zero windows and large alpha neither overflow nor
+give NaN gradients. The hard max uses ``tropical-gemm``'s max-times product with argmax tracking
+and a scatter (``index_add_``) backward. :func:`branch_naive` is the direct unfold-and-reduce
+definition the fast paths are tested against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["KINDS", "MaxOp", "branch", "branch_naive", "maxtimes_conv"]
+
+KINDS = ("max", "lse", "smorph", "lmorph")
+
+try:  # pragma: no cover - exercised whenever the package is installed
+    import tropical_gemm as _tg
+except ImportError:  # pragma: no cover
+    _tg = None
+
+_F64_ALPHA = 4.0  # above this alpha, smooth branches are computed in float64
+_CHUNK = 1 << 23  # elements of an im2col buffer per tropical-gemm call
+
+
+class MaxOp(nn.Module):
+    """A max approximation with its temperature.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`KINDS`.
+    alpha : float
+        Temperature (ignored by ``"max"``). Values below ``alpha_min`` are clamped in use.
+    learnable : bool
+        Make ``alpha`` a trainable scalar parameter (per layer: each layer owns its MaxOp).
+    alpha_min : float
+        Lower clamp of alpha. 1 keeps the power ``u**alpha`` differentiable at ``u = 0``.
+    """
+
+    def __init__(
+        self, kind: str = "max", *, alpha: float = 1.0, learnable: bool = False,
+        alpha_min: float = 1.0,
+    ):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        self.kind = kind
+        self.alpha_min = float(alpha_min)
+        t = torch.tensor(float(alpha))
+        if learnable:
+            self.alpha_param = nn.Parameter(t)
+        else:
+            self.register_buffer("alpha_param", t)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.alpha_param.clamp(min=self.alpha_min)
+
+    @property
+    def learnable(self) -> bool:
+        return isinstance(self.alpha_param, nn.Parameter) and self.alpha_param.requires_grad
+
+    def set_alpha(self, alpha: float) -> None:
+        with torch.no_grad():
+            self.alpha_param.fill_(float(alpha))
+
+    def freeze(self) -> None:
+        """Stop learning alpha; keep its current value."""
+        if isinstance(self.alpha_param, nn.Parameter):
+            self.alpha_param.requires_grad_(False)
+
+    def reduce(self, z: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """``op`` applied to log-domain terms ``z`` (``-inf`` allowed) along ``dim``.
+
+        For ``"lmorph"`` the Lehmer mean is taken over ``exp(z)`` and its log returned.
+        """
+        a = self.alpha.to(z.dtype)
+        if self.kind == "max":
+            return z.amax(dim)
+        if self.kind == "lse":
+            return torch.logsumexp(a * z, dim) / a
+        m = z.amax(dim, keepdim=True)
+        empty = ~torch.isfinite(m.squeeze(dim))  # every term is -inf: the result is -inf
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        zs = torch.where(torch.isfinite(z), z - m, torch.full_like(z, -torch.inf))
+        if self.kind == "smorph":
+            wts = torch.softmax(a * zs, dim)
+            r = torch.where(wts > 0, wts * zs, torch.zeros_like(z)).sum(dim)
+        else:
+            r = torch.logsumexp((a + 1) * zs, dim) - torch.logsumexp(a * zs, dim)
+        r = r + m.squeeze(dim)
+        return torch.where(empty, torch.full_like(r, -torch.inf), r)
+
+    def extra_repr(self) -> str:
+        if self.kind == "max":
+            return "kind='max'"
+        return f"kind={self.kind!r}, alpha={float(self.alpha):.4g}, learnable={self.learnable}"
+
+
+# -- hard max: max-times product through tropical-gemm ----------------------------------------
+def _tropical(cols: np.ndarray, pk: np.ndarray):
+    if cols.dtype == np.float64:
+        c, a = _tg.maxmul_matmul_with_argmax_f64(cols, pk)
+    else:
+        c, a = _tg.maxmul_matmul_with_argmax(cols, pk)
+    return np.asarray(c), np.asarray(a)
+
+
+def _maxtimes_cols(cols: torch.Tensor, pk: torch.Tensor):
+    """``out[m, o] = max_k cols[m, k] * pk[k, o]`` and its argmax over k (int64)."""
+    if _tg is not None:
+        c, a = _tropical(cols.numpy(), pk.numpy())
+        m, o = cols.shape[0], pk.shape[1]
+        return torch.from_numpy(c).view(m, o), torch.from_numpy(a).view(m, o).long()
+    prod = cols[:, :, None] * pk[None]  # pragma: no cover - fallback without tropical-gemm
+    v, a = prod.max(1)
+    return v, a
+
+
+class _MaxTimesConv(torch.autograd.Function):
+    """``y[b, o, i, j] = max_{c,ky,kx} u[b, c, i+ky, j+kx] * v[o, c, ky, kx]`` (valid, stride 1).
+
+    Inputs must be >= 0 and weights > 0. Ties go to one argmax; the gradient flows to it only.
+    """
+
+    @staticmethod
+    def forward(ctx, u, v):
+        b, c, h, w = u.shape
+        o, _, k, _ = v.shape
+        ho, wo = h - k + 1, w - k + 1
+        kk = k * k * c
+        uh = u.detach().permute(0, 2, 3, 1).contiguous()
+        pk = v.detach().permute(2, 3, 1, 0).reshape(kk, o).contiguous()
+        s = uh.stride()
+        out = torch.empty(b, ho, wo, o, dtype=u.dtype)
+        am = torch.empty(b, ho, wo, o, dtype=torch.long)
+        step = max(1, _CHUNK // max(1, ho * wo * kk))
+        for b0 in range(0, b, step):
+            nb = min(step, b - b0)
+            view = uh[b0 : b0 + nb].as_strided(
+                (nb, ho, wo, k, k, c), (s[0], s[1], s[2], s[1], s[2], s[3])
+            )
+            val, arg = _maxtimes_cols(view.reshape(nb * ho * wo, kk), pk)
+            out[b0 : b0 + nb] = val.view(nb, ho, wo, o)
+            am[b0 : b0 + nb] = arg.view(nb, ho, wo, o)
+        ctx.save_for_backward(uh, pk, am)
+        ctx.shape = (b, c, h, w, k)
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        uh, pk, am = ctx.saved_tensors
+        b, c, h, w, k = ctx.shape
+        kk, o = pk.shape
+        ho, wo = h - k + 1, w - k + 1
+        gh = g.permute(0, 2, 3, 1)
+        ky = torch.arange(k).view(k, 1, 1)
+        kx = torch.arange(k).view(1, k, 1)
+        cc = torch.arange(c).view(1, 1, c)
+        off = (ky * (w * c) + kx * c + cc).reshape(kk)
+        base = (
+            torch.arange(b).view(b, 1, 1, 1) * (h * w * c)
+            + torch.arange(ho).view(1, ho, 1, 1) * (w * c)
+            + torch.arange(wo).view(1, 1, wo, 1) * c
+        )
+        idx = (base + off[am]).reshape(-1)
+        gu = gv = None
+        if ctx.needs_input_grad[0]:
+            pv = pk[am, torch.arange(o)]
+            gu = torch.zeros(b * h * w * c, dtype=g.dtype)
+            gu.index_add_(0, idx, (gh * pv).reshape(-1))
+            gu = gu.view(b, h, w, c).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            uv = uh.reshape(-1)[idx].view_as(am)
+            gv = torch.zeros(kk * o, dtype=g.dtype)
+            gv.index_add_(0, (am * o + torch.arange(o)).reshape(-1), (gh * uv).reshape(-1))
+            gv = gv.view(k, k, c, o).permute(3, 2, 0, 1)
+        return gu, gv
+
+
+def maxtimes_conv(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Hard-max branch ``max_i u_i v_i`` for a conv (4-D) or linear (2-D) geometry."""
+    if u.dim() == 2:
+        return _MaxTimesConv.apply(u[:, :, None, None], v[:, :, None, None])[:, :, 0, 0]
+    return _MaxTimesConv.apply(u, v)
+
+
+# -- smooth branches through convolutions -------------------------------------------------------
+def _conv(a, b):
+    return a @ b.t() if a.dim() == 2 else F.conv2d(a, b)
+
+
+def _safe_pow(x, a):
+    """``x**a`` for ``x >= 0`` with the value and gradient 0 at ``x = 0``."""
+    xs = torch.where(x > 0, x, torch.ones_like(x))
+    return torch.where(x > 0, xs**a, torch.zeros_like(x))
+
+
+def _safe_xlogx_pow(x, a):
+    """``x**a * ln x`` with the limit 0 at ``x = 0``."""
+    xs = torch.where(x > 0, x, torch.ones_like(x))
+    return torch.where(x > 0, xs**a * torch.log(xs), torch.zeros_like(x))
+
+
+def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
+    """``exp(op_i(ln u_i + ln v_oi))`` for inputs ``u >= 0`` and weights ``v >= 0``.
+
+    ``u``: ``(B, C, H, W)`` with ``v``: ``(O, C, k, k)`` (valid conv, stride 1), or ``u``:
+    ``(B, n)`` with ``v``: ``(O, n)``. Returns ``(B, O, H-k+1, W-k+1)`` or ``(B, O)``.
+
+    Smooth kinds: inputs are divided by each sample's largest input and weights by each output
+    channel's largest weight (both detached: the result does not depend on them), raised to alpha,
+    convolved, and the scale multiplied back. A window whose terms are all zero (or underflow)
+    gives 0 with a zero gradient instead of ``0 * inf``. Above alpha = 4 the arithmetic is float64.
+    """
+    if op.kind == "max":
+        return maxtimes_conv(u, v)
+    dtype = u.dtype
+    a = op.alpha
+    if float(a) > _F64_ALPHA and dtype != torch.float64:
+        u, v = u.double(), v.double()
+    a = a.to(u.dtype)
+    tiny = torch.finfo(u.dtype).tiny
+    red_u = tuple(range(1, u.dim()))
+    red_v = tuple(range(1, v.dim()))
+    mu = u.detach().amax(red_u, keepdim=True).clamp(min=tiny)
+    mv = v.detach().amax(red_v, keepdim=True).clamp(min=tiny)
+    scale = mu * mv.reshape((1, -1) + (1,) * (u.dim() - 2))
+    un, vn = u / mu, v / mv
+    pu, pv = _safe_pow(un, a), _safe_pow(vn, a)
+    den = _conv(pu, pv)
+    ok = den > 0
+    dens = torch.where(ok, den, torch.ones_like(den))
+    if op.kind == "lse":
+        r = dens ** (1 / a)
+    elif op.kind == "lmorph":
+        r = _conv(_safe_pow(un, a + 1), _safe_pow(vn, a + 1)) / dens
+    else:  # smorph: exp(sum z e^{az} / sum e^{az})
+        num = _conv(_safe_xlogx_pow(un, a), pv) + _conv(pu, _safe_xlogx_pow(vn, a))
+        r = torch.exp(num / dens)
+    out = torch.where(ok, r * scale, torch.zeros_like(r))
+    return out.to(dtype)
+
+
+def branch_naive(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
+    """Direct definition of :func:`branch` by unfolding (slow; for tests and small shapes)."""
+    lu = torch.log(u)
+    lv = torch.log(v)
+    if u.dim() == 2:
+        z = lu[:, None, :] + lv[None]
+        r = op.reduce(z, -1)
+        return torch.exp(r)
+    b, c, h, w = u.shape
+    o, _, k, _ = v.shape
+    cols = F.unfold(u, k)  # (B, C*k*k, P)
+    z = torch.log(cols)[:, None, :, :] + lv.reshape(1, o, -1, 1)
+    r = torch.exp(op.reduce(z, 2))
+    return r.view(b, o, h - k + 1, w - k + 1)
+
+
+def log2_round(x: float) -> float:
+    """Nearest power of two of a positive number, in the log domain."""
+    return 2.0 ** round(math.log2(x))

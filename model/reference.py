@@ -1,0 +1,391 @@
+"""Bit-exact NumPy reference of integer 1.5-branch BM inference and of the int8 MAC baseline.
+
+NumPy only: no torch. This is the golden model. The RTL in ``hw/`` may only do what these
+functions do, and these functions only do what adders, comparators, shifts and two small tables
+can do. Every stage is a separate function (``ref_log``, ``ref_exp``, ``ref_branch``,
+``ref_correction``, ``ref_requant``, ``ref_bm_layer``) so that tests can compare stage by stage.
+
+Integer 1.5-branch BM inference (``p`` is a :class:`model.params.BMParams`)
+--------------------------------------------------------------------------
+Activations are unsigned codes ``x`` in ``0 .. 2**a_bits - 1``. A float activation is
+``x * 2**-e`` for a per-layer power-of-two scale.
+
+1. **Log unit.** ``u = x + dx``. If ``u == 0`` the zero flag is set (log is minus infinity) and
+   ``Lx = 0``. Otherwise ``e`` is the position of the leading one of ``u`` (``u_bits`` wide), the
+   bits below it are left-aligned and truncated to ``mant_bits`` bits ``m`` (zero-filled when
+   fewer exist), and ``Lx = e * 2**f + LOG[m]`` with ``LOG[m] = round(2**f * log2(1 + m/2**mant_bits))``.
+   ``Lx`` is unsigned, ``lx_bits`` wide, ``f = log_frac`` fractional bits.
+2. **Weights** are stored as signed ``w_log_bits`` codes ``Lw = round(2**f * log2((w + dw) * k))``
+   where ``k`` folds the layer's power-of-two scales (chosen by quantization), clamped to the
+   code range. The most negative code is an ordinary value, not minus infinity.
+3. **Branch.** ``M = max_i (Lx_i + Lw_i)`` over the inputs whose zero flag is clear. If every
+   input of the window is flagged, the branch is flagged (its exp is 0).
+4. **Exp unit.** ``q = M >> f`` (floor), ``r = M & (2**f - 1)``, ``v = EXP[r]`` with
+   ``EXP[r] = round(2**t * 2**(r/2**f))``, ``t = exp_table_bits``. The result is
+   ``v << (q - t)`` when ``q >= t`` and ``v >> (t - q)`` (floor) otherwise, saturated to
+   ``2**exp_bits - 1``. A flagged branch gives 0.
+5. **Correction.** ``S = sum_i x_i`` (the raw codes, over the same window); ``dw`` is a power of
+   two, so ``dw * sum x`` in accumulator units is ``S << c_shift``. The terms
+   ``dx * sum w + n*dx*dw`` and the float bias fold into one integer bias per output channel:
+   ``acc = E - (S << c_shift) + bias[c]``, computed exactly (no intermediate overflow: widths are
+   chosen by :func:`bm_acc_bits`).
+6. **Requantization.** ``y = (acc + 2**(s-1)) >> s`` (``s = out_shift``; no rounding term when
+   ``s == 0``), an arithmetic shift, i.e. round half up. A hidden layer saturates ``y`` to
+   ``0 .. 2**a_bits - 1``: the saturation at zero is the ReLU. The last layer outputs ``y``
+   saturated to a signed ``acc_bits`` logit. Max-pool, where used, is a comparator over codes.
+
+The network's predicted class is the index of the first maximal logit.
+
+Integer MAC baseline (``p`` is a :class:`model.params.MACParams`)
+-----------------------------------------------------------------
+``acc = sum_i x_i * w_i + bias[c]`` with unsigned ``a_bits`` activations and signed ``w_bits``
+weights, exact in ``acc_bits``, then the same requantization as above.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .params import BMParams, LayerSpec, MACParams
+
+__all__ = [
+    "ref_log",
+    "ref_exp",
+    "ref_branch",
+    "ref_window_sum",
+    "ref_correction",
+    "ref_requant",
+    "ref_maxpool",
+    "im2col",
+    "ref_bm_layer",
+    "ref_mac_layer",
+    "ref_network",
+    "bm_acc_bits",
+    "mac_acc_bits",
+    "predict",
+]
+
+
+def _as_int(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.int64)
+
+
+# -- stages ------------------------------------------------------------------------------------
+def ref_log(p: BMParams, x):
+    """Log unit: ``(Lx, zero)`` for activation codes ``x`` (any shape)."""
+    x = _as_int(x)
+    if np.any((x < 0) | (x > p.a_max)):
+        raise ValueError(f"activation codes must be in 0..{p.a_max}")
+    u = x + p.dx
+    zero = u == 0
+    uu = np.where(zero, 1, u)
+    e = np.floor(np.log2(uu)).astype(np.int64)
+    # guard against float rounding of log2 near powers of two
+    e = np.where((1 << e) > uu, e - 1, e)
+    e = np.where((1 << (e + 1)) <= uu, e + 1, e)
+    frac = uu - (1 << e)  # bits below the leading one, e of them
+    mb = p.mant_bits
+    m = np.where(e >= mb, frac >> np.maximum(e - mb, 0), frac << np.maximum(mb - e, 0))
+    table = np.asarray(p.log_table, dtype=np.int64)
+    lx = (e << p.log_frac) + table[m]
+    lx = np.where(zero, 0, lx)
+    return lx, zero
+
+
+def ref_exp(p: BMParams, m, zero=None):
+    """Exp unit: ``2**(M / 2**f)`` as an unsigned, saturating ``exp_bits`` integer."""
+    m = _as_int(m)
+    q = m >> p.log_frac
+    r = m & ((1 << p.log_frac) - 1)
+    v = np.asarray(p.exp_table, dtype=np.int64)[r]
+    s = q - p.exp_table_bits
+    # v < 2**(t+1): a left shift beyond exp_bits saturates for sure; clip to keep int64 safe
+    left = v << np.clip(s, 0, p.exp_bits + 1)
+    right = v >> np.clip(-s, 0, 62)
+    out = np.where(s >= 0, left, right)
+    out = np.minimum(out, p.exp_max)
+    if zero is not None:
+        out = np.where(_as_int(zero) != 0, 0, out)
+    return out
+
+
+def ref_branch(p: BMParams, lx, zx, lw):
+    """Max-plus branch: ``(M, zero)`` with ``M[..., c] = max_i (lx[..., i] + lw[c, i])``.
+
+    ``lx``, ``zx``: ``(..., n)`` log codes and zero flags; ``lw``: ``(C, n)`` weight codes.
+    """
+    lx = _as_int(lx)
+    zx = np.asarray(zx, dtype=bool)
+    lw = _as_int(lw)
+    if np.any((lw < p.w_log_min) | (lw > p.w_log_max)):
+        raise ValueError(f"weight log codes must be in {p.w_log_min}..{p.w_log_max}")
+    neg = np.int64(-(1 << 40))
+    lxm = np.where(zx, neg, lx)
+    # (..., 1, n) + (C, n) -> (..., C, n), chunked over the leading rows to bound memory
+    flat = lxm.reshape(-1, lxm.shape[-1])
+    out = np.empty((flat.shape[0], lw.shape[0]), dtype=np.int64)
+    step = max(1, (1 << 22) // max(1, lw.size))
+    for i in range(0, flat.shape[0], step):
+        out[i : i + step] = (flat[i : i + step, None, :] + lw[None, :, :]).max(axis=-1)
+    out = out.reshape(lxm.shape[:-1] + (lw.shape[0],))
+    zero = out < neg // 2
+    return np.where(zero, 0, out), zero
+
+
+def ref_window_sum(x):
+    """Input-window sum ``S = sum_i x_i`` over the last axis."""
+    return _as_int(x).sum(axis=-1)
+
+
+def ref_correction(p: BMParams, e, s, bias, c_shift: int):
+    """``acc = E - (S << c_shift) + bias``, exact. ``e``: (..., C); ``s``: (...,); ``bias``: (C,)."""
+    if not 0 <= c_shift <= p.max_c_shift:
+        raise ValueError(f"c_shift must be in 0..{p.max_c_shift}, not {c_shift!r}")
+    return _as_int(e) - (_as_int(s)[..., None] << c_shift) + _as_int(bias)
+
+
+def ref_requant(p: BMParams | MACParams, acc, shift: int, relu: bool):
+    """Rounding arithmetic right shift, then saturation (ReLU codes, or signed logits)."""
+    acc = _as_int(acc)
+    if shift < 0:
+        raise ValueError(f"shift must be >= 0, not {shift!r}")
+    y = (acc + (1 << (shift - 1))) >> shift if shift > 0 else acc
+    if relu:
+        return np.clip(y, 0, p.a_max)
+    lim = 1 << (p.acc_bits - 1)
+    return np.clip(y, -lim, lim - 1)
+
+
+def ref_maxpool(x, k: int):
+    """Non-overlapping ``k x k`` max-pool of a ``(C, H, W)`` code map (floor on the edges)."""
+    x = _as_int(x)
+    if k == 1:
+        return x
+    c, h, w = x.shape
+    h2, w2 = h // k, w // k
+    return x[:, : h2 * k, : w2 * k].reshape(c, h2, k, w2, k).max(axis=(2, 4))
+
+
+def im2col(x, k: int):
+    """``(C, H, W)`` -> ``(Ho*Wo, C*k*k)`` patches, valid padding, stride 1.
+
+    Patch order is ``(c, ky, kx)``, matching a flattened ``(O, C, k, k)`` weight; patches go row
+    by row. This is the order in which the accelerator streams windows.
+    """
+    x = _as_int(x)
+    c, h, w = x.shape
+    ho, wo = h - k + 1, w - k + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input {h}x{w} is smaller than the kernel {k}x{k}")
+    s = x.strides
+    view = np.lib.stride_tricks.as_strided(
+        x, shape=(ho, wo, c, k, k), strides=(s[1], s[2], s[0], s[1], s[2]), writeable=False
+    )
+    return view.reshape(ho * wo, c * k * k), (ho, wo)
+
+
+def _layer_input(spec: LayerSpec, x):
+    x = _as_int(x)
+    if spec.kind == "conv":
+        if x.ndim != 3 or x.shape[0] != spec.in_ch:
+            raise ValueError(f"conv layer expects ({spec.in_ch}, H, W) codes, not {x.shape}")
+        return im2col(x, spec.k)
+    flat = x.reshape(-1)
+    if flat.size != spec.in_ch:
+        raise ValueError(f"linear layer expects {spec.in_ch} inputs, not {flat.size}")
+    return flat[None, :], None
+
+
+def _layer_output(p, spec: LayerSpec, acc, hw):
+    y = ref_requant(p, acc, spec.out_shift, spec.relu)
+    if spec.kind == "conv":
+        ho, wo = hw
+        y = y.T.reshape(spec.out_ch, ho, wo)
+        if spec.pool > 1:
+            y = ref_maxpool(y, spec.pool)
+        return y
+    return y[0]
+
+
+def ref_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, *, return_acc: bool = False):
+    """One integer 1.5-BM layer: codes in, codes (or logits) out."""
+    cols, hw = _layer_input(spec, x)
+    if np.any((cols < 0) | (cols > p.a_max)):
+        raise ValueError(f"activation codes must be in 0..{p.a_max}")
+    lw = _as_int(lw).reshape(spec.out_ch, spec.fan_in)
+    lx, zx = ref_log(p, cols)
+    m, zm = ref_branch(p, lx, zx, lw)
+    e = ref_exp(p, m, zm)
+    s = ref_window_sum(cols)
+    acc = ref_correction(p, e, s, bias, spec.c_shift)
+    y = _layer_output(p, spec, acc, hw)
+    return (y, acc) if return_acc else y
+
+
+def ref_mac_layer(p: MACParams, spec: LayerSpec, x, w, bias, *, return_acc: bool = False):
+    """One integer MAC layer: ``sum x*w + bias``, then requantization."""
+    cols, hw = _layer_input(spec, x)
+    if np.any((cols < 0) | (cols > p.a_max)):
+        raise ValueError(f"activation codes must be in 0..{p.a_max}")
+    w = _as_int(w).reshape(spec.out_ch, spec.fan_in)
+    if np.any((w < p.w_min) | (w > p.w_max)):
+        raise ValueError(f"weights must be in {p.w_min}..{p.w_max}")
+    acc = cols @ w.T + _as_int(bias)
+    lim = 1 << (p.acc_bits - 1)
+    if np.any((acc < -lim) | (acc >= lim)):
+        raise OverflowError(f"accumulator exceeds {p.acc_bits} bits")
+    y = _layer_output(p, spec, acc, hw)
+    return (y, acc) if return_acc else y
+
+
+def ref_network(p, layers, tensors, image, *, trace: bool = False):
+    """Run a whole integer network on one ``(C, H, W)`` code image.
+
+    ``layers``: sequence of :class:`LayerSpec`; ``tensors``: per layer a dict with ``"w"``
+    (log codes for BM, int weights for MAC) and ``"bias"``. Returns the logits, or with
+    ``trace`` the list of every layer's output.
+    """
+    layer_fn = ref_bm_layer if isinstance(p, BMParams) else ref_mac_layer
+    x = _as_int(image)
+    outs = []
+    for spec, t in zip(layers, tensors, strict=True):
+        x = layer_fn(p, spec, x, t["w"], t["bias"])
+        outs.append(x)
+    return outs if trace else x
+
+
+def predict(logits) -> int:
+    """Index of the first maximal logit: the class the hardware reports."""
+    return int(np.argmax(_as_int(logits)))
+
+
+def bm_acc_bits(p: BMParams, spec: LayerSpec) -> int:
+    """Signed width that holds ``E - (S << c_shift) + bias`` exactly for this layer."""
+    s_max = spec.fan_in * p.a_max << spec.c_shift
+    bound = max(p.exp_max, s_max) + (1 << (p.bias_bits - 1))
+    return bound.bit_length() + 2
+
+
+def mac_acc_bits(p: MACParams, spec: LayerSpec) -> int:
+    """Signed width that holds ``sum x*w + bias`` exactly for this layer."""
+    bound = spec.fan_in * p.a_max * (1 << (p.w_bits - 1)) + (1 << (p.bias_bits - 1))
+    return bound.bit_length() + 1
+
+
+# -- batched fast path -------------------------------------------------------------------------
+# Same integer semantics as ``ref_network`` on every image, vectorised over a batch so that the
+# full MNIST test set runs in reasonable time. ``tests/test_reference.py`` proves it equal to the
+# per-image path; the per-image functions above stay the definition.
+def _maxplus_dtype(p: BMParams):
+    """Narrowest integer type holding ``Lx + Lw`` and the flagged sentinel with room to spare."""
+    lx_max = ((p.u_bits - 1) << p.log_frac) + (1 << p.log_frac)
+    if lx_max + p.w_log_max < 1 << 13 and -p.w_log_min <= 1 << 13:
+        return np.int16, -(1 << 14)
+    return np.int32, -(1 << 28)
+
+
+def _maxplus_conv(spec: LayerSpec, lxm, lw, dtype):
+    """``M[o, b, y, x] = max over (c, ky, kx) of lxm[b, c, y+ky, x+kx] + lw[o, c*k*k+ky*k+kx]``."""
+    b, c, h, w = lxm.shape
+    k = spec.k
+    ho, wo = h - k + 1, w - k + 1
+    lw = lw.astype(dtype)
+    out = np.full((spec.out_ch, b, ho, wo), np.iinfo(dtype).min, dtype=dtype)
+    tmp = np.empty((b, ho, wo), dtype=dtype)
+    for ci in range(c):
+        for ky in range(k):
+            for kx in range(k):
+                window = lxm[:, ci, ky : ky + ho, kx : kx + wo]
+                for o, wv in enumerate(lw[:, (ci * k + ky) * k + kx]):
+                    np.add(window, wv, out=tmp)
+                    np.maximum(out[o], tmp, out=out[o])
+    return out
+
+
+def _batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias):
+    lw = _as_int(lw).reshape(spec.out_ch, spec.fan_in)
+    if np.any((lw < p.w_log_min) | (lw > p.w_log_max)):
+        raise ValueError(f"weight log codes must be in {p.w_log_min}..{p.w_log_max}")
+    # ref_log and ref_exp tabulated over their whole input ranges: the same function, looked up
+    codes = np.arange(p.a_max + 1)
+    lx_tab, zx_tab = ref_log(p, codes)
+    lx, zx = lx_tab[x], zx_tab[x]
+    dtype, neg = _maxplus_dtype(p)
+    lxm = np.where(zx, neg, lx).astype(dtype)
+    if spec.kind == "conv":
+        m = _maxplus_conv(spec, lxm, lw, dtype).transpose(1, 2, 3, 0).astype(np.int64)
+        k = spec.k
+        ho, wo = x.shape[2] - k + 1, x.shape[3] - k + 1
+        xs = x.sum(axis=1)
+        s = np.zeros((x.shape[0], ho, wo), dtype=np.int64)
+        for ky in range(k):
+            for kx in range(k):
+                s += xs[:, ky : ky + ho, kx : kx + wo]
+    else:
+        flat = lxm.reshape(x.shape[0], -1).astype(np.int64)
+        m = np.empty((x.shape[0], spec.out_ch), dtype=np.int64)
+        for o in range(spec.out_ch):
+            m[:, o] = (flat + lw[o]).max(axis=1)
+        s = x.reshape(x.shape[0], -1).sum(axis=1)
+    zm = m < neg // 2
+    m = np.where(zm, 0, m)
+    lo = min(int(m.min()), 0)
+    e_tab = ref_exp(p, np.arange(lo, int(m.max()) + 1))
+    e = np.where(zm, 0, e_tab[m - lo])
+    return ref_correction(p, e, s, bias, spec.c_shift)
+
+
+def _batch_mac_layer(p: MACParams, spec: LayerSpec, x, w, bias):
+    w = _as_int(w).reshape(spec.out_ch, spec.fan_in)
+    if np.any((w < p.w_min) | (w > p.w_max)):
+        raise ValueError(f"weights must be in {p.w_min}..{p.w_max}")
+    # float64 products and sums are exact while every partial sum stays below 2**53
+    if spec.fan_in * p.a_max * max(-p.w_min, p.w_max) >= 1 << 52:
+        raise OverflowError("layer too wide for the exact float64 fast path")
+    wf = w.T.astype(np.float64)
+    if spec.kind == "conv":
+        bsz = x.shape[0]
+        cols = np.concatenate([im2col(xi, spec.k)[0][None] for xi in x]).astype(np.float64)
+        k = spec.k
+        ho, wo = x.shape[2] - k + 1, x.shape[3] - k + 1
+        acc = (cols @ wf).astype(np.int64).reshape(bsz, ho, wo, spec.out_ch)
+    else:
+        acc = (x.reshape(x.shape[0], -1).astype(np.float64) @ wf).astype(np.int64)
+    acc = acc + _as_int(bias)
+    lim = 1 << (p.acc_bits - 1)
+    if np.any((acc < -lim) | (acc >= lim)):
+        raise OverflowError(f"accumulator exceeds {p.acc_bits} bits")
+    return acc
+
+
+def ref_network_batch(p, layers, tensors, images, *, trace: bool = False):
+    """:func:`ref_network` over a batch of ``(N, C, H, W)`` code images: ``(N, classes)`` logits.
+
+    Bit-identical to calling :func:`ref_network` on each image (proved by the tests).
+    """
+    x = _as_int(images)
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), not {x.shape}")
+    bm = isinstance(p, BMParams)
+    outs = []
+    for spec, t in zip(layers, tensors, strict=True):
+        if spec.kind == "conv" and (x.ndim != 4 or x.shape[1] != spec.in_ch):
+            raise ValueError(f"conv layer expects (N, {spec.in_ch}, H, W) codes, not {x.shape}")
+        if spec.kind == "linear" and x[0].size != spec.in_ch:
+            raise ValueError(f"linear layer expects {spec.in_ch} inputs, not {x[0].size}")
+        if np.any((x < 0) | (x > p.a_max)):
+            raise ValueError(f"activation codes must be in 0..{p.a_max}")
+        fn = _batch_bm_layer if bm else _batch_mac_layer
+        acc = fn(p, spec, x, t["w"], t["bias"])
+        y = ref_requant(p, acc, spec.out_shift, spec.relu)
+        if spec.kind == "conv":
+            y = y.transpose(0, 3, 1, 2)
+            if spec.pool > 1:
+                n, c, h, w = y.shape
+                h2, w2 = h // spec.pool, w // spec.pool
+                k = spec.pool
+                y = y[:, :, : h2 * k, : w2 * k].reshape(n, c, h2, k, w2, k).max(axis=(3, 5))
+            y = np.ascontiguousarray(y)
+        x = y
+        outs.append(x)
+    return outs if trace else x

@@ -1,0 +1,750 @@
+"""One training run: ``python -m model.train --method METHOD --out runs/NAME [options]``.
+
+Methods (METHOD.md section 3; ``--form`` picks the BM neuron, ``--op`` the max approximation):
+
+- ``classical``: train the classical network (the teacher of the other methods).
+- ``direct``: train the BM network from scratch by backprop.
+- ``layerwise``: Algorithm 1. From a trained classical net, convert each layer in order and
+  fine-tune the whole network after each conversion.
+- ``layerwise_freeze``: as ``layerwise``, but a converted and fine-tuned layer is frozen.
+- ``kd``: knowledge distillation (section 4.1), the all-BM student converted from the teacher,
+  ``L = beta * sum_l MSE(y_s^l, y_t^l) + w * (CE(y_s, y_t) + CE(y_s, y))``.
+- ``lwkd``: layer-wise KD for BM (section 4.2, Fig. 1). Layer k is converted and trained with
+  layers < k frozen, its output fed into the teacher's layers > k (fine-tuned too) giving
+  ``output_1``; the teacher alone gives ``output_2``;
+  ``L = beta * MSE(student_k, teacher_k) + w * (CE(output_1, y) + CE(output_2, y))``.
+- ``two_stage``: section 4.4. Run ``--first-method`` (kd or lwkd) with LSE, replace LSE by the
+  hard max keeping the weights (measured: "LSE-MAX"), and fine-tune with KD ("MAX").
+
+``--learn-alpha`` makes alpha a trainable scalar per layer for ``--alpha-epochs`` epochs, after
+which it is frozen (section 4.3). Every run writes ``config.json`` (the resolved configuration),
+``ckpt.pt`` (resumable: rerunning the same command continues), ``model.pt`` (state_dict, net
+configuration and result) and ``result.json`` into ``--out``.
+
+Pixels are scaled as ``x = pixel / 256``, so the integer input scale is ``2**-8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import BM15Layer, BMLayer
+from .maxops import MaxOp
+from .nets import LeNet, create_net
+
+__all__ = ["TrainConfig", "parse_args", "main", "load_model", "evaluate", "METHODS"]
+
+METHODS = ("classical", "direct", "layerwise", "layerwise_freeze", "kd", "lwkd", "two_stage")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "classical"
+    out: str = "runs/lenet_classical"
+    net: str = "lenet"
+    form: str = "bm15"
+    op: str = "max"
+    alpha: float = 1.0
+    alpha_end: float | None = None  # anneal alpha linearly to this over each training phase
+    learn_alpha: bool = False
+    alpha_epochs: int = 0  # epochs with learnable alpha before freezing (0: whole run)
+    dx: float = 0.0
+    learn_corr: bool = False
+    snap_corr: bool = True  # round corr_x to a power of two (before training when refitting)
+    refit: bool = True  # least-squares refit of per-channel gain/bias and corr_x on conversion
+    refit_images: int = 2000
+    teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
+    first_method: str = "lwkd"  # two_stage: the LSE stage
+    epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
+    layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
+    final_epochs: int = 0  # lwkd / two_stage: joint KD fine-tune of the whole student at the end
+    lr: float = 1e-3
+    tail_lr: float = 3e-4
+    final_lr: float = 2e-4
+    batch_size: int = 128
+    beta: float = 1.0  # weight of the MSE terms
+    ce_weight: float = 1.0  # weight of the CE terms
+    seed: int = 0
+    threads: int = 2
+    data_dir: str | None = None
+    train_limit: int = 0  # 0: whole training set
+    test_limit: int = 0  # 0: whole test set
+    cache_limit_gb: float = 3.0
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        self.layer_epochs = tuple(int(e) for e in self.layer_epochs)
+
+
+# -- data --------------------------------------------------------------------------------------
+def load_data(cfg: TrainConfig):
+    from .data import default_data_dir, load_mnist
+
+    xtr, ytr, xte, yte = load_mnist(cfg.data_dir or default_data_dir())
+
+    def prep(x, y, limit):
+        if limit:
+            x, y = x[:limit], y[:limit]
+        xt = torch.from_numpy(np.ascontiguousarray(x)).float().div_(256.0).unsqueeze(1)
+        return xt, torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+    return prep(xtr, ytr, cfg.train_limit) + prep(xte, yte, cfg.test_limit)
+
+
+def batches(n: int, bs: int, gen: torch.Generator | None):
+    idx = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    for i in range(0, n, bs):
+        yield idx[i : i + bs]
+
+
+@torch.no_grad()
+def predict_all(fn, x: torch.Tensor, bs: int = 500) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + bs]) for i in range(0, len(x), bs)])
+
+
+@torch.no_grad()
+def evaluate(fn, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
+    correct = 0
+    for i in range(0, len(x), bs):
+        correct += int((fn(x[i : i + bs]).argmax(1) == y[i : i + bs]).sum())
+    return correct / len(x)
+
+
+# -- logging / checkpoints --------------------------------------------------------------------
+class Run:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.time()
+        (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')} +{time.time() - self.t0:7.0f}s] {msg}", flush=True)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dir / "ckpt.pt"
+
+    def load_ckpt(self):
+        if self.ckpt_path.exists():
+            return torch.load(self.ckpt_path, weights_only=False)
+        return None
+
+    def save_ckpt(self, state: dict) -> None:
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt_path)
+
+    def progress(self, it, total, desc):
+        if not self.cfg.progress:
+            return it
+        from tqdm import tqdm
+
+        return tqdm(it, total=total, desc=desc, mininterval=20, file=sys.stderr, leave=False)
+
+
+def net_to_dict(net: LeNet) -> dict:
+    ops = [[m.op.kind, float(m.op.alpha)] if isinstance(m, BMLayer) else None for m in net.layers]
+    return {"net_config": asdict(net.cfg), "layer_ops": ops, "state_dict": net.state_dict()}
+
+
+def net_from_dict(d: dict) -> LeNet:
+    ncfg = dict(d["net_config"])
+    name = ncfg.pop("name", "lenet")
+    net = create_net(name if name in ("lenet",) else "lenet", **ncfg)
+    for m, op in zip(net.layers, d.get("layer_ops") or [None] * len(net.layers), strict=True):
+        if op is not None:
+            m.set_op(MaxOp(op[0], alpha=op[1]))
+    net.load_state_dict(d["state_dict"], strict=False)
+    return net
+
+
+def load_model(path: str | os.PathLike) -> LeNet:
+    """Load a ``model.pt`` written by this module."""
+    return net_from_dict(torch.load(path, weights_only=False))
+
+
+def save_model(run: Run, net: LeNet, result: dict) -> None:
+    torch.save({**net_to_dict(net), "train_config": asdict(run.cfg), "result": result},
+               run.dir / "model.pt")
+    (run.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+# -- conversion helpers ----------------------------------------------------------------------
+def make_op(cfg: TrainConfig, kind: str | None = None, alpha: float | None = None) -> MaxOp:
+    return MaxOp(kind or cfg.op, alpha=cfg.alpha if alpha is None else alpha,
+                 learnable=cfg.learn_alpha)
+
+
+def convert_layer(cfg: TrainConfig, net: LeNet, i: int, src: nn.Module | None = None):
+    kw = {"op": make_op(cfg)}
+    if cfg.form == "bm15":
+        kw.update(dx=cfg.dx, learn_corr=cfg.learn_corr)
+    return net.convert_layer(i, cfg.form, src=src, **kw)
+
+
+@torch.no_grad()
+def refit_layer(cfg: TrainConfig, layer: nn.Module, h_in: torch.Tensor, target: torch.Tensor,
+                log=None) -> None:
+    """Least-squares refit of a freshly converted layer to the teacher's pre-activations.
+
+    For a 1.5-BM layer, ``target ~ g_c * E - c * S + b_c`` per output channel ``c`` with ``E`` the
+    branch and ``S`` the window sum; ``c`` is shared by the layer (it becomes one shift) and, with
+    ``snap_corr``, rounded to a power of two before ``g_c, b_c`` are refitted. The gain ``g_c > 0``
+    multiplies the positive weights ``w + dw`` (the max is homogeneous in them), ``b_c`` becomes
+    the folded bias. For a 4-BM layer only ``g_c`` and ``b_c`` are fitted.
+    """
+    bs = 250
+    es, ss, ts = [], [], []
+    for i in range(0, len(h_in), bs):
+        hb = h_in[i : i + bs]
+        if isinstance(layer, BM15Layer):
+            if layer.kind == "linear":
+                hb = hb.flatten(1)
+            _, e, s = layer(hb, return_parts=True)
+            s = s.expand_as(e)
+        else:
+            if getattr(layer, "kind", "conv") == "linear":
+                hb = hb.flatten(1)
+            e = layer(hb) - layer._bias_shape(layer.bias)
+            s = torch.zeros_like(e)
+        t = target[i : i + bs]
+        if e.dim() == 4:
+            e, s, t = (a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]) for a in (e, s, t))
+        es.append(e.double())
+        ss.append(s.double())
+        ts.append(t.double())
+    e, s, t = torch.cat(es), torch.cat(ss), torch.cat(ts)
+    if len(e) > 400_000:
+        sel = torch.randperm(len(e), generator=torch.Generator().manual_seed(0))[:400_000]
+        e, s, t = e[sel], s[sel], t[sel]
+    is15 = isinstance(layer, BM15Layer)
+
+    def fit_gb(c):
+        y = t + c * s
+        em, ym = e.mean(0), y.mean(0)
+        cov = ((e - em) * (y - ym)).mean(0)
+        var = ((e - em) ** 2).mean(0).clamp(min=1e-12)
+        g = (cov / var).clamp(min=1e-3)
+        return g, ym - g * em
+
+    c = float(layer.corr_x) if is15 else 0.0
+    if is15:
+        for _ in range(5):
+            g, b = fit_gb(c)
+            r = t - g * e - b  # ~ -c * s
+            sm = s - s.mean(0)
+            c_new = float(-(r * sm).sum() / (sm * sm).sum().clamp(min=1e-12)) + c
+            if not math.isfinite(c_new) or c_new <= 0:
+                break
+            c = c_new
+        if cfg.snap_corr:
+            c = 2.0 ** round(math.log2(c))
+    g, b = fit_gb(c)
+    err0 = float(((t - e - (-c * s if is15 else 0)) ** 2).mean())
+    err = float(((t - g * e + c * s - b) ** 2).mean())
+    if is15:
+        wp = layer.w_pos()
+        shape = (-1,) + (1,) * (wp.dim() - 1)
+        layer.weight.copy_(wp * g.float().view(shape) - layer.dw)
+        layer.corr_x.fill_(c)
+        layer.bias.zero_()
+        layer.bias.copy_(b.float() - layer.folded_bias())
+    else:
+        layer.weight.mul_(g.float().view((-1,) + (1,) * (layer.weight.dim() - 1)))
+        layer.bias.copy_(b.float())
+    if log:
+        log(f"  refit: corr_x={c:.4g} gain median={float(g.median()):.3g} "
+            f"mse {err0:.4g} -> {err:.4g} (target var {float(t.var()):.4g})")
+
+
+# -- the teacher -----------------------------------------------------------------------------
+def load_teacher(cfg: TrainConfig) -> LeNet:
+    if not cfg.teacher:
+        raise ValueError(f"method {cfg.method!r} needs --teacher (a model.pt of a classical run)")
+    t = load_model(cfg.teacher)
+    if any(f != "classical" for f in t.forms):
+        raise ValueError(f"teacher {cfg.teacher} is not classical: {t.forms}")
+    return t
+
+
+def cosine(opt, total_steps: int, warmup: int = 0):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+# -- generic epoch-based training (classical, direct, kd, layerwise) ---------------------------
+def train_epochs(run: Run, net: LeNet, data, *, epochs: int, lr: float, tag: str, loss_fn,
+                 params=None, state=None, start_epoch: int = 0, on_epoch=None,
+                 alpha_sched=None) -> dict:
+    """Adam + cosine over ``epochs``; ``loss_fn(net, xb, yb, idx)``; evaluates after each epoch."""
+    cfg = run.cfg
+    xtr, ytr, xte, yte = data
+    params = [p for p in (params if params is not None else net.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    steps = epochs * math.ceil(len(xtr) / cfg.batch_size)
+    sched = cosine(opt, steps)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + hash(tag) % 1000)
+    acc = None
+    for ep in range(epochs):
+        gen_state = gen.get_state()
+        order = list(batches(len(xtr), cfg.batch_size, gen))
+        if ep < start_epoch:
+            continue
+        gen.set_state(gen_state)
+        net.train()
+        tot, nb = 0.0, 0
+        t0 = time.time()
+        for j, idx in enumerate(run.progress(order, len(order), f"{tag} ep{ep + 1}/{epochs}")):
+            if alpha_sched is not None:
+                alpha_sched((ep + j / len(order)) / epochs)
+            loss = loss_fn(net, xtr[idx], ytr[idx], idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss)
+            nb += 1
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"{tag}: loss is {float(loss)} at epoch {ep + 1}")
+        net.eval()
+        acc = evaluate(net, xte, yte)
+        run.log(f"{tag} epoch {ep + 1}/{epochs}: loss {tot / max(nb, 1):.4f} test acc "
+                f"{acc:.4f} ({time.time() - t0:.0f}s) {alphas(net)}")
+        if on_epoch is not None:
+            on_epoch(ep + 1, {"opt": opt.state_dict(), "sched": sched.state_dict()})
+    return {"accuracy": acc}
+
+
+def alphas(net: LeNet) -> str:
+    vals = [f"{float(m.op.alpha):.3g}" for m in net.bm_layers() if m.op.kind != "max"]
+    return f"alpha=[{', '.join(vals)}]" if vals else ""
+
+
+def set_alpha(net: LeNet, alpha: float) -> None:
+    for m in net.bm_layers():
+        m.op.set_alpha(alpha)
+
+
+def freeze_alpha(net: LeNet) -> None:
+    for m in net.bm_layers():
+        m.op.freeze()
+
+
+def ce_loss(net, xb, yb, idx):
+    return F.cross_entropy(net(xb), yb)
+
+
+def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
+    """Section 4.1: ``beta * sum_l MSE(y_s^l, y_t^l) + w * (CE(y_s, y_t) + CE(y_s, y))``."""
+
+    def f(net, xb, yb, idx):
+        with torch.no_grad():
+            tf = teacher.features(xb)
+        sf = net.features(xb)
+        mse = sum(F.mse_loss(s, t) for s, t in zip(sf, tf, strict=True)) if layers else 0.0
+        soft = F.cross_entropy(sf[-1], F.softmax(tf[-1], 1))
+        return cfg.beta * mse + cfg.ce_weight * (soft + F.cross_entropy(sf[-1], yb))
+
+    return f
+
+
+# -- methods -----------------------------------------------------------------------------------
+def run_simple(run: Run, data, net: LeNet, loss_fn, *, epochs: int, tag: str, lr: float):
+    """Train ``net`` (all parameters) for ``epochs`` with resumable per-epoch checkpoints."""
+    ck = run.load_ckpt()
+    start, state = 0, None
+    if ck is not None and ck.get("tag") == tag:
+        net.load_state_dict(ck["net"])
+        start, state = ck["epoch"], ck["opt_state"]
+        run.log(f"resuming {tag} at epoch {start}")
+    cfg = run.cfg
+
+    def on_epoch(ep, st):
+        run.save_ckpt({"tag": tag, "epoch": ep, "net": net.state_dict(), "opt_state": st})
+        if cfg.learn_alpha and cfg.alpha_epochs and ep == cfg.alpha_epochs:
+            freeze_alpha(net)
+            run.log(f"alpha frozen: {alphas(net)}")
+
+    if cfg.learn_alpha and cfg.alpha_epochs and start >= cfg.alpha_epochs:
+        freeze_alpha(net)
+    sched = alpha_schedule(cfg, net)
+    return train_epochs(run, net, data, epochs=epochs, lr=lr, tag=tag, loss_fn=loss_fn,
+                        state=state, start_epoch=start, on_epoch=on_epoch, alpha_sched=sched)
+
+
+def alpha_schedule(cfg: TrainConfig, net: LeNet, layers=None):
+    if cfg.alpha_end is None or cfg.op == "max":
+        return None
+    mods = layers if layers is not None else net.bm_layers()
+
+    def f(frac):
+        a = cfg.alpha * (cfg.alpha_end / cfg.alpha) ** min(1.0, frac / 0.75)
+        for m in mods:
+            if m.op.kind != "max":
+                m.op.set_alpha(a)
+
+    return f
+
+
+def method_classical(run: Run, data) -> tuple[LeNet, dict]:
+    cfg = run.cfg
+    net = create_net(cfg.net)
+    res = run_simple(run, data, net, ce_loss, epochs=cfg.epochs, tag="classical", lr=cfg.lr)
+    return net, res
+
+
+def method_direct(run: Run, data) -> tuple[LeNet, dict]:
+    cfg = run.cfg
+    net = create_net(cfg.net)
+    for i in range(len(net.layers)):
+        convert_layer(cfg, net, i)
+    res = run_simple(run, data, net, ce_loss, epochs=cfg.epochs, tag="direct", lr=cfg.lr)
+    return net, res
+
+
+def method_kd(run: Run, data, *, student: LeNet | None = None, tag: str = "kd"):
+    cfg = run.cfg
+    teacher = load_teacher(cfg)
+    if student is None:
+        student = copy.deepcopy(teacher)
+        for i in range(len(student.layers)):
+            convert_layer(cfg, student, i)
+        if cfg.refit:
+            refit_all(run, student, teacher, data)
+    res = run_simple(run, data, student, kd_loss_fn(cfg, teacher), epochs=cfg.epochs, tag=tag,
+                     lr=cfg.lr)
+    return student, res
+
+
+@torch.no_grad()
+def refit_all(run: Run, student: LeNet, teacher: LeNet, data) -> None:
+    """Refit every BM layer in order on the student's own inputs (teacher pre-activations)."""
+    x = data[0][: run.cfg.refit_images]
+    h = x
+    for i, layer in enumerate(student.layers):
+        t_pre = teacher.run_layer(i, teacher.run(x, 0, i), pre=True)
+        if isinstance(layer, BMLayer):
+            run.log(f"refit layer {i}")
+            refit_layer(run.cfg, layer, h, t_pre, run.log)
+        h = student.run_layer(i, h)
+
+
+def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
+    """Algorithm 1: convert layer i, fine-tune the whole net (frozen converted layers if freeze)."""
+    cfg = run.cfg
+    teacher = load_teacher(cfg)
+    net = copy.deepcopy(teacher)
+    ck = run.load_ckpt()
+    done = ck["layers_done"] if ck is not None and "layers_done" in ck else 0
+    accs = ck.get("accs", []) if ck is not None else []
+    for i in range(len(net.layers)):
+        convert_layer(cfg, net, i) if i < done else None
+    if done:
+        net.load_state_dict(ck["net"])
+        if freeze:
+            for j in range(done):
+                net.layers[j].requires_grad_(False)
+        run.log(f"resuming layerwise after {done} layers")
+    for i in range(done, len(net.layers)):
+        convert_layer(cfg, net, i)
+        if cfg.refit:
+            with torch.no_grad():
+                x = data[0][: cfg.refit_images]
+                refit_layer(cfg, net.layers[i], net.run(x, 0, i),
+                            teacher.run_layer(i, teacher.run(x, 0, i), pre=True), run.log)
+        acc0 = evaluate(net, data[2], data[3])
+        run.log(f"layer {i} converted: test acc before fine-tune {acc0:.4f}")
+        params = [p for j, m in enumerate(net.layers) if not (freeze and j < i)
+                  for p in m.parameters()]
+        sub = Run(cfg)
+        sub.save_ckpt = lambda st: None  # per-layer granularity is enough here
+        res = train_epochs(run, net, data, epochs=cfg.epochs, lr=cfg.lr, tag=f"layer{i}",
+                           loss_fn=ce_loss, params=params,
+                           alpha_sched=alpha_schedule(cfg, net, [net.layers[i]]))
+        if freeze:
+            net.layers[i].requires_grad_(False)
+        accs.append(res["accuracy"])
+        run.save_ckpt({"layers_done": i + 1, "net": net.state_dict(), "accs": accs})
+    return net, {"accuracy": accs[-1], "per_layer_accuracy": accs}
+
+
+# -- layer-wise KD (section 4.2) ----------------------------------------------------------------
+@torch.no_grad()
+def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float):
+    """Outputs of the frozen student layers ``0..k-1`` on ``x``, or None if too large / k < 2."""
+    if k < 2:
+        return None
+    shape = student.run(x[:1], 0, k).shape[1:]
+    if len(x) * math.prod(shape) * 4 > limit_gb * 2**30:
+        return None
+    out = torch.empty((len(x),) + tuple(shape))
+    for i in range(0, len(x), 500):
+        out[i : i + 500] = student.run(x[i : i + 500], 0, k)
+    return out
+
+
+def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd"):
+    cfg = run.cfg
+    xtr, ytr, xte, yte = data
+    teacher = load_teacher(cfg) if teacher is None else teacher
+    tutor = copy.deepcopy(teacher)  # its tail is fine-tuned stage by stage
+    student = copy.deepcopy(teacher)
+    n = len(student.layers)
+    ck = run.load_ckpt()
+    stage, ep0, opt_state, accs = 0, 0, None, []
+    if ck is not None and ck.get("tag") == tag:
+        stage, ep0, opt_state, accs = ck["stage"], ck["epoch"], ck["opt_state"], ck["accs"]
+        for i in range(stage + (1 if ep0 > 0 else 0)):
+            convert_layer(cfg, student, i)
+        student.load_state_dict(ck["student"])
+        tutor.load_state_dict(ck["tutor"])
+        run.log(f"resuming {tag} at layer {stage} epoch {ep0}")
+    for k in range(stage, n):
+        epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
+        layer = student.layers[k]
+        for m in student.layers:
+            m.requires_grad_(False)
+        tutor.requires_grad_(False)
+        if ep0 == 0 or not isinstance(layer, BMLayer):
+            layer = convert_layer(cfg, student, k, src=tutor.layers[k])
+            if cfg.refit:
+                with torch.no_grad():
+                    x = xtr[: cfg.refit_images]
+                    refit_layer(cfg, layer, student.run(x, 0, k),
+                                tutor.run_layer(k, tutor.run(x, 0, k), pre=True), run.log)
+        layer.requires_grad_(True)
+        if isinstance(layer, BM15Layer) and not cfg.learn_corr:
+            layer.corr_x.requires_grad_(False) if isinstance(layer.corr_x, nn.Parameter) else None
+        tail = tutor.layers[k + 1 :]
+        tail.requires_grad_(True)
+        student.eval()
+        tutor.eval()
+        t0 = time.time()
+        cache_tr = cache_inputs(student, k, xtr, cfg.cache_limit_gb)
+        cache_te = cache_inputs(student, k, xte, cfg.cache_limit_gb)
+        if cache_tr is not None:
+            run.log(f"layer {k}: cached student inputs {tuple(cache_tr.shape)} "
+                    f"({time.time() - t0:.0f}s)")
+
+        def s_in(xb, idx, cache):
+            return cache[idx] if cache is not None else student.run(xb, 0, k)
+
+        def student_path(xb, idx=None, cache=None):
+            h = student.run_layer(k, s_in(xb, idx, cache))
+            return tutor.run(h, k + 1)
+
+        def eval_path():
+            fn_idx = torch.arange(len(xte))
+            correct = 0
+            with torch.no_grad():
+                for i in range(0, len(xte), 500):
+                    sl = fn_idx[i : i + 500]
+                    out = student_path(xte[sl], sl, cache_te)
+                    correct += int((out.argmax(1) == yte[sl]).sum())
+            return correct / len(xte)
+
+        if ep0 == 0:
+            acc0 = eval_path()
+            run.log(f"layer {k} ({student.forms[k]}) converted: student-path test acc {acc0:.4f}")
+        groups = [{"params": [p for p in layer.parameters() if p.requires_grad], "lr": cfg.lr}]
+        tail_params = [p for p in tail.parameters()]
+        if tail_params:
+            groups.append({"params": tail_params, "lr": cfg.tail_lr})
+        opt = torch.optim.Adam(groups)
+        steps = epochs * math.ceil(len(xtr) / cfg.batch_size)
+        sched = cosine(opt, steps)
+        if opt_state is not None:
+            opt.load_state_dict(opt_state["opt"])
+            sched.load_state_dict(opt_state["sched"])
+            opt_state = None
+        asched = alpha_schedule(cfg, student, [layer])
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
+        for ep in range(epochs):
+            order = list(batches(len(xtr), cfg.batch_size, gen))
+            if ep < ep0:
+                continue
+            if cfg.learn_alpha and cfg.alpha_epochs and ep >= cfg.alpha_epochs:
+                layer.op.freeze()
+            t0 = time.time()
+            tot = 0.0
+            for j, idx in enumerate(run.progress(order, len(order), f"L{k} ep{ep + 1}/{epochs}")):
+                if asched is not None:
+                    asched((ep + j / len(order)) / epochs)
+                xb, yb = xtr[idx], ytr[idx]
+                with torch.no_grad():
+                    ht = tutor.run(xb, 0, k + 1)
+                    hin = s_in(xb, idx, cache_tr)
+                hs = student.run_layer(k, hin)
+                loss = cfg.beta * F.mse_loss(hs, ht)
+                out1 = tutor.run(hs, k + 1)
+                out2 = tutor.run(ht, k + 1)
+                loss = loss + cfg.ce_weight * (F.cross_entropy(out1, yb)
+                                               + F.cross_entropy(out2, yb))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tot += float(loss)
+                if not math.isfinite(float(loss)):
+                    raise FloatingPointError(f"layer {k}: loss {float(loss)}")
+            acc = eval_path()
+            run.log(f"layer {k} epoch {ep + 1}/{epochs}: loss {tot / len(order):.4f} "
+                    f"student-path test acc {acc:.4f} ({time.time() - t0:.0f}s) "
+                    f"{layer.extra_repr() if isinstance(layer, BM15Layer) else ''}")
+            last = ep + 1 == epochs
+            if last:
+                accs.append(acc)
+            run.save_ckpt({"tag": tag, "stage": k + 1 if last else k,
+                           "epoch": 0 if last else ep + 1,
+                           "opt_state": None if last else {"opt": opt.state_dict(),
+                                                            "sched": sched.state_dict()},
+                           "accs": accs, "student": student.state_dict(),
+                           "tutor": tutor.state_dict()})
+        ep0 = 0
+        del cache_tr, cache_te
+        layer.requires_grad_(False)
+    student.requires_grad_(True)
+    result = {"accuracy": accs[-1], "per_layer_accuracy": accs}
+    run.log(f"{tag}: per-layer student-path accuracy {[round(a, 4) for a in accs]}")
+    return student, result
+
+
+def method_lwkd_full(run: Run, data):
+    cfg = run.cfg
+    student, res = method_lwkd(run, data)
+    if cfg.final_epochs:
+        teacher = load_teacher(cfg)
+        cfg2 = replace(cfg, epochs=cfg.final_epochs)
+        run.cfg = cfg2
+        _, r2 = run_simple(run, data, student, kd_loss_fn(cfg2, teacher, layers=False),
+                           epochs=cfg.final_epochs, tag="final", lr=cfg.final_lr)
+        run.cfg = cfg
+        res = {**res, "accuracy_before_final": res["accuracy"], "accuracy": r2["accuracy"]}
+    return student, res
+
+
+def method_two_stage(run: Run, data):
+    """Section 4.4: the first method with LSE, then hard max keeping weights, then KD."""
+    cfg = run.cfg
+    first = replace(cfg, method=cfg.first_method, op="lse")
+    run.cfg = first
+    if cfg.first_method == "lwkd":
+        student, r1 = method_lwkd(run, data, tag="stage1")
+    else:
+        student, r1 = method_kd(run, data, tag="stage1")
+    freeze_alpha(student)
+    for m in student.bm_layers():
+        m.set_op(MaxOp("max"))
+    teacher = load_teacher(cfg)
+    if cfg.refit:
+        refit_all(run, student, teacher, data)
+    acc_lse_max = evaluate(student, data[2], data[3])
+    run.log(f"LSE -> MAX without fine-tuning: test acc {acc_lse_max:.4f}")
+    run.cfg = replace(cfg, op="max", learn_alpha=False)
+    _, r2 = run_simple(run, data, student, kd_loss_fn(cfg, teacher), epochs=cfg.epochs,
+                       tag="stage2", lr=cfg.final_lr)
+    run.cfg = cfg
+    return student, {"accuracy": r2["accuracy"], "accuracy_lse": r1["accuracy"],
+                     "accuracy_lse_max": acc_lse_max}
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def parse_args(argv=None) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n")[0])
+    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--net", default=d.net)
+    p.add_argument("--form", choices=("bm4", "bm15"), default=d.form)
+    p.add_argument("--op", choices=("max", "lse", "smorph", "lmorph"), default=d.op)
+    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--alpha-end", type=float, default=None)
+    p.add_argument("--learn-alpha", action="store_true")
+    p.add_argument("--alpha-epochs", type=int, default=d.alpha_epochs)
+    p.add_argument("--dx", type=float, default=d.dx)
+    p.add_argument("--learn-corr", action="store_true")
+    p.add_argument("--no-snap-corr", dest="snap_corr", action="store_false")
+    p.add_argument("--no-refit", dest="refit", action="store_false")
+    p.add_argument("--refit-images", type=int, default=d.refit_images)
+    p.add_argument("--teacher", default=None)
+    p.add_argument("--first-method", choices=("kd", "lwkd"), default=d.first_method)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--layer-epochs", default="2", help="comma list per layer; last repeats")
+    p.add_argument("--final-epochs", type=int, default=d.final_epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--tail-lr", type=float, default=d.tail_lr)
+    p.add_argument("--final-lr", type=float, default=d.final_lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--beta", type=float, default=d.beta)
+    p.add_argument("--ce-weight", type=float, default=d.ce_weight)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--train-limit", type=int, default=0)
+    p.add_argument("--test-limit", type=int, default=0)
+    p.add_argument("--cache-limit-gb", type=float, default=d.cache_limit_gb)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    a = vars(p.parse_args(argv))
+    a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))
+    return TrainConfig(**a)
+
+
+def main(argv=None) -> dict:
+    cfg = parse_args(argv)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.threads))
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    run = Run(cfg)
+    run.log(f"{cfg.method}: {json.dumps(asdict(cfg))}")
+    data = load_data(cfg)
+    t0 = time.time()
+    if cfg.method == "classical":
+        net, res = method_classical(run, data)
+    elif cfg.method == "direct":
+        net, res = method_direct(run, data)
+    elif cfg.method in ("layerwise", "layerwise_freeze"):
+        net, res = method_layerwise(run, data, freeze=cfg.method == "layerwise_freeze")
+    elif cfg.method == "kd":
+        net, res = method_kd(run, data)
+    elif cfg.method == "lwkd":
+        net, res = method_lwkd_full(run, data)
+    else:
+        net, res = method_two_stage(run, data)
+    net.eval()
+    res["accuracy"] = evaluate(net, data[2], data[3])
+    res.update(method=cfg.method, forms=list(net.forms), wall_s=round(time.time() - t0, 1),
+               test_images=len(data[2]), command="python -m model.train " + " ".join(
+                   sys.argv[1:] if argv is None else argv))
+    save_model(run, net, res)
+    run.log(f"done: test acc {res['accuracy']:.4f} -> {run.dir / 'model.pt'}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
