@@ -18,15 +18,20 @@ de-skewed so that an output beat carries one input row across all ``cols`` colum
 therefore needs ``rows`` cycles to drain: a tile shorter than ``rows`` steps is held at its
 ``last`` beat until ``rows`` cycles have passed since the previous ``last`` (``i.ready`` low).
 
-Back-pressure stalls the whole array (one clock enable): while an output beat is not taken,
-nothing moves and ``i.ready`` is low. Input bubbles (``i.valid`` low) are harmless: the array
-feeds a neutral operand that leaves the accumulators unchanged.
+Back-pressure stalls the whole array (one clock enable). The output goes through a two-entry
+skid buffer, so the enable depends on registers only, never combinationally on ``o.ready``:
+when the sink stops, the array runs one more cycle into the buffer, then everything holds and
+``i.ready`` goes low. ``i.ready`` also depends on ``i.payload.last`` (the tile spacing above).
+Input bubbles (``i.valid`` low) are harmless: the array feeds a neutral operand that leaves the
+accumulators unchanged.
 
 Cycle model
 -----------
 With a source that never stalls and a sink that is always ready, a layer of ``tiles`` tiles of
-``K`` steps takes ``K + (tiles - 1) * max(K, rows) + 2 * rows + cols`` cycles from the first beat
-taken to the last output beat taken (inclusive); see :func:`predict_cycles`.
+``K`` steps takes ``K + (tiles - 1) * max(K, rows) + 2 * rows + cols + 1`` cycles from the first
+beat taken to the last output beat taken (inclusive); see :func:`predict_cycles`. In steady state
+a tile costs ``max(K, rows)`` cycles (:func:`tile_interval`): layers streamed back to back pay
+the ``2 * rows + cols + 1`` fill and drain once, not per tile.
 """
 
 from __future__ import annotations
@@ -40,18 +45,25 @@ from amaranth.lib.wiring import In, Out
 from ._util import check_count, check_params
 from .pe import pe_class
 
-__all__ = ["SystolicArray", "array_in_layout", "array_out_layout", "predict_cycles",
-           "tile_interval"]
+__all__ = [
+    "SystolicArray",
+    "array_in_layout",
+    "array_out_layout",
+    "predict_cycles",
+    "tile_interval",
+]
 
 
 def array_in_layout(params, rows: int, cols: int) -> data.StructLayout:
     """``{a: ArrayLayout(a_shape, rows), b: ArrayLayout(b_shape, cols), last: 1}``."""
     pe = pe_class(params)
-    return data.StructLayout({
-        "a": data.ArrayLayout(pe.a_shape(params), rows),
-        "b": data.ArrayLayout(pe.b_shape(params), cols),
-        "last": 1,
-    })
+    return data.StructLayout(
+        {
+            "a": data.ArrayLayout(pe.a_shape(params), rows),
+            "b": data.ArrayLayout(pe.b_shape(params), cols),
+            "last": 1,
+        }
+    )
 
 
 def array_out_layout(params, cols: int) -> data.StructLayout:
@@ -65,8 +77,9 @@ def tile_interval(rows: int, fan_in: int) -> int:
     return max(fan_in, rows)
 
 
-def predict_cycles(rows: int, cols: int, *, fan_in: int, pixels: int = 1,
-                   out_ch: int = 1, tiles: int | None = None) -> int:
+def predict_cycles(
+    rows: int, cols: int, *, fan_in: int, pixels: int = 1, out_ch: int = 1, tiles: int | None = None
+) -> int:
     """Cycles for one layer on a ``rows x cols`` array, first beat in to last result out.
 
     The layer is ``pixels`` im2col windows of ``fan_in`` codes and ``out_ch`` output channels,
@@ -79,7 +92,7 @@ def predict_cycles(rows: int, cols: int, *, fan_in: int, pixels: int = 1,
     if tiles is None:
         tiles = math.ceil(pixels / rows) * math.ceil(out_ch / cols)
     check_count("tiles", tiles)
-    return fan_in + (tiles - 1) * tile_interval(rows, fan_in) + 2 * rows + cols
+    return fan_in + (tiles - 1) * tile_interval(rows, fan_in) + 2 * rows + cols + 1
 
 
 class SystolicArray(wiring.Component):
@@ -114,15 +127,17 @@ class SystolicArray(wiring.Component):
         self.rows = check_count("rows", rows)
         self.cols = check_count("cols", cols)
         self.pe_class = pe_class(params)
-        super().__init__({
-            "i": In(stream.Signature(array_in_layout(params, rows, cols))),
-            "o": Out(stream.Signature(array_out_layout(params, cols))),
-        })
+        super().__init__(
+            {
+                "i": In(stream.Signature(array_in_layout(params, rows, cols))),
+                "o": Out(stream.Signature(array_out_layout(params, cols))),
+            }
+        )
 
     @property
     def latency(self) -> int:
         """Cycles from a tile's ``last`` beat taken to its first output beat (sink ready)."""
-        return self.rows + self.cols + 1
+        return self.rows + self.cols + 2
 
     @property
     def min_tile_interval(self) -> int:
@@ -136,21 +151,18 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         p, R, C, PE = self.params, self.rows, self.cols, self.pe_class
         m = Module()
-        core = Module()  # every register of the array, under one clock enable
+        core = Module()  # every register of the array but the output buffer, under one enable
         en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
         m.submodules.core = EnableInserter(en)(core)
 
         # -- input: tile spacing, first flag, bubbles ------------------------------------------
         gap = Signal(range(R + 1), init=R)  # enabled cycles since the last `last` taken
         start = Signal(init=1)  # the next beat taken begins a tile
-        last_ok = Signal()
-        m.d.comb += [
-            last_ok.eq(gap >= R),
-            self.i.ready.eq(en & (~self.i.payload.last | last_ok)),
-        ]
         take = Signal()
-        m.d.comb += take.eq(self.i.valid & self.i.ready)
+        m.d.comb += [
+            self.i.ready.eq(en & (~self.i.payload.last | (gap >= R))),
+            take.eq(self.i.valid & self.i.ready),
+        ]
         with core.If(take & self.i.payload.last):
             core.d.sync += gap.eq(1)
         with core.Elif(gap < R):
@@ -158,67 +170,70 @@ class SystolicArray(wiring.Component):
         with core.If(take):
             core.d.sync += start.eq(self.i.payload.last)
 
-        a_shape, b_shape = PE.a_shape(p), PE.b_shape(p)
-        row_layout = data.StructLayout({"a": a_shape, "first": 1, "last": 1})
+        a_shape, acc_shape = PE.a_shape(p), PE.acc_shape(p)
+        ctl_layout = data.StructLayout({"first": 1, "last": 1})
         if isinstance(a_shape, data.Layout):
             neutral_a = a_shape.const(PE.neutral_a)
         else:
             neutral_a = Const(PE.neutral_a, a_shape)
 
+        def delay(x, n, name, *, reset_less=True):
+            """``x`` through ``n`` enabled registers (data registers have no reset)."""
+            for d in range(n):
+                y = Signal(x.shape(), name=f"{name}_{d}", reset_less=reset_less)
+                core.d.sync += y.eq(x)
+                x = y
+            return x
+
         # -- row entry: physical row r takes input row R-1-r through r+1 registers -----------
-        row_in = []
+        # (so that the drain, which leaves at the bottom, returns input row 0 first)
+        row_a, row_ctl = [], []
         for r in range(R):
-            x = Signal(row_layout, name=f"row_in{r}")
+            a = Signal(a_shape, name=f"row_in{r}")
+            ctl = Signal(ctl_layout, name=f"row_ctl_in{r}")
             with m.If(take):
                 m.d.comb += [
-                    x.a.eq(self.i.payload.a[R - 1 - r]),
-                    x.first.eq(start),
-                    x.last.eq(self.i.payload.last),
+                    a.eq(self.i.payload.a[R - 1 - r]),
+                    ctl.first.eq(start),
+                    ctl.last.eq(self.i.payload.last),
                 ]
             with m.Else():
-                m.d.comb += x.a.eq(neutral_a)
-            for d in range(r + 1):
-                y = Signal(row_layout, name=f"row_skew{r}_{d}")
-                core.d.sync += y.eq(x)
-                x = y
-            row_in.append(x)
-        col_in = []
-        for c in range(C):
-            x = Signal(b_shape, name=f"col_in{c}")
-            m.d.comb += x.eq(self.i.payload.b[c])
-            for d in range(c + 1):
-                y = Signal(b_shape, name=f"col_skew{c}_{d}")
-                core.d.sync += y.eq(x)
-                x = y
-            col_in.append(x)
+                m.d.comb += a.eq(neutral_a)
+            row_a.append(delay(a, r + 1, f"row_skew{r}"))
+            row_ctl.append(delay(ctl, r + 1, f"row_ctl_skew{r}", reset_less=False))
+        col_b = [delay(self.i.payload.b[c], c + 1, f"col_skew{c}") for c in range(C)]
 
         # -- drain control: column c's (active, count) is column 0's delayed by c -------------
         active = [Signal(name=f"drain_active{c}") for c in range(C)]
         count = [Signal(range(R), name=f"drain_count{c}") for c in range(C)]
 
         # -- PE grid ---------------------------------------------------------------------------
-        acc_shape = PE.acc_shape(p)
-        chain = [[Signal(acc_shape, name=f"drain{r}_{c}") for c in range(C)] for r in range(R)]
-        row_reg = [[None] * C for _ in range(R)]
+        chain = [
+            [Signal(acc_shape, name=f"drain{r}_{c}", reset_less=True) for c in range(C)]
+            for r in range(R)
+        ]
+        a_reg = [[None] * C for _ in range(R)]
+        ctl_reg = [[None] * C for _ in range(R)]
         b_reg = [[None] * C for _ in range(R)]
         for r in range(R):
             for c in range(C):
                 pe = PE(p)
                 core.submodules[f"pe{r}_{c}"] = pe
-                a_src = row_in[r] if c == 0 else row_reg[r][c - 1]
-                b_src = col_in[c] if r == 0 else b_reg[r - 1][c]
-                core.d.comb += [pe.a.eq(a_src.a), pe.b.eq(b_src), pe.first.eq(a_src.first)]
-                row_reg[r][c] = Signal(row_layout, name=f"row{r}_{c}")
-                b_reg[r][c] = Signal(b_shape, name=f"b{r}_{c}")
-                core.d.sync += [row_reg[r][c].eq(a_src), b_reg[r][c].eq(b_src)]
+                a_src = row_a[r] if c == 0 else a_reg[r][c - 1]
+                ctl_src = row_ctl[r] if c == 0 else ctl_reg[r][c - 1]
+                b_src = col_b[c] if r == 0 else b_reg[r - 1][c]
+                core.d.comb += [pe.a.eq(a_src), pe.b.eq(b_src), pe.first.eq(ctl_src.first)]
+                a_reg[r][c] = delay(a_src, 1, f"a{r}_{c}")
+                ctl_reg[r][c] = delay(ctl_src, 1, f"ctl{r}_{c}", reset_less=False)
+                b_reg[r][c] = delay(b_src, 1, f"b{r}_{c}")
                 # the tile's result is in acc the cycle after `last` passed this PE
-                with core.If(row_reg[r][c].last):
+                with core.If(ctl_reg[r][c].last):
                     core.d.sync += chain[r][c].eq(pe.acc)
                 with core.Elif(active[c] & (count[c] <= r)):
                     core.d.sync += chain[r][c].eq(chain[r - 1][c] if r > 0 else 0)
 
         # the last tile row's result lands in the bottom drain register of column 0 ...
-        with core.If(row_reg[R - 1][0].last):
+        with core.If(ctl_reg[R - 1][0].last):
             core.d.sync += [active[0].eq(1), count[0].eq(0)]
         with core.Elif(active[0]):
             with core.If(count[0] == R - 1):
@@ -229,22 +244,39 @@ class SystolicArray(wiring.Component):
         for c in range(1, C):
             core.d.sync += [active[c].eq(active[c - 1]), count[c].eq(count[c - 1])]
 
-        # -- output: de-skew the columns ------------------------------------------------------
+        # -- de-skew the columns into one output beat ------------------------------------------
+        out_layout = array_out_layout(p, C)
+        beat = Signal(out_layout)
         for c in range(C):
-            x = chain[R - 1][c]
-            for d in range(C - 1 - c):
-                y = Signal(acc_shape, name=f"out_skew{c}_{d}")
-                core.d.sync += y.eq(x)
-                x = y
-            if hasattr(acc_shape, "members") and "zero" in acc_shape.members:
+            x = delay(chain[R - 1][c], C - 1 - c, f"out_skew{c}")
+            if isinstance(acc_shape, data.Layout):  # BM: report m = 0 for a flagged branch
                 m.d.comb += [
-                    self.o.payload.acc[c].m.eq(x.m & ~x.zero.replicate(len(x.m))),
-                    self.o.payload.acc[c].zero.eq(x.zero),
+                    beat.acc[c].m.eq(x.m & ~x.zero.replicate(len(x.m))),
+                    beat.acc[c].zero.eq(x.zero),
                 ]
             else:
-                m.d.comb += self.o.payload.acc[c].eq(x)
+                m.d.comb += beat.acc[c].eq(x)
+        beat_valid = active[C - 1]
+        m.d.comb += beat.last.eq(count[C - 1] == R - 1)
+
+        # -- output skid buffer: the array's enable depends on registers only -----------------
+        v0, v1 = Signal(), Signal()
+        d0 = Signal(out_layout, reset_less=True)
+        d1 = Signal(out_layout, reset_less=True)
+        push = Signal()
         m.d.comb += [
-            self.o.valid.eq(active[C - 1]),
-            self.o.payload.last.eq(count[C - 1] == R - 1),
+            en.eq(~beat_valid | ~v1),
+            push.eq(beat_valid & ~v1),
+            self.o.valid.eq(v0),
+            self.o.payload.eq(d0),
         ]
+        with m.If(~v0 | self.o.ready):
+            with m.If(v1):
+                m.d.sync += [d0.eq(d1), v0.eq(1), v1.eq(0)]
+            with m.Elif(push):
+                m.d.sync += [d0.eq(beat), v0.eq(1)]
+            with m.Else():
+                m.d.sync += v0.eq(0)
+        with m.Elif(push):
+            m.d.sync += [d1.eq(beat), v1.eq(1)]
         return m

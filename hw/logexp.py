@@ -65,10 +65,12 @@ class LogUnit(wiring.Component):
                 f"the largest log code {_lx_max(params)} does not fit lx_bits={params.lx_bits} "
                 f"for {params!r}"
             )
-        super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(unsigned(params.a_bits), lanes))),
-            "o": Out(stream.Signature(data.ArrayLayout(log_layout(params), lanes))),
-        })
+        super().__init__(
+            {
+                "i": In(stream.Signature(data.ArrayLayout(unsigned(params.a_bits), lanes))),
+                "o": Out(stream.Signature(data.ArrayLayout(log_layout(params), lanes))),
+            }
+        )
 
     @property
     def latency(self) -> int:
@@ -132,10 +134,12 @@ class ExpUnit(wiring.Component):
     def __init__(self, params: BMParams, *, lanes: int = 1):
         self.params = check_params(params, (BMParams,), block="ExpUnit")
         self.lanes = check_count("lanes", lanes)
-        super().__init__({
-            "i": In(stream.Signature(data.ArrayLayout(branch_layout(params), lanes))),
-            "o": Out(stream.Signature(data.ArrayLayout(unsigned(params.exp_bits), lanes))),
-        })
+        super().__init__(
+            {
+                "i": In(stream.Signature(data.ArrayLayout(branch_layout(params), lanes))),
+                "o": Out(stream.Signature(data.ArrayLayout(unsigned(params.exp_bits), lanes))),
+            }
+        )
 
     @property
     def latency(self) -> int:

@@ -14,7 +14,7 @@ that an array replicates; its operand pass-through and drain registers belong to
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -54,12 +54,14 @@ class BMPE(wiring.Component):
 
     def __init__(self, params: BMParams):
         self.params = check_params(params, (BMParams,), block="BMPE")
-        super().__init__({
-            "a": In(log_layout(params)),
-            "b": In(signed(params.w_log_bits)),
-            "first": In(1),
-            "acc": Out(branch_layout(params)),
-        })
+        super().__init__(
+            {
+                "a": In(log_layout(params)),
+                "b": In(signed(params.w_log_bits)),
+                "first": In(1),
+                "acc": Out(branch_layout(params)),
+            }
+        )
 
     @staticmethod
     def a_shape(p: BMParams):
@@ -80,10 +82,12 @@ class BMPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        acc = Signal(self.acc.shape(), reset_less=True)  # `first` starts every maximum
+        m.d.comb += self.acc.eq(acc)
         s = self.a.lx + self.b
-        take = self.first | (~self.a.zero & (self.acc.zero | (s > self.acc.m)))
+        take = self.first | (~self.a.zero & (acc.zero | (s > acc.m)))
         with m.If(take):
-            m.d.sync += [self.acc.m.eq(s), self.acc.zero.eq(self.a.zero)]
+            m.d.sync += [acc.m.eq(s), acc.zero.eq(self.a.zero)]
         return m
 
 
@@ -114,12 +118,14 @@ class MACPE(wiring.Component):
 
     def __init__(self, params: MACParams):
         self.params = check_params(params, (MACParams,), block="MACPE")
-        super().__init__({
-            "a": In(unsigned(params.a_bits)),
-            "b": In(signed(params.w_bits)),
-            "first": In(1),
-            "acc": Out(signed(params.acc_bits)),
-        })
+        super().__init__(
+            {
+                "a": In(unsigned(params.a_bits)),
+                "b": In(signed(params.w_bits)),
+                "first": In(1),
+                "acc": Out(signed(params.acc_bits)),
+            }
+        )
 
     @staticmethod
     def a_shape(p: MACParams):
@@ -140,7 +146,9 @@ class MACPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.d.sync += self.acc.eq(Mux(self.first, 0, self.acc) + self.a * self.b)
+        acc = Signal(self.acc.shape(), reset_less=True)  # `first` starts every sum
+        m.d.comb += self.acc.eq(acc)
+        m.d.sync += acc.eq(Mux(self.first, 0, acc) + self.a * self.b)
         return m
 
 

@@ -19,6 +19,10 @@ An uncompressed ``.npz`` (a zip of ``.npy`` arrays, loaded with ``allow_pickle=F
     signed ``w_bits`` integers for MAC. Stored as ``int32``.
 ``layer<i>.bias``
     Layer ``i``'s integer bias, shape ``(out_ch,)``, in accumulator units. Stored as ``int64``.
+``aux.<name>`` (optional)
+    Auxiliary arrays that the datapath does not use, e.g. ``aux.float_test_pred``: the float
+    model's predicted class for every test image, so that top-1 agreement can be measured
+    without torch or the checkpoint.
 ``checksum``
     The hex SHA-256 (as ``uint8`` ASCII bytes) of :func:`canonical_bytes`: the canonical JSON of
     ``meta`` (sorted keys, no spaces), then for every tensor in name order its name, dtype,
@@ -85,6 +89,7 @@ class NetworkExport:
     input_shape: tuple[int, int, int] = (1, 28, 28)
     pixel_shift: int = 0
     metadata: dict = field(default_factory=dict)
+    aux: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     checksum: str = ""
 
@@ -115,6 +120,8 @@ class NetworkExport:
         for i, t in enumerate(self.tensors):
             out[f"layer{i}.w"] = np.ascontiguousarray(np.asarray(t["w"]), dtype=np.int32)
             out[f"layer{i}.bias"] = np.ascontiguousarray(np.asarray(t["bias"]), dtype=np.int64)
+        for name, a in self.aux.items():
+            out[f"aux.{name}"] = np.ascontiguousarray(np.asarray(a))
         return out
 
 
@@ -188,6 +195,11 @@ def validate(exp: NetworkExport) -> None:
     if (255 >> exp.pixel_shift) > p.a_max:
         raise ValueError(f"pixel codes (255 >> {exp.pixel_shift}) exceed a_max {p.a_max}")
     layer_shapes(exp.layers, exp.input_shape)
+    for name, a in exp.aux.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ValueError(f"aux name must be an identifier, not {name!r}")
+        if np.asarray(a).dtype == object:
+            raise ValueError(f"aux.{name} must be a plain numeric array")
     b_lo, b_hi = _signed_range(p.bias_bits)
     for i, (spec, t) in enumerate(zip(exp.layers, exp.tensors, strict=True)):
         w, b = np.asarray(t["w"]), np.asarray(t["bias"])
@@ -261,6 +273,7 @@ def save_export(path, exp: NetworkExport) -> NetworkExport:
         input_shape=tuple(exp.input_shape),
         pixel_shift=exp.pixel_shift,
         metadata=exp.metadata,
+        aux=dict(exp.aux),
         schema_version=SCHEMA_VERSION,
         checksum=checksum,
     )
@@ -293,8 +306,10 @@ def load_export(path) -> NetworkExport:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         fail(f"the meta record is not valid JSON: {err}", err)
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        fail(f"schema is {meta.get('schema') if isinstance(meta, dict) else None!r}, "
-             f"expected {SCHEMA!r}")
+        fail(
+            f"schema is {meta.get('schema') if isinstance(meta, dict) else None!r}, "
+            f"expected {SCHEMA!r}"
+        )
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         fail(f"schema version {version!r} is not supported (this loader reads {SCHEMA_VERSION})")
@@ -307,7 +322,9 @@ def load_export(path) -> NetworkExport:
         tensors = []
         for i in range(len(layers)):
             tensors.append({"w": arrays[f"layer{i}.w"], "bias": arrays[f"layer{i}.bias"]})
+        aux = {k[4:]: v for k, v in arrays.items() if k.startswith("aux.")}
         extra = set(arrays) - {f"layer{i}.{k}" for i in range(len(layers)) for k in ("w", "bias")}
+        extra -= {f"aux.{k}" for k in aux}
         if extra:
             raise ValueError(f"unexpected members {sorted(extra)}")
         exp = NetworkExport(
@@ -318,6 +335,7 @@ def load_export(path) -> NetworkExport:
             input_shape=tuple(int(v) for v in meta["input"]["shape"]),
             pixel_shift=int(meta["input"]["pixel_shift"]),
             metadata=dict(meta.get("metadata", {})),
+            aux=aux,
             schema_version=version,
             checksum=stored,
         )

@@ -73,6 +73,9 @@ __all__ = [
     "stages_of",
     "float_forward",
     "calibrate",
+    "check_stages",
+    "to_float_input",
+    "float_logits",
     "quantize_bm",
     "quantize_mac",
     "quantize",
@@ -260,10 +263,67 @@ def _last_shift(bound: float, acc_bits: int) -> int:
     return s
 
 
-def quantize_bm(stages, stats, p: BMParams, *, pct: float = 99.99, pixel_shift: int = 0):
-    """Integer 1.5-BM layers, tensors and per-layer scales from a BM15 float net (hard max)."""
+def _window_sums(spec: LayerSpec, codes: np.ndarray) -> np.ndarray:
+    """``S`` per output position, laid out as the reference's accumulators ``(B, Ho, Wo)``."""
+    if spec.kind == "linear":
+        return codes.reshape(len(codes), -1).sum(1)
+    k = spec.k
+    xs = codes.sum(1)
+    ho, wo = xs.shape[1] - k + 1, xs.shape[2] - k + 1
+    s = np.zeros((len(codes), ho, wo), dtype=np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            s += xs[:, ky : ky + ho, kx : kx + wo]
+    return s
+
+
+@torch.no_grad()
+def _branch_gain(p: BMParams, spec: LayerSpec, m: BM15Layer, codes, lw, sigma, a_acc):
+    """Per channel ``sum E_int / sum E_float`` of the branch on the layer's integer inputs."""
+    from .maxops import maxtimes_conv
+    from .reference import _batch_bm_layer
+
+    x = torch.from_numpy(codes.astype(np.float64) * sigma)
+    if spec.kind == "linear":
+        x = x.flatten(1)
+    e_f = maxtimes_conv(x, m.w_pos().detach().double()).numpy() * a_acc
+    zero_bias = np.zeros(spec.out_ch, dtype=np.int64)
+    acc = _batch_bm_layer(p, spec, codes, lw, zero_bias)
+    s = _window_sums(spec, codes)
+    e_i = acc + (s[..., None] << spec.c_shift)  # the exp unit's output E
+    if spec.kind == "conv":
+        e_f = e_f.transpose(0, 2, 3, 1)
+    red = tuple(range(e_i.ndim - 1))
+    num, den = e_i.sum(red).astype(np.float64), e_f.sum(red)
+    return np.where((den > 0) & (num > 0), num / np.maximum(den, 1e-300), 1.0)
+
+
+def quantize_bm(
+    stages,
+    stats,
+    p: BMParams,
+    *,
+    pct: float = 99.99,
+    pixel_shift: int = 0,
+    calib_images=None,
+    log_offset: bool = True,
+    offset_iters: int = 2,
+):
+    """Integer 1.5-BM layers, tensors and per-layer scales from a BM15 float net (hard max).
+
+    With ``log_offset`` and ``calib_images``, each output channel's log weight codes are offset
+    by the measured mean log-domain error of the branch on the integer network's own inputs
+    (the log unit truncates, so its products are biased low): ``Lw = round(2**f * (log2(w_pos
+    * k) - log2 g_c))`` with ``g_c = sum E_int / sum E_float``, still a code of ``w_pos * k'``.
+    """
+    from .reference import _batch_bm_layer, ref_requant
+
     sigma = 2.0 ** (pixel_shift - 8)
     layers, tensors, info = [], [], []
+    codes = None
+    if calib_images is not None:
+        x = np.asarray(calib_images)
+        codes = (x[:, None] if x.ndim == 3 else x).astype(np.int64) >> pixel_shift
     wmax_code = 2.0 ** (p.w_log_max / (1 << p.log_frac))
     for li, (st, s) in enumerate(zip(stages, stats, strict=True)):
         m = st.module
@@ -274,7 +334,7 @@ def quantize_bm(stages, stats, p: BMParams, *, pct: float = 99.99, pixel_shift: 
         kind, cin, cout, k = st.geometry
         w_pos = m.w_pos().detach().double().numpy().reshape(cout, -1)
         fb = m.folded_bias().detach().double().numpy()
-        cx = float(m.corr_x)
+        cx = float(m.corr_x.detach())
         if not cx > 0:
             raise QuantizeError(f"layer {li}: corr_x must be > 0 for a shift, not {cx}")
         last = li == len(stages) - 1
@@ -311,6 +371,12 @@ def quantize_bm(stages, stats, p: BMParams, *, pct: float = 99.99, pixel_shift: 
         spec = LayerSpec(
             kind, cin, cout, k, c_shift=c, out_shift=out_shift, relu=not last, pool=st.pool
         )
+        gain = np.ones(cout)
+        if log_offset and codes is not None:
+            for _ in range(offset_iters):
+                g = _branch_gain(p, spec, m, codes, lw, sigma, a_acc)
+                gain = gain * g
+                lw = _log_codes(p, w_pos / gain[:, None], kk).reshape(m.weight.shape)
         layers.append(spec)
         tensors.append({"w": lw, "bias": bias})
         clipped = int(((w_pos * kk) < 2.0 ** (p.w_log_min / (1 << p.log_frac))).sum())
@@ -320,10 +386,23 @@ def quantize_bm(stages, stats, p: BMParams, *, pct: float = 99.99, pixel_shift: 
                 "acc_scale": a_acc,
                 "k": kk,
                 "corr_x": cx,
-                "dx_float": float(m.dx),
+                "dx_float": float(m.dx.detach()),
                 "w_codes_clamped_low": clipped,
+                "log_offset_gain": [float(v) for v in gain],
             }
         )
+        if codes is not None and not last:
+            acc = _batch_bm_layer(p, spec, codes, lw, bias)
+            y = ref_requant(p, acc, spec.out_shift, spec.relu).transpose(0, 3, 1, 2)
+            if spec.pool > 1:
+                n_, c_, h_, w_ = y.shape
+                h2, w2 = h_ // spec.pool, w_ // spec.pool
+                y = (
+                    y[:, :, : h2 * spec.pool, : w2 * spec.pool]
+                    .reshape(n_, c_, h2, spec.pool, w2, spec.pool)
+                    .max(axis=(3, 5))
+                )
+            codes = np.ascontiguousarray(y)
         if not last:
             sigma = 2.0**out_shift / a_acc
     return layers, tensors, info
@@ -337,7 +416,9 @@ def quantize_mac(stages, stats, p: MACParams, *, pct: float = 99.99, pixel_shift
     for li, (st, s) in enumerate(zip(stages, stats, strict=True)):
         m = st.module
         if isinstance(m, BMLayer):
-            raise QuantizeError(f"layer {li} is a BM layer; the MAC baseline needs the classical net")
+            raise QuantizeError(
+                f"layer {li} is a BM layer; the MAC baseline needs the classical net"
+            )
         kind, cin, cout, k = st.geometry
         w = m.weight.detach().double().numpy()
         b = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(cout)
@@ -354,8 +435,9 @@ def quantize_mac(stages, stats, p: MACParams, *, pct: float = 99.99, pixel_shift
             w_int = np.clip(np.floor(w * 2.0**q + 0.5), p.w_min, p.w_max).astype(np.int64)
             bias = np.floor(b * a_acc + 0.5).astype(np.int64)
             w2 = w_int.reshape(cout, -1)
-            worst = p.a_max * np.maximum(np.where(w2 > 0, w2, 0).sum(1),
-                                         np.where(w2 < 0, -w2, 0).sum(1)) + np.abs(bias)
+            worst = p.a_max * np.maximum(
+                np.where(w2 > 0, w2, 0).sum(1), np.where(w2 < 0, -w2, 0).sum(1)
+            ) + np.abs(bias)
             if worst.max() < 2 ** (p.acc_bits - 1) and np.abs(bias).max() < 2 ** (p.bias_bits - 1):
                 break
             q -= 1
@@ -365,8 +447,9 @@ def quantize_mac(stages, stats, p: MACParams, *, pct: float = 99.99, pixel_shift
             out_shift = _last_shift(float(worst.max()), p.acc_bits)
         else:
             out_shift = q + d
-        layers.append(LayerSpec(kind, cin, cout, k, out_shift=out_shift, relu=not last,
-                                pool=st.pool))
+        layers.append(
+            LayerSpec(kind, cin, cout, k, out_shift=out_shift, relu=not last, pool=st.pool)
+        )
         tensors.append({"w": w_int, "bias": bias})
         info.append({"sigma_in": sigma, "acc_scale": a_acc, "w_scale_log2": q})
         if not last:
@@ -374,7 +457,7 @@ def quantize_mac(stages, stats, p: MACParams, *, pct: float = 99.99, pixel_shift
     return layers, tensors, info
 
 
-# -- evaluation helpers -----------------------------------------------------------------------------
+# -- evaluation helpers ------------------------------------------------------------------------
 def int_logits(exp: NetworkExport, images, *, batch: int = 500) -> np.ndarray:
     """Integer logits of uint8 images through the batched reference."""
     codes = exp.codes(images)
@@ -455,9 +538,21 @@ def _fq_forward(stages, spec_layers, infos, p: BMParams, x: torch.Tensor) -> tor
     return x
 
 
-def qat_finetune(stages, layers, infos, p: BMParams, x_train, y_train, *, epochs: float = 1.0,
-                 lr: float = 1e-4, batch: int = 64, seed: int = 0, log=print,
-                 time_limit: float | None = None):
+def qat_finetune(
+    stages,
+    layers,
+    infos,
+    p: BMParams,
+    x_train,
+    y_train,
+    *,
+    epochs: float = 1.0,
+    lr: float = 1e-4,
+    batch: int = 64,
+    seed: int = 0,
+    log=print,
+    time_limit: float | None = None,
+):
     """Fine-tune the float BM net through the fake-quantized forward (scales held fixed)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -474,18 +569,41 @@ def qat_finetune(stages, layers, infos, p: BMParams, x_train, y_train, *, epochs
         loss.backward()
         opt.step()
         if step % 100 == 0:
-            log(f"qat step {step}/{steps} loss {float(loss):.4f} ({time.time() - t0:.0f} s)")
+            log(
+                f"qat step {step}/{steps} loss {float(loss.detach()):.4f} "
+                f"({time.time() - t0:.0f} s)"
+            )
         if time_limit is not None and time.time() - t0 > time_limit:
             log(f"qat stopped at the time limit after {step + 1} steps")
             break
 
 
 # -- driver ----------------------------------------------------------------------------------------
-def quantize(stages, x_cal, p, *, preset: str, pct: float = 99.99, pixel_shift: int = 0,
-             metadata: dict | None = None) -> NetworkExport:
+def quantize(
+    stages,
+    x_cal,
+    p,
+    *,
+    preset: str,
+    pct: float = 99.99,
+    pixel_shift: int = 0,
+    metadata: dict | None = None,
+    log_offset: bool = True,
+    offset_images: int = 500,
+) -> NetworkExport:
     stats = calibrate(stages, x_cal)
-    fn = quantize_bm if isinstance(p, BMParams) else quantize_mac
-    layers, tensors, info = fn(stages, stats, p, pct=pct, pixel_shift=pixel_shift)
+    if isinstance(p, BMParams):
+        layers, tensors, info = quantize_bm(
+            stages,
+            stats,
+            p,
+            pct=pct,
+            pixel_shift=pixel_shift,
+            log_offset=log_offset,
+            calib_images=x_cal[:offset_images] if log_offset else None,
+        )
+    else:
+        layers, tensors, info = quantize_mac(stages, stats, p, pct=pct, pixel_shift=pixel_shift)
     meta = dict(metadata or {})
     meta["layer_scales"] = info
     meta["calibration"] = {"images": int(len(x_cal)), "act_percentile": pct}
@@ -502,23 +620,34 @@ def quantize(stages, x_cal, p, *, preset: str, pct: float = 99.99, pixel_shift: 
 
 def load_float_net(checkpoint: str | Path) -> nn.Module:
     """A trained float net from a checkpoint written by :mod:`model.train`."""
-    from . import nets
+    from .train import load_model
 
-    return nets.load_checkpoint(checkpoint)
+    return load_model(checkpoint)
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m model.quantize", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m model.quantize", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--checkpoint", required=True, help="float checkpoint (model.train)")
     ap.add_argument("--out", required=True, help="export file to write (.npz)")
     ap.add_argument("--arith", choices=("bm", "mac"), required=True)
     ap.add_argument("--preset", default=None, help="params preset (default bm8 / mac8)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--calib-images", type=int, default=5000, help="training images to calibrate on")
-    ap.add_argument("--val-images", type=int, default=5000,
-                    help="held-out training images that decide whether QAT is needed")
-    ap.add_argument("--percentiles", default="99.9,99.99,100",
-                    help="activation clip percentiles tried; the best on the held-out images wins")
+    ap.add_argument(
+        "--calib-images", type=int, default=5000, help="training images to calibrate on"
+    )
+    ap.add_argument(
+        "--val-images",
+        type=int,
+        default=5000,
+        help="held-out training images that decide whether QAT is needed",
+    )
+    ap.add_argument(
+        "--percentiles",
+        default="99.9,99.99,100",
+        help="activation clip percentiles tried; the best on the held-out images wins",
+    )
     ap.add_argument("--qat-threshold", type=float, default=0.1, help="pp of loss that triggers QAT")
     ap.add_argument("--qat-epochs", type=float, default=1.0)
     ap.add_argument("--qat-lr", type=float, default=1e-4)
@@ -555,15 +684,26 @@ def main(argv=None) -> int:
     def evaluate(exp, xs, ys):
         f_pred = float_logits(stages, xs).argmax(1)
         i_pred = int_logits(exp, xs).argmax(1)
-        return float((f_pred == ys).mean()), float((i_pred == ys).mean()), float(
-            (i_pred == f_pred).mean()
+        return (
+            float((f_pred == ys).mean()),
+            float((i_pred == ys).mean()),
+            float((i_pred == f_pred).mean()),
         )
 
-    meta = {"checkpoint": str(args.checkpoint), "arith": args.arith, "seed": args.seed}
+    ck = Path(args.checkpoint).resolve()
+    root = Path(__file__).resolve().parent.parent
+    ck_name = str(ck.relative_to(root)) if ck.is_relative_to(root) else str(ck)
+    meta = {
+        "checkpoint": ck_name,
+        "arith": args.arith,
+        "seed": args.seed,
+        "command": "python -m model.quantize " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     best = None
     for pct in (float(v) for v in args.percentiles.split(",")):
-        exp = quantize(stages, cal, p, preset=preset, pct=pct, pixel_shift=pixel_shift,
-                       metadata=meta)
+        exp = quantize(
+            stages, cal, p, preset=preset, pct=pct, pixel_shift=pixel_shift, metadata=meta
+        )
         fa, ia, ag = evaluate(exp, x_val, y_val)
         print(f"pct {pct}: held-out float {fa:.4f} integer {ia:.4f} agreement {ag:.4f}")
         if best is None or ia > best[1]:
@@ -577,14 +717,32 @@ def main(argv=None) -> int:
             if hasattr(st.module, "dw"):
                 st.module.dx.requires_grad_(False)
         net.train()
-        qat_finetune(stages, exp.layers, exp.metadata["layer_scales"], p,
-                     x_tr[perm[args.calib_images + args.val_images :]],
-                     y_tr[perm[args.calib_images + args.val_images :]],
-                     epochs=args.qat_epochs, lr=args.qat_lr, seed=args.seed,
-                     time_limit=args.qat_time_limit)
+        qat_finetune(
+            stages,
+            exp.layers,
+            exp.metadata["layer_scales"],
+            p,
+            x_tr[perm[args.calib_images + args.val_images :]],
+            y_tr[perm[args.calib_images + args.val_images :]],
+            epochs=args.qat_epochs,
+            lr=args.qat_lr,
+            seed=args.seed,
+            time_limit=args.qat_time_limit,
+        )
         net.eval()
-        exp = quantize(stages, cal, p, preset=preset, pct=pct, pixel_shift=pixel_shift,
-                       metadata={**meta, "qat": {"epochs": args.qat_epochs, "lr": args.qat_lr}})
+        # the fine-tuned float model is the export's float reference from now on
+        from .train import net_to_dict
+
+        qat_ck = Path(args.out).with_suffix(".qat.pt")
+        torch.save(net_to_dict(net), qat_ck)
+        qat_ck = qat_ck.resolve()
+        meta["checkpoint"] = (
+            str(qat_ck.relative_to(root)) if qat_ck.is_relative_to(root) else (str(qat_ck))
+        )
+        meta["qat"] = {"epochs": args.qat_epochs, "lr": args.qat_lr, "from": ck_name}
+        exp = quantize(
+            stages, cal, p, preset=preset, pct=pct, pixel_shift=pixel_shift, metadata=meta
+        )
         fa, ia, ag = evaluate(exp, x_val, y_val)
         print(f"after QAT: held-out float {fa:.4f} integer {ia:.4f} agreement {ag:.4f}")
     exp.metadata["heldout"] = {"float_accuracy": fa, "int_accuracy": ia, "images": len(x_val)}
@@ -597,6 +755,7 @@ def main(argv=None) -> int:
             "agreement": float((f_pred == i_pred).mean()),
             "images": int(len(y_te)),
         }
+        exp.aux["float_test_pred"] = f_pred.astype(np.uint8)
         print("test", json.dumps(exp.metadata["test"]))
     written = save_export(args.out, exp)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size} bytes, sha256 {written.checksum})")

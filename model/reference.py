@@ -344,11 +344,20 @@ def _batch_mac_layer(p: MACParams, spec: LayerSpec, x, w, bias):
         raise OverflowError("layer too wide for the exact float64 fast path")
     wf = w.T.astype(np.float64)
     if spec.kind == "conv":
-        bsz = x.shape[0]
-        cols = np.concatenate([im2col(xi, spec.k)[0][None] for xi in x]).astype(np.float64)
+        bsz, c, h, wd = x.shape
         k = spec.k
-        ho, wo = x.shape[2] - k + 1, x.shape[3] - k + 1
-        acc = (cols @ wf).astype(np.int64).reshape(bsz, ho, wo, spec.out_ch)
+        ho, wo = h - k + 1, wd - k + 1
+        xf = np.ascontiguousarray(x, dtype=np.float64)
+        s = xf.strides
+        view = np.lib.stride_tricks.as_strided(
+            xf, shape=(bsz, ho, wo, c, k, k), strides=(s[0], s[2], s[3], s[1], s[2], s[3]),
+            writeable=False,
+        )
+        acc = np.empty((bsz, ho, wo, spec.out_ch), dtype=np.int64)
+        step = max(1, (1 << 21) // (ho * wo * spec.fan_in))  # about 16 MB of patches at a time
+        for i in range(0, bsz, step):
+            cols = view[i : i + step].reshape(-1, spec.fan_in)
+            acc[i : i + step] = (cols @ wf).astype(np.int64).reshape(-1, ho, wo, spec.out_ch)
     else:
         acc = (x.reshape(x.shape[0], -1).astype(np.float64) @ wf).astype(np.int64)
     acc = acc + _as_int(bias)

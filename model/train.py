@@ -247,14 +247,19 @@ def refit_layer(cfg: TrainConfig, layer: nn.Module, h_in: torch.Tensor, target: 
 
     c = float(layer.corr_x) if is15 else 0.0
     if is15:
-        for _ in range(5):
-            g, b = fit_gb(c)
-            r = t - g * e - b  # ~ -c * s
-            sm = s - s.mean(0)
-            c_new = float(-(r * sm).sum() / (sm * sm).sum().clamp(min=1e-12)) + c
-            if not math.isfinite(c_new) or c_new <= 0:
-                break
-            c = c_new
+        # joint least squares: project t and s off span(e_c, 1) per channel, then solve for c
+        em = e.mean(0)
+        ec = e - em
+        var = (ec * ec).sum(0).clamp(min=1e-12)
+
+        def resid(a):
+            a = a - a.mean(0)
+            return a - ec * ((ec * a).sum(0) / var)
+
+        tr, sr = resid(t), resid(s)
+        c_fit = float(-(tr * sr).sum() / (sr * sr).sum().clamp(min=1e-12))
+        if math.isfinite(c_fit) and c_fit > 0:
+            c = c_fit
         if cfg.snap_corr:
             c = 2.0 ** round(math.log2(c))
     g, b = fit_gb(c)
@@ -327,9 +332,9 @@ def train_epochs(run: Run, net: LeNet, data, *, epochs: int, lr: float, tag: str
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss)
+            tot += float(loss.detach())
             nb += 1
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"{tag}: loss is {float(loss)} at epoch {ep + 1}")
         net.eval()
         acc = evaluate(net, xte, yte)
@@ -609,8 +614,8 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
                 loss.backward()
                 opt.step()
                 sched.step()
-                tot += float(loss)
-                if not math.isfinite(float(loss)):
+                tot += float(loss.detach())
+                if not math.isfinite(float(loss.detach())):
                     raise FloatingPointError(f"layer {k}: loss {float(loss)}")
             acc = eval_path()
             run.log(f"layer {k} epoch {ep + 1}/{epochs}: loss {tot / len(order):.4f} "

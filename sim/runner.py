@@ -72,19 +72,28 @@ def run_cocotb(component, *, toplevel: str, module: str, params: dict, tag: str 
     sim = simulator()
     _require_simulator(sim)
     blob = json.dumps(params, sort_keys=True)
-    digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
-    build_dir = BUILD / sim / f"{toplevel}-{tag or digest}"
-    src = emit_verilog(component, toplevel, build_dir / f"{toplevel}.v")
+    from amaranth.back import verilog
+
+    text = verilog.convert(component, name=toplevel, emit_src=False)
+    # one build per distinct Verilog text: test cases that only change params reuse it
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    build_dir = BUILD / sim / f"{toplevel}-{digest}"
+    test_dir = build_dir / "runs" / (tag or hashlib.sha1(blob.encode()).hexdigest()[:10])
+    test_dir.mkdir(parents=True, exist_ok=True)
+    src = build_dir / f"{toplevel}.v"
     waves = os.environ.get("WAVES", "") == "1"
     runner = get_runner(sim)
     build_args = []
     if sim == "verilator":
-        build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2"]
+        build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not src.exists() or src.read_text() != text:
+        src.write_text(text)  # unchanged text keeps its mtime, so the build is reused
     runner.build(
         sources=[src],
         hdl_toplevel=toplevel,
         build_dir=build_dir,
-        always=True,
+        always=waves,
         waves=waves,
         timescale=("1ns", "1ps"),
         build_args=build_args,
@@ -100,16 +109,16 @@ def run_cocotb(component, *, toplevel: str, module: str, params: dict, tag: str 
         test_module=f"sim.{module}",
         hdl_toplevel=toplevel,
         build_dir=build_dir,
-        test_dir=build_dir,
+        test_dir=test_dir,
         extra_env=env,
         waves=waves,
         testcase=testcase,
-        results_xml=str(build_dir / "results.xml"),
-        log_file=build_dir / "test.log",
+        results_xml=str(test_dir / "results.xml"),
+        log_file=test_dir / "test.log",
     )
     n_tests, n_failed = get_results(results)
     if n_tests == 0 or n_failed:
-        log = (build_dir / "test.log")
+        log = test_dir / "test.log"
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else ""
         pytest.fail(f"{sim}: {n_failed} of {n_tests} cocotb tests failed in {module}\n{tail}",
                     pytrace=False)

@@ -30,8 +30,9 @@ LAYERS = (
 def make_export(arith: str = "bm", seed: int = 0) -> NetworkExport:
     rng = np.random.default_rng(seed)
     p = PRESETS["bm8" if arith == "bm" else "mac8"]
-    layers = tuple(LAYERS if arith == "bm" else (LayerSpec(**{**s.to_dict(), "c_shift": 0})
-                                                 for s in LAYERS))
+    layers = tuple(
+        LAYERS if arith == "bm" else (LayerSpec(**{**s.to_dict(), "c_shift": 0}) for s in LAYERS)
+    )
     tensors = []
     for s in layers:
         if arith == "bm":
@@ -184,10 +185,13 @@ def test_broken_layer_chain(saved, tmp_path):
         load_export(bad)
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("w", 10**4, "outside"),
-    ("bias", 2**40, "bias outside"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("w", 10**4, "outside"),
+        ("bias", 2**40, "bias outside"),
+    ],
+)
 def test_value_out_of_range(tmp_path, field, value, msg):
     exp = make_export("bm")
     tensors = [dict(t) for t in exp.tensors]
@@ -225,7 +229,9 @@ def test_mac_overflow_refused(tmp_path):
     tensors = [dict(t) for t in exp.tensors]
     tensors[2]["bias"] = np.full(5, (1 << (p.bias_bits - 1)) - 1)
     with pytest.raises(ExportError, match="accumulator can overflow"):
-        save_export(tmp_path / "x.npz", NetworkExport(**{**exp.__dict__, "tensors": tuple(tensors)}))
+        save_export(
+            tmp_path / "x.npz", NetworkExport(**{**exp.__dict__, "tensors": tuple(tensors)})
+        )
 
 
 def test_not_an_export(tmp_path):

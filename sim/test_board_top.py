@@ -1,0 +1,78 @@
+"""RTL: the board top over its UART pins, in Icarus or Verilator (``SIM``).
+
+With the fixture core (until the accelerator exists) on seeded random images and, when MNIST is
+available, on real test images. With the accelerator (``hw/accel.py``) on real MNIST test images
+checked against :mod:`model.reference`; that test skips while ``hw/accel.py`` does not exist.
+"""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from hw.top import BoardTop, FixtureCore, FixtureParams, fixture_logits
+from sim.runner import run_cocotb
+
+pytestmark = pytest.mark.rtl
+
+DIVISOR = 4  # the fastest the UART allows: keeps a 784-byte image at ~31k cycles
+TIMEOUT_BYTES = 16
+SEED = 7
+
+
+def _run(core, images, expected, tag):
+    top = BoardTop(core, divisor=DIVISOR, timeout_bytes=TIMEOUT_BYTES, heartbeat_bits=8)
+    cfg = {
+        "divisor": DIVISOR,
+        "timeout_bytes": TIMEOUT_BYTES,
+        "n_pixels": core.n_pixels,
+        "n_logits": core.n_logits,
+        "cycles_per_image": core.cycles_per_image,
+        "images": [list(map(int, im)) for im in images],
+        "expected": [list(map(int, e)) for e in expected],
+    }
+    run_cocotb(top, toplevel="board_top", module="tb_board_top", params=cfg, tag=tag)
+
+
+def _mnist_images(n):
+    try:
+        from model.data import load_mnist
+
+        _, _, x_test, _ = load_mnist()
+    except Exception:  # no data here: the random images still cover the protocol
+        return []
+    return [x_test[k].reshape(-1) for k in range(n)]
+
+
+def test_board_top_fixture_core():
+    rng = np.random.default_rng(SEED)
+    images = [rng.integers(0, 256, 784), np.full(784, 255)]  # the second: all logits tie at 0
+    images += _mnist_images(1)
+    expected = [fixture_logits(im) for im in images]
+    _run(FixtureCore(FixtureParams()), images, expected, tag="fixture")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hw.accel") is None,
+                    reason="hw/accel.py (the accelerator) does not exist yet")
+def test_board_top_accelerator_mnist(mnist):
+    from hw.top import make_core
+    from model.export import load_export
+    from model.reference import ref_network
+
+    weights = _default_weights()
+    export = load_export(weights)
+    core = make_core(weights, export.arith)
+    _, _, x_test, _ = mnist
+    images = [x_test[k] for k in range(3)]
+    codes = export.codes(np.stack(images))
+    expected = [ref_network(export.params, export.layers, export.tensors, c) for c in codes]
+    _run(core, [c.reshape(-1) for c in codes], expected, tag=f"accel-{export.arith}")
+
+
+def _default_weights():
+    from hw.build import default_weights
+
+    path = default_weights("bm")
+    if not path.exists():
+        pytest.skip(f"no shipped weights at {path}")
+    return path
