@@ -20,6 +20,7 @@ from pathlib import Path
 from model.params import PRESETS, BMParams
 
 from ._util import check_count, check_params
+from .array import DATAFLOWS
 
 __all__ = ["BLOCKS", "build_block", "emit_block", "main", "parse_args"]
 
@@ -38,7 +39,14 @@ BLOCKS: dict[str, tuple[str | None, str]] = {
 
 
 def build_block(
-    block: str, params, *, rows: int = 4, cols: int = 4, lanes: int = 1, max_fan_in: int = 5184
+    block: str,
+    params,
+    *,
+    rows: int = 4,
+    cols: int = 4,
+    lanes: int = 1,
+    max_fan_in: int = 5184,
+    dataflow: str = "broadcast",
 ):
     """The Amaranth component for ``block`` (a key of :data:`BLOCKS`)."""
     if block not in BLOCKS:
@@ -53,6 +61,8 @@ def build_block(
         ("max_fan_in", max_fan_in),
     ):
         check_count(name, value)
+    if dataflow not in DATAFLOWS:
+        raise ValueError(f"dataflow must be one of {DATAFLOWS}, not {dataflow!r}")
     need = BLOCKS[block][0]
     kind = "bm" if isinstance(params, BMParams) else "mac"
     if need is not None and need != kind:
@@ -72,7 +82,7 @@ def build_block(
     if block == "array":
         from .array import SystolicArray
 
-        return SystolicArray(params, rows=rows, cols=cols)
+        return SystolicArray(params, rows=rows, cols=cols, dataflow=dataflow)
     if block == "window_sum":
         from .requant import WindowSum
 
@@ -113,6 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cols", type=int, default=4, help="array columns")
     ap.add_argument("--lanes", type=int, default=1, help="lanes of log/exp/requant/...")
     ap.add_argument("--max-fan-in", type=int, default=5184, help="window-sum bound")
+    ap.add_argument(
+        "--dataflow", default="broadcast", choices=["broadcast", "systolic"], help="array dataflow"
+    )
     ap.add_argument("--list", action="store_true", help="list the blocks and presets")
     return ap.parse_args(argv)
 
@@ -151,6 +164,7 @@ def main(argv=None) -> int:
             cols=args.cols,
             lanes=args.lanes,
             max_fan_in=args.max_fan_in,
+            dataflow=args.dataflow,
         )
     except (ValueError, TypeError) as e:
         print(f"hw.emit: error: {e}", file=sys.stderr)

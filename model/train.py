@@ -47,6 +47,8 @@ from .nets import LeNet, create_net
 
 __all__ = ["TrainConfig", "parse_args", "main", "load_model", "evaluate", "METHODS"]
 
+CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
+
 METHODS = ("classical", "direct", "layerwise", "layerwise_freeze", "kd", "lwkd", "two_stage")
 
 
@@ -78,7 +80,7 @@ class TrainConfig:
     beta: float = 1.0  # weight of the MSE terms
     ce_weight: float = 1.0  # weight of the CE terms
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
     data_dir: str | None = None
     train_limit: int = 0  # 0: whole training set
     test_limit: int = 0  # 0: whole test set
@@ -258,8 +260,10 @@ def refit_layer(cfg: TrainConfig, layer: nn.Module, h_in: torch.Tensor, target: 
 
         tr, sr = resid(t), resid(s)
         c_fit = float(-(tr * sr).sum() / (sr * sr).sum().clamp(min=1e-12))
-        if math.isfinite(c_fit) and c_fit > 0:
-            c = c_fit
+        # the datapath can only subtract a power of two times S; a fit <= 0 means "as little
+        # as possible": the floor CORR_MIN
+        c = c_fit if math.isfinite(c_fit) else c
+        c = max(c, CORR_MIN)
         if cfg.snap_corr:
             c = 2.0 ** round(math.log2(c))
     g, b = fit_gb(c)

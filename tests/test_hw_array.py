@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hw.array import SystolicArray, predict_cycles
+from hw.array import DATAFLOWS, SystolicArray, predict_cycles
 from hw.pe import BMPE, MACPE, pe_class
 from hw.testing import run_stream
 from model.params import PRESETS, BMParams
@@ -119,12 +119,14 @@ def test_pe_extremes():
 
 
 # -- systolic array --------------------------------------------------------------------------
-def rtl_array(p, rows: int, cols: int, tiles, *, seed=0, p_valid=1.0, p_ready=1.0):
+def rtl_array(
+    p, rows: int, cols: int, tiles, *, dataflow="broadcast", seed=0, p_valid=1.0, p_ready=1.0
+):
     """Stream tiles ``[(x (rows, K), w (cols, K)), ...]`` through the array.
 
     Returns the per-tile results shaped like :func:`ref_tile` and the :class:`StreamRun`.
     """
-    dut = SystolicArray(p, rows=rows, cols=cols)
+    dut = SystolicArray(p, rows=rows, cols=cols, dataflow=dataflow)
     bm = isinstance(p, BMParams)
     beats = []
     for x, w in tiles:
@@ -154,10 +156,11 @@ def rtl_array(p, rows: int, cols: int, tiles, *, seed=0, p_valid=1.0, p_ready=1.
     return [outs[t * rows : (t + 1) * rows] for t in range(len(tiles))], run, dut
 
 
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
 @pytest.mark.parametrize("name", ["bm8", "mac8"])
 @HYP
 @given(data=st.data())
-def test_array_random(name, data):
+def test_array_random(name, dataflow, data):
     """Random shapes, fan-ins (also shorter than the rows), input gaps and back-pressure."""
     p = ARITH[name]
     rows = data.draw(st.integers(1, 4), label="rows")
@@ -168,7 +171,9 @@ def test_array_random(name, data):
     p_ready = data.draw(st.sampled_from([1.0, 0.5]), label="p_ready")
     rng = np.random.default_rng(seed)
     tiles = [_operands(p, rng, rows, cols, k) for k in ks]
-    got, _, _ = rtl_array(p, rows, cols, tiles, seed=seed, p_valid=p_valid, p_ready=p_ready)
+    got, _, _ = rtl_array(
+        p, rows, cols, tiles, dataflow=dataflow, seed=seed, p_valid=p_valid, p_ready=p_ready
+    )
     assert got == [ref_tile(p, x, w) for x, w in tiles]
 
 
@@ -181,29 +186,33 @@ CYCLE_SHAPES = {
 
 
 @pytest.mark.parametrize("shape", CYCLE_SHAPES)
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
 @pytest.mark.parametrize("name", ["bm8", "mac8"])
-def test_array_cycle_model(name, shape):
+def test_array_cycle_model(name, dataflow, shape):
     """With no gaps and no back-pressure the simulator takes exactly the predicted cycles."""
     p = ARITH[name]
     rows, cols, pixels, out_ch, fan_in = CYCLE_SHAPES[shape]
     rng = np.random.default_rng(7)
     n_tiles = -(-pixels // rows) * -(-out_ch // cols)
     tiles = [_operands(p, rng, rows, cols, fan_in) for _ in range(n_tiles)]
-    got, run, dut = rtl_array(p, rows, cols, tiles)
+    got, run, dut = rtl_array(p, rows, cols, tiles, dataflow=dataflow)
     assert got == [ref_tile(p, x, w) for x, w in tiles]
-    pred = predict_cycles(rows, cols, pixels=pixels, out_ch=out_ch, fan_in=fan_in)
+    pred = predict_cycles(
+        rows, cols, pixels=pixels, out_ch=out_ch, fan_in=fan_in, dataflow=dataflow
+    )
     assert run.cycles == pred == dut.predict_cycles(pixels=pixels, out_ch=out_ch, fan_in=fan_in)
     # first output row: `latency` cycles after the first tile's last beat
     assert run.out_cycles[0] - run.in_cycles[fan_in - 1] == dut.latency
 
 
-def test_array_zero_windows():
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
+def test_array_zero_windows(dataflow):
     """BM: a window whose inputs are all zero codes is flagged, and reports M = 0."""
     p = PRESETS["bm8"]
     x = np.zeros((2, 5), dtype=np.int64)
     x[1, 3] = 7
     w = np.arange(10).reshape(2, 5) - 100
-    got, _, _ = rtl_array(p, 2, 2, [(x, w)])
+    got, _, _ = rtl_array(p, 2, 2, [(x, w)], dataflow=dataflow)
     assert got == [ref_tile(p, x, w)]
     assert got[0][0] == [(0, True), (0, True)]
 
@@ -217,3 +226,5 @@ def test_constructor_errors():
         MACPE(PRESETS["bm8"])
     with pytest.raises(ValueError, match="fan_in"):
         predict_cycles(4, 4, fan_in=0)
+    with pytest.raises(ValueError, match="dataflow"):
+        predict_cycles(4, 4, fan_in=1, dataflow="diagonal")

@@ -1,0 +1,701 @@
+"""Whole-network accelerator: a stack of 3x3 (or any square-kernel) valid convolutions and a
+final linear layer, run layer by layer through one :class:`hw.array.SystolicArray`.
+
+Generic over the arithmetic: a :class:`model.params.BMParams` export runs the integer 1.5-BM
+network (log codes in memory, max-plus array, exp unit, window-sum correction), a
+:class:`model.params.MACParams` export runs the int8 baseline on the same dataflow (multiply-add
+array, no log/exp). Equal to :func:`model.reference.ref_network`, logit for logit.
+
+Dataflow
+--------
+* **Feature maps** live in two ping-pong buffers of ``rows`` block-RAM banks each. Channel ``c``
+  of an ``H x W`` map occupies the flat indices ``c * HWp + y * W + x``, where the plane size is
+  padded to ``HWp = H*W`` rounded up to ``1 (mod rows)``; flat index ``F`` lives in bank
+  ``F mod rows`` at address ``F div rows`` (``rows`` is a power of two). A BM word holds the code
+  and its log (``{x, lx, zero}``): the log unit sits on the *write* side, once per activation.
+* **Tiles.** A conv layer is computed on *virtual pixels* ``p = y * W_in + x`` (raster order over
+  the input width, so the two columns past ``W_out`` are computed and discarded). A tile is
+  ``rows`` consecutive virtual pixels times ``cols`` output channels. At step
+  ``k = (c, ky, kx)`` lane ``j`` needs flat index ``c*HWp + ky*W_in + kx + p0 + j``: ``rows``
+  consecutive indices, one per bank, read in one cycle and rotated into place. Column ``c``
+  reads its weight from its own weight memory. A linear layer is a convolution whose kernel
+  covers its whole input map.
+* **After the array** each output row (one pixel, ``cols`` channels) goes through the exp unit,
+  the correction and requantization unit (with the window sum ``S`` that the feeder accumulated
+  per lane), the log unit, and is written back: the ``cols`` channels of one pixel fall in
+  ``cols`` distinct banks because ``HWp = 1 (mod rows)`` and ``cols <= rows``.
+* The image is loaded through the same write path. Layers run one after the other; a layer
+  starts when the previous one's last row is written. The last layer streams its logits out.
+
+Members
+-------
+i : In(stream.Signature(unsigned(8)))
+    Pixels of one image, row-major (``n_pixels``); the code is ``pixel >> pixel_shift``.
+o : Out(stream.Signature(signed(32)))
+    ``n_logits`` logits per image, in class order.
+busy : Out(1)
+    High from the first pixel until the last logit is taken.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from model.params import BMParams, MACParams
+
+from ._util import check_count, rom
+from .array import SystolicArray, tile_interval
+from .requant import Requant, window_sum_bits
+
+__all__ = ["LayerPlan", "NetPlan", "plan_network", "Accelerator"]
+
+
+def _pad_plane(hw: int, rows: int) -> int:
+    """Smallest ``n >= hw`` with ``n = 1 (mod rows)`` (any ``n`` when ``rows == 1``)."""
+    if rows == 1:
+        return hw
+    return hw + ((1 - hw) % rows)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer as the accelerator runs it (all sizes in codes)."""
+
+    cin: int
+    k: int
+    h_in: int
+    w_in: int
+    hwp_in: int
+    cout: int
+    h_out: int
+    w_out: int
+    hwp_out: int
+    c_shift: int
+    out_shift: int
+    relu: bool
+    last: bool
+    src: int  # buffer read
+    dst: int  # buffer written (unused by the last layer)
+    wbase: int  # weight address of the first group
+    group0: int  # index of the first group in the group table
+
+    @property
+    def fan_in(self) -> int:
+        return self.cin * self.k * self.k
+
+    @property
+    def p_virt(self) -> int:
+        """Virtual pixels computed: the raster over the input width up to the last output."""
+        return (self.h_out - 1) * self.w_in + self.w_out
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    params: BMParams | MACParams
+    rows: int
+    cols: int
+    input_shape: tuple[int, int, int]
+    pixel_shift: int
+    layers: tuple[LayerPlan, ...]
+    groups: tuple[tuple[int, int, int], ...]  # (layer or -1 for the load, o0, valid columns)
+    buf_depth: tuple[int, int]
+    w_depth: int
+
+    def tiles(self, lp: LayerPlan) -> int:
+        return math.ceil(lp.p_virt / self.rows)
+
+    def n_groups(self, lp: LayerPlan) -> int:
+        return math.ceil(lp.cout / self.cols)
+
+    @property
+    def n_logits(self) -> int:
+        return self.layers[-1].cout
+
+    @property
+    def n_pixels(self) -> int:
+        c, h, w = self.input_shape
+        return c * h * w
+
+    @property
+    def ops(self) -> int:
+        """Useful max-plus or multiply-add operations per image."""
+        return sum(lp.fan_in * lp.cout * lp.h_out * lp.w_out for lp in self.layers)
+
+    @property
+    def ideal_cycles(self) -> float:
+        """Operations divided by processing elements."""
+        return self.ops / (self.rows * self.cols)
+
+
+def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, *,
+                 rows: int = 16, cols: int = 16) -> NetPlan:
+    """Lay a network of :class:`model.params.LayerSpec` out on a ``rows x cols`` accelerator."""
+    check_count("rows", rows)
+    check_count("cols", cols)
+    if rows & (rows - 1):
+        raise ValueError(f"rows must be a power of two, not {rows!r}")
+    if cols > rows:
+        raise ValueError(f"cols must be <= rows ({rows}), not {cols!r}")
+    if not layers:
+        raise ValueError("the network has no layers")
+    c, h, w = input_shape
+    plans, groups = [], [(-1, 0, 1)]
+    hwp = _pad_plane(h * w, rows)
+    sizes = [[c * hwp], []]  # words stored in each buffer, per map
+    wbase = 0
+    src = 0
+    for idx, spec in enumerate(layers):
+        last = idx == len(layers) - 1
+        if spec.pool != 1:
+            raise NotImplementedError(f"layer {idx}: max-pool is not supported by the accelerator")
+        if spec.kind == "conv":
+            if spec.in_ch != c:
+                raise ValueError(f"layer {idx}: expects {spec.in_ch} channels, gets {c}")
+            k = spec.k
+        else:
+            if spec.in_ch != c * h * w or h != w:
+                raise ValueError(
+                    f"layer {idx}: a linear layer needs a square input map of {spec.in_ch} "
+                    f"codes, gets {c}x{h}x{w}")
+            k = h
+        ho, wo = h - k + 1, w - k + 1
+        if ho < 1 or wo < 1:
+            raise ValueError(f"layer {idx}: {h}x{w} input is smaller than the {k}x{k} kernel")
+        if last == spec.relu:
+            raise ValueError(f"layer {idx}: only the last layer may (and must) output logits")
+        hwp_out = _pad_plane(ho * wo, rows)
+        lp = LayerPlan(cin=c, k=k, h_in=h, w_in=w, hwp_in=hwp, cout=spec.out_ch, h_out=ho,
+                       w_out=wo, hwp_out=hwp_out, c_shift=spec.c_shift, out_shift=spec.out_shift,
+                       relu=spec.relu, last=last, src=src, dst=1 - src, wbase=wbase,
+                       group0=len(groups))
+        plans.append(lp)
+        for g in range(math.ceil(spec.out_ch / cols)):
+            groups.append((idx, g * cols, min(cols, spec.out_ch - g * cols)))
+        wbase += math.ceil(spec.out_ch / cols) * lp.fan_in
+        # reads reach past the map by up to a tile of garbage pixels
+        tiles = math.ceil(lp.p_virt / rows)
+        reach = (c - 1) * hwp + (k - 1) * w + (k - 1) + tiles * rows
+        sizes[src].append(reach)
+        if not last:
+            sizes[1 - src].append(spec.out_ch * hwp_out)
+        c, h, w, hwp, src = spec.out_ch, ho, wo, hwp_out, 1 - src
+    depth = tuple(1 << max(1, math.ceil(max(s or [1]) / rows) - 1).bit_length() for s in sizes)
+    w_depth = 1 << max(1, (wbase - 1).bit_length())
+    return NetPlan(params=params, rows=rows, cols=cols, input_shape=tuple(input_shape),
+                   pixel_shift=pixel_shift, layers=tuple(plans), groups=tuple(groups),
+                   buf_depth=depth, w_depth=w_depth)
+
+
+def predict_image_cycles(plan: NetPlan) -> int:
+    """Cycles from the first pixel taken to the last logit taken, with a source that never
+    stalls and a sink that is always ready. Matched against simulation in the tests."""
+    R, C = plan.rows, plan.cols
+    total = plan.n_pixels + LOAD_TAIL
+    for lp in plan.layers:
+        beats = plan.n_groups(lp) * plan.tiles(lp)
+        total += lp.fan_in + (beats - 1) * tile_interval(R, lp.fan_in) + LAYER_TAIL + 2 * R + C
+    return total + plan.n_logits
+
+
+# pipeline latencies after the array (measured by the tests; see predict_image_cycles)
+LOAD_TAIL = 5
+LAYER_TAIL = 12
+
+
+class Accelerator(wiring.Component):
+    """The whole integer network on one systolic array; see the module documentation."""
+
+    def __init__(self, plan: NetPlan, tensors):
+        self.plan = plan
+        self.params = plan.params
+        self.bm = isinstance(plan.params, BMParams)
+        if len(tensors) != len(plan.layers):
+            raise ValueError(f"{len(plan.layers)} layers but {len(tensors)} tensor sets")
+        self.tensors = tensors
+        super().__init__({
+            "i": In(stream.Signature(unsigned(8))),
+            "o": Out(stream.Signature(signed(32))),
+            "busy": Out(1),
+        })
+
+    @classmethod
+    def from_export(cls, export, *, rows: int = 16, cols: int = 16):
+        plan = plan_network(export.params, export.layers, export.input_shape,
+                            export.pixel_shift, rows=rows, cols=cols)
+        return cls(plan, export.tensors)
+
+    @property
+    def n_pixels(self) -> int:
+        return self.plan.n_pixels
+
+    @property
+    def n_logits(self) -> int:
+        return self.plan.n_logits
+
+    @property
+    def cycles_per_image(self) -> int:
+        return predict_image_cycles(self.plan)
+
+    # -- memory images -------------------------------------------------------------------------
+    def _weight_init(self):
+        """Per column: the weight stream of every group, layer by layer."""
+        plan, C = self.plan, self.plan.cols
+        cols = [[] for _ in range(C)]
+        for lp, t in zip(plan.layers, self.tensors, strict=True):
+            w = [list(map(int, row)) for row in np.asarray(t["w"]).reshape(lp.cout, lp.fan_in)]
+            for g in range(plan.n_groups(lp)):
+                for c in range(C):
+                    o = g * C + c
+                    cols[c].extend(w[o] if o < lp.cout else [0] * lp.fan_in)
+        return cols
+
+    def elaborate(self, platform):
+        plan, p, R, C = self.plan, self.params, self.plan.rows, self.plan.cols
+        bm = self.bm
+        lgR = (R - 1).bit_length()
+        m = Module()
+        layers, groups = plan.layers, plan.groups
+        n_layers = len(layers)
+
+        # -- the array and the units after it ----------------------------------------------------
+        m.submodules.array = arr = SystolicArray(p, rows=R, cols=C)
+        max_fan_in = max(lp.fan_in for lp in layers)
+        m.submodules.requant = rq = Requant(p, lanes=C, max_fan_in=max_fan_in)
+        s_bits = window_sum_bits(p, max_fan_in)
+        if bm:
+            from .logexp import ExpUnit, LogUnit
+
+            m.submodules.exp = ex = ExpUnit(p, lanes=C)
+            m.submodules.log = lg = LogUnit(p, lanes=C)
+            word = data.StructLayout({"x": unsigned(p.a_bits), "lx": unsigned(p.lx_bits),
+                                      "zero": 1})
+        else:
+            word = data.StructLayout({"x": unsigned(p.a_bits)})
+
+        # -- tables ------------------------------------------------------------------------------
+        n_groups = len(groups)
+        gi_shape = range(n_groups)
+        layer_shape = range(max(n_layers, 2))
+        addr_bits = max(d for d in plan.buf_depth).bit_length() + lgR
+
+        def field(index, values, shape, name):
+            return rom(m, index, [int(v) for v in values], shape, name=name)
+
+        layer = Signal(layer_shape)  # the layer running now
+        L = {}
+        for name, fn, shape in [
+            ("cin_m1", lambda lp: lp.cin - 1, 16),
+            ("k_m1", lambda lp: lp.k - 1, 8),
+            ("ky_inc", lambda lp: lp.w_in - (lp.k - 1), 16),
+            ("c_inc", lambda lp: lp.hwp_in - (lp.k - 1) * lp.w_in - (lp.k - 1), 24),
+            ("tiles_m1", lambda lp: plan.tiles(lp) - 1, 16),
+            ("ngroups_m1", lambda lp: plan.n_groups(lp) - 1, 8),
+            ("fan_in", lambda lp: lp.fan_in, 16),
+            ("p_virt", lambda lp: lp.p_virt, 16),
+            ("w_in", lambda lp: lp.w_in, 16),
+            ("w_out", lambda lp: lp.w_out, 16),
+            ("rows_total", lambda lp: plan.n_groups(lp) * plan.tiles(lp) * R, 24),
+            ("c_shift", lambda lp: lp.c_shift, 8),
+            ("out_shift", lambda lp: lp.out_shift, 8),
+            ("relu", lambda lp: lp.relu, 1),
+            ("last", lambda lp: lp.last, 1),
+            ("src", lambda lp: lp.src, 1),
+            ("group0", lambda lp: lp.group0, 8),
+            ("wbase", lambda lp: lp.wbase, 24),
+        ]:
+            L[name] = field(layer, [fn(lp) for lp in layers], shape, f"l_{name}")
+
+        # per group: o0, valid columns, output buffer, channel bases, biases
+        def group_rows(g):
+            li, o0, ncol = groups[g]
+            if li < 0:
+                return 0, 1, 0, [0] * C, [0] * C
+            lp, t = layers[li], self.tensors[li]
+            bias = np.asarray(t["bias"]).reshape(-1)
+            bases = [(o0 + c) * lp.hwp_out for c in range(C)]
+            bvals = [int(bias[o0 + c]) if c < ncol else 0 for c in range(C)]
+            return o0, ncol, lp.dst, bases, bvals
+
+        G = [group_rows(g) for g in range(n_groups)]
+
+        def group_field(index, sel, shape, name):
+            return rom(m, index, [sel(G[g]) for g in range(n_groups)], shape, name=name)
+
+        # -- memories ----------------------------------------------------------------------------
+        banks = [[], []]
+        for b in range(2):
+            for j in range(R):
+                mem = Memory(shape=word, depth=plan.buf_depth[b], init=[])
+                m.submodules[f"buf{b}_{j}"] = mem
+                banks[b].append((mem.read_port(), mem.write_port()))
+        w_init = self._weight_init()
+        b_shape = signed(p.w_log_bits) if bm else signed(p.w_bits)
+        wmems = []
+        for c in range(C):
+            mem = Memory(shape=b_shape, depth=plan.w_depth, init=w_init[c])
+            m.submodules[f"wmem{c}"] = mem
+            wmems.append(mem.read_port())
+
+        # -- control -----------------------------------------------------------------------------
+        state = Signal(range(4))
+        LOAD, RUN, WAIT, OUT = 0, 1, 2, 3
+        npix = Signal(range(plan.n_pixels + 1))
+        m.d.comb += self.busy.eq((state != LOAD) | (npix != 0))
+        retired = Signal(24)  # rows through the write stage since the phase began
+        retire = Signal()
+        with m.If(retire):
+            m.d.sync += retired.eq(retired + 1)
+
+        # feeder counters
+        kx = Signal(8)
+        ky = Signal(8)
+        ci = Signal(16)
+        kk = Signal(16)
+        off = Signal(24)
+        p0 = Signal(24)
+        tile = Signal(16)
+        grp = Signal(8)  # group within the layer
+        gi = Signal(gi_shape)  # global group index
+        wptr = Signal(24)
+        gbase = Signal(24)
+        issuing = Signal()
+        m.d.comb += issuing.eq(state == RUN)
+
+        # stage B (memory outputs) registers
+        bv = Signal()
+        b_last = Signal()
+        b_first = Signal()
+        b_slo = Signal(max(1, lgR))
+        b_gi = Signal(gi_shape)
+        b_firsttile = Signal()
+        b_src = Signal()
+
+        # tile FIFO: (gi, first tile of its group, S per lane)
+        tile_layout = data.StructLayout({"gi": gi_shape, "first": 1,
+                                         "s": data.ArrayLayout(unsigned(s_bits), R)})
+        m.submodules.tfifo = tfifo = SyncFIFOBuffered(width=tile_layout.size, depth=8)
+        t_in = data.View(tile_layout, tfifo.w_data)
+        t_out = data.View(tile_layout, tfifo.r_data)
+
+        transfer = Signal()
+        m.d.comb += [
+            arr.i.valid.eq(bv & (~b_last | tfifo.w_rdy)),
+            transfer.eq(arr.i.valid & arr.i.ready),
+        ]
+        adv = Signal()
+        m.d.comb += adv.eq(~bv | transfer)
+
+        # read addresses: lane j <- bank (s + j) mod R, bank b reads F_b = s + ((b - s) mod R)
+        s_idx = Signal(24)
+        m.d.comb += s_idx.eq(off + p0)
+        s_lo = s_idx[:lgR] if lgR else Const(0, 1)
+        s_hi = s_idx[lgR:]
+        for b in range(2):
+            for j, (rp, _) in enumerate(banks[b]):
+                depth_bits = (plan.buf_depth[b] - 1).bit_length()
+                m.d.comb += [
+                    rp.addr.eq((s_hi + (j < s_lo))[:depth_bits]),
+                    rp.en.eq(adv),
+                ]
+        for c, rp in enumerate(wmems):
+            m.d.comb += [rp.addr.eq(wptr), rp.en.eq(adv)]
+
+        # rotate bank outputs into lanes
+        lane_x = []
+        for j in range(R):
+            words = [Mux(b_src, banks[1][b][0].data, banks[0][b][0].data) for b in range(R)]
+            sel = Signal(range(R), name=f"rot{j}")
+            m.d.comb += sel.eq((b_slo + j) & (R - 1)) if lgR else sel.eq(0)
+            wv = Signal(word, name=f"lane{j}")
+            with m.Switch(sel):
+                for b in range(R):
+                    with m.Case(b):
+                        m.d.comb += wv.eq(words[b])
+            lane_x.append(wv)
+            if bm:
+                m.d.comb += [arr.i.payload.a[j].lx.eq(wv.lx), arr.i.payload.a[j].zero.eq(wv.zero)]
+            else:
+                m.d.comb += arr.i.payload.a[j].eq(wv.x)
+        for c, rp in enumerate(wmems):
+            m.d.comb += arr.i.payload.b[c].eq(rp.data)
+        m.d.comb += arr.i.payload.last.eq(b_last)
+
+        # window sums per lane
+        s_acc = [Signal(s_bits, name=f"s_acc{j}") for j in range(R)]
+        for j in range(R):
+            s_now = Signal(s_bits, name=f"s_now{j}")
+            m.d.comb += s_now.eq(Mux(b_first, 0, s_acc[j]) + lane_x[j].x)
+            with m.If(transfer):
+                m.d.sync += s_acc[j].eq(s_now)
+            m.d.comb += t_in.s[j].eq(s_now)
+        m.d.comb += [
+            t_in.gi.eq(b_gi),
+            t_in.first.eq(b_firsttile),
+            tfifo.w_en.eq(transfer & b_last),
+        ]
+
+        # counters advance on every beat issued into stage B
+        fan_m1 = Signal(16)
+        m.d.comb += fan_m1.eq(L["fan_in"] - 1)
+        last_step = Signal()
+        m.d.comb += last_step.eq(kk == fan_m1)
+        last_tile = Signal()
+        m.d.comb += last_tile.eq(tile == L["tiles_m1"])
+        last_group = Signal()
+        m.d.comb += last_group.eq(grp == L["ngroups_m1"])
+        with m.If(adv):
+            m.d.sync += bv.eq(issuing)
+            with m.If(issuing):
+                m.d.sync += [
+                    b_last.eq(last_step),
+                    b_first.eq(kk == 0),
+                    b_slo.eq(s_lo),
+                    b_gi.eq(gi),
+                    b_firsttile.eq(tile == 0),
+                    b_src.eq(L["src"]),
+                    wptr.eq(wptr + 1),
+                    kk.eq(kk + 1),
+                ]
+                with m.If(kx != L["k_m1"]):
+                    m.d.sync += [kx.eq(kx + 1), off.eq(off + 1)]
+                with m.Elif(ky != L["k_m1"]):
+                    m.d.sync += [kx.eq(0), ky.eq(ky + 1), off.eq(off + L["ky_inc"])]
+                with m.Else():
+                    m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(ci + 1), off.eq(off + L["c_inc"])]
+                with m.If(last_step):
+                    m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(0), off.eq(0), kk.eq(0),
+                                 wptr.eq(gbase)]
+                    with m.If(~last_tile):
+                        m.d.sync += [tile.eq(tile + 1), p0.eq(p0 + R)]
+                    with m.Else():
+                        m.d.sync += [tile.eq(0), p0.eq(0), gbase.eq(gbase + L["fan_in"]),
+                                     wptr.eq(gbase + L["fan_in"])]
+                        with m.If(~last_group):
+                            m.d.sync += [grp.eq(grp + 1), gi.eq(gi + 1)]
+                        with m.Else():
+                            m.d.sync += state.eq(WAIT)
+
+        # -- output side: rows from the array ------------------------------------------------------
+        row = Signal(range(R))
+        pv = Signal(24)
+        xv = Signal(16)
+        qv = Signal(24)
+        o_gi = Signal(gi_shape)
+        first_row = Signal()
+        m.d.comb += first_row.eq(t_out.first & (row == 0))
+        p_cur = Mux(first_row, 0, pv)
+        x_cur = Mux(first_row, 0, xv)
+        q_cur = Mux(first_row, 0, qv)
+        row_valid = Signal()
+        m.d.comb += row_valid.eq((p_cur < L["p_virt"]) & (x_cur < L["w_out"]))
+        s_row = Signal(s_bits)
+        with m.Switch(row):
+            for r in range(R):
+                with m.Case(r):
+                    m.d.comb += s_row.eq(t_out.s[r])
+        m.d.comb += o_gi.eq(t_out.gi)
+
+        meta_layout = data.StructLayout({"gi": gi_shape, "valid": 1, "q": unsigned(24)})
+        m.submodules.mfifo = mfifo = SyncFIFOBuffered(width=meta_layout.size, depth=16)
+        mf_in = data.View(meta_layout, mfifo.w_data)
+        mf_out = data.View(meta_layout, mfifo.r_data)
+        m.d.comb += [mf_in.gi.eq(o_gi), mf_in.valid.eq(row_valid), mf_in.q.eq(q_cur)]
+
+        a_take = Signal()
+        if bm:
+            s_layout = data.StructLayout({"gi": gi_shape, "s": unsigned(s_bits)})
+            m.submodules.sfifo = sfifo = SyncFIFOBuffered(width=s_layout.size, depth=16)
+            sf_in = data.View(s_layout, sfifo.w_data)
+            sf_out = data.View(s_layout, sfifo.r_data)
+            m.d.comb += [
+                ex.i.payload.eq(arr.o.payload.acc),
+                ex.i.valid.eq(arr.o.valid & sfifo.w_rdy & mfifo.w_rdy & tfifo.r_rdy),
+                arr.o.ready.eq(ex.i.ready & sfifo.w_rdy & mfifo.w_rdy & tfifo.r_rdy),
+                a_take.eq(arr.o.valid & arr.o.ready),
+                sf_in.gi.eq(o_gi),
+                sf_in.s.eq(s_row),
+                sfifo.w_en.eq(a_take),
+                # exp -> requant, with S and the biases of the row's group
+                rq.i.valid.eq(ex.o.valid),
+                ex.o.ready.eq(rq.i.ready),
+                sfifo.r_en.eq(ex.o.valid & rq.i.ready),
+                rq.i.payload.e.eq(ex.o.payload),
+                rq.i.payload.s.eq(sf_out.s),
+                rq.c_shift.eq(L["c_shift"]),
+            ]
+            bias_gi = sf_out.gi
+        else:
+            m.d.comb += [
+                rq.i.payload.acc.eq(arr.o.payload.acc),
+                rq.i.valid.eq(arr.o.valid & mfifo.w_rdy & tfifo.r_rdy),
+                arr.o.ready.eq(rq.i.ready & mfifo.w_rdy & tfifo.r_rdy),
+                a_take.eq(arr.o.valid & arr.o.ready),
+            ]
+            bias_gi = o_gi
+        for c in range(C):
+            bias_c = group_field(bias_gi, lambda r, c=c: r[4][c], signed(p.bias_bits), f"bias{c}")
+            m.d.comb += rq.i.payload.bias[c].eq(bias_c)
+        m.d.comb += [
+            rq.out_shift.eq(L["out_shift"]),
+            rq.relu.eq(L["relu"]),
+            mfifo.w_en.eq(a_take),
+            tfifo.r_en.eq(a_take & arr.o.payload.last),
+        ]
+        with m.If(a_take):
+            m.d.sync += [
+                row.eq(Mux(arr.o.payload.last, 0, row + 1)),
+                pv.eq(p_cur + 1),
+                xv.eq(Mux(x_cur + 1 == L["w_in"], 0, x_cur + 1)),
+                qv.eq(q_cur + row_valid),
+            ]
+
+        # -- requant -> logits (last layer) or -> write path ---------------------------------------
+        code_layout = data.StructLayout({
+            "gi": gi_shape, "valid": 1, "q": unsigned(24),
+            "x": data.ArrayLayout(unsigned(p.a_bits), C)})
+        wr = Signal(code_layout)  # the row presented to the write stage
+        wr_valid = Signal()  # a row is presented this cycle (always accepted)
+        wr_lx = [Signal(p.lx_bits if bm else 1, name=f"wr_lx{c}") for c in range(C)]
+        wr_zero = [Signal(name=f"wr_zero{c}") for c in range(C)]
+
+        # logit serializer
+        logits = Signal(data.ArrayLayout(signed(rq.out_bits), C))
+        n_out = Signal(range(C + 1))
+        n_send = Signal(range(C + 1))  # valid logits in the captured row (its group's columns)
+        sending = Signal()
+        m.d.comb += [self.o.valid.eq(sending)]
+        with m.Switch(n_out):
+            for c in range(C):
+                with m.Case(c):
+                    m.d.comb += self.o.payload.eq(logits[c])
+        with m.If(self.o.valid & self.o.ready):
+            with m.If(n_out == n_send - 1):
+                m.d.sync += [sending.eq(0), n_out.eq(0)]
+            with m.Else():
+                m.d.sync += n_out.eq(n_out + 1)
+
+        # pixel input (load phase)
+        pix_code = Signal(p.a_bits)
+        m.d.comb += pix_code.eq(self.i.payload >> plan.pixel_shift)
+        load_row = Signal(code_layout)
+        m.d.comb += [load_row.gi.eq(0), load_row.valid.eq(1), load_row.q.eq(npix),
+                     load_row.x[0].eq(pix_code)]
+
+        rq_row = Signal(code_layout)
+        m.d.comb += [rq_row.gi.eq(mf_out.gi), rq_row.valid.eq(mf_out.valid),
+                     rq_row.q.eq(mf_out.q)]
+        for c in range(C):
+            m.d.comb += rq_row.x[c].eq(rq.o.payload[c][:p.a_bits])
+        to_logits = Signal()
+        m.d.comb += to_logits.eq(L["last"])
+
+        rq_take = Signal()
+        pix_take = Signal()
+        if bm:
+            m.submodules.cfifo = cfifo = SyncFIFOBuffered(width=code_layout.size, depth=8)
+            cf_in = data.View(code_layout, cfifo.w_data)
+            cf_out = data.View(code_layout, cfifo.r_data)
+            lg_ready = lg.i.ready & cfifo.w_rdy
+            with m.If(state == LOAD):
+                m.d.comb += [
+                    self.i.ready.eq(lg_ready),
+                    pix_take.eq(self.i.valid & lg_ready),
+                    lg.i.valid.eq(self.i.valid & cfifo.w_rdy),
+                    cf_in.eq(load_row),
+                ]
+                for c in range(C):
+                    m.d.comb += lg.i.payload[c].eq(load_row.x[c])
+            with m.Elif(to_logits):
+                m.d.comb += [rq.o.ready.eq(~sending), rq_take.eq(rq.o.valid & ~sending)]
+            with m.Else():
+                m.d.comb += [
+                    rq.o.ready.eq(lg_ready),
+                    rq_take.eq(rq.o.valid & lg_ready),
+                    lg.i.valid.eq(rq.o.valid & cfifo.w_rdy),
+                    cf_in.eq(rq_row),
+                ]
+                for c in range(C):
+                    m.d.comb += lg.i.payload[c].eq(rq_row.x[c])
+            m.d.comb += [
+                cfifo.w_en.eq(lg.i.valid & lg.i.ready),
+                lg.o.ready.eq(1),
+                cfifo.r_en.eq(lg.o.valid),
+                wr_valid.eq(lg.o.valid),
+                wr.eq(cf_out),
+            ]
+            for c in range(C):
+                m.d.comb += [wr_lx[c].eq(lg.o.payload[c].lx), wr_zero[c].eq(lg.o.payload[c].zero)]
+        else:
+            with m.If(state == LOAD):
+                m.d.comb += [self.i.ready.eq(1), pix_take.eq(self.i.valid),
+                             wr_valid.eq(self.i.valid), wr.eq(load_row)]
+            with m.Elif(to_logits):
+                m.d.comb += [rq.o.ready.eq(~sending), rq_take.eq(rq.o.valid & ~sending)]
+            with m.Else():
+                m.d.comb += [rq.o.ready.eq(1), rq_take.eq(rq.o.valid), wr_valid.eq(rq.o.valid),
+                             wr.eq(rq_row)]
+        m.d.comb += mfifo.r_en.eq(rq_take)
+        with m.If(rq_take & to_logits & mf_out.valid):
+            m.d.sync += [logits.eq(rq.o.payload), sending.eq(1), n_out.eq(0),
+                         n_send.eq(group_field(mf_out.gi, lambda r: r[1], range(C + 1), "l_ncol"))]
+        with m.If(pix_take):
+            m.d.sync += npix.eq(npix + 1)
+        m.d.comb += retire.eq((rq_take & to_logits) | wr_valid)
+
+        # -- write stage: the C channels of one pixel into C distinct banks ------------------------
+        w_o0 = group_field(wr.gi, lambda r: r[0], 16, "w_o0")
+        w_ncol = group_field(wr.gi, lambda r: r[1], range(C + 1), "w_ncol")
+        w_dst = group_field(wr.gi, lambda r: r[2], 1, "w_dst")
+        w_base = [group_field(wr.gi, lambda r, c=c: r[3][c], addr_bits + 1, f"w_base{c}")
+                  for c in range(C)]
+        for b in range(R):
+            cb = Signal(range(R), name=f"wcol{b}")
+            m.d.comb += cb.eq((b - wr.q - w_o0) & (R - 1)) if lgR else cb.eq(0)
+            flat = Signal(addr_bits + 2, name=f"wflat{b}")
+            wword = Signal(word, name=f"wword{b}")
+            with m.Switch(cb):
+                for c in range(C):
+                    with m.Case(c):
+                        m.d.comb += [flat.eq(w_base[c] + wr.q), wword.x.eq(wr.x[c])]
+                        if bm:
+                            m.d.comb += [wword.lx.eq(wr_lx[c]), wword.zero.eq(wr_zero[c])]
+            en = wr_valid & wr.valid & (cb < w_ncol)
+            for bb in range(2):
+                wp = banks[bb][b][1]
+                depth_bits = (plan.buf_depth[bb] - 1).bit_length()
+                m.d.comb += [
+                    wp.addr.eq(flat[lgR:][:depth_bits]),
+                    wp.data.eq(wword),
+                    wp.en.eq(en & (w_dst == bb)),
+                ]
+
+        # -- phase sequencing ------------------------------------------------------------------------
+        with m.Switch(state):
+            with m.Case(LOAD):
+                with m.If(pix_take & (npix == plan.n_pixels - 1)):
+                    m.d.sync += state.eq(WAIT)
+            with m.Case(WAIT):
+                # the phase's rows are all written: start the next layer (or the first)
+                need = Mux(npix != 0, plan.n_pixels, L["rows_total"])
+                with m.If(retired == need):
+                    m.d.sync += retired.eq(0)
+                    with m.If(npix != 0):
+                        m.d.sync += [npix.eq(0), layer.eq(0), state.eq(RUN), gi.eq(1),
+                                     gbase.eq(0), wptr.eq(0), grp.eq(0)]
+                    with m.Elif(L["last"]):
+                        m.d.sync += state.eq(OUT)
+                    with m.Else():
+                        m.d.sync += [layer.eq(layer + 1), state.eq(RUN), gi.eq(gi + 1),
+                                     grp.eq(0)]
+            with m.Case(OUT):
+                with m.If(~sending):
+                    m.d.sync += state.eq(LOAD)
+        return m

