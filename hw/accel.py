@@ -52,10 +52,10 @@ from amaranth.lib.wiring import In, Out
 from model.params import BMParams, MACParams
 
 from ._util import check_count, rom
-from .array import SystolicArray, tile_interval
+from .array import SystolicArray, predict_cycles
 from .requant import Requant, window_sum_bits
 
-__all__ = ["LayerPlan", "NetPlan", "plan_network", "Accelerator"]
+__all__ = ["LayerPlan", "NetPlan", "plan_network", "predict_image_cycles", "Accelerator"]
 
 
 def _pad_plane(hw: int, rows: int) -> int:
@@ -196,18 +196,32 @@ def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, 
 
 def predict_image_cycles(plan: NetPlan) -> int:
     """Cycles from the first pixel taken to the last logit taken, with a source that never
-    stalls and a sink that is always ready. Matched against simulation in the tests."""
+    stalls and a sink that is always ready. Exact (the tests compare it with simulation) as long
+    as a group's logits leave before the next group's row arrives (``cols <= max(fan_in,
+    rows)``, true of every network here).
+
+    Per layer the array needs :func:`hw.array.predict_cycles` (first beat in to last row out,
+    fill and drain included); after it the last row takes ``POST_BM`` or ``POST_MAC`` cycles
+    through the exp, requantization and log units and the write-back before the next layer's
+    first beat. The last layer ends when its logits (the first row of its last tile) leave.
+    """
     R, C = plan.rows, plan.cols
-    total = plan.n_pixels + LOAD_TAIL
+    bm = isinstance(plan.params, BMParams)
+    total = plan.n_pixels + (LOAD_BM if bm else LOAD_MAC)
     for lp in plan.layers:
-        beats = plan.n_groups(lp) * plan.tiles(lp)
-        total += lp.fan_in + (beats - 1) * tile_interval(R, lp.fan_in) + LAYER_TAIL + 2 * R + C
-    return total + plan.n_logits
+        a = predict_cycles(R, C, fan_in=lp.fan_in, tiles=plan.n_groups(lp) * plan.tiles(lp))
+        if lp.last:
+            tail = lp.cout - (plan.n_groups(lp) - 1) * C  # logits of the last group
+            total += a - (R - 1) + (LAST_BM if bm else LAST_MAC) + tail
+        else:
+            total += a + (POST_BM if bm else POST_MAC)
+    return total
 
 
-# pipeline latencies after the array (measured by the tests; see predict_image_cycles)
-LOAD_TAIL = 5
-LAYER_TAIL = 12
+# pipeline latencies around the array, in cycles (see predict_image_cycles)
+POST_BM, POST_MAC = 9, 5
+LOAD_BM, LOAD_MAC = 0, 0
+LAST_BM, LAST_MAC = 9, 5
 
 
 class Accelerator(wiring.Component):

@@ -263,7 +263,7 @@ class SystolicArray(wiring.Component):
         p, R, C, PE = self.params, self.rows, self.cols, self.pe_class
         acc_shape = PE.acc_shape(p)
         # entry registers: row r's operand and control (one copy per row), column c's weight
-        a_in, first_in, last_in, last_done = [], [], [], []
+        a_in, first_in, last_done = [], [], []
         for r in range(R):
             a = Signal(PE.a_shape(p), name=f"a{r}", reset_less=True)
             first, last, done = (Signal(name=f"{n}{r}") for n in ("first", "last", "done"))
@@ -275,7 +275,6 @@ class SystolicArray(wiring.Component):
             ]
             a_in.append(a)
             first_in.append(first)
-            last_in.append(last)
             last_done.append(done)
         b_in = []
         for c in range(C):

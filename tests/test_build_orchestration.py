@@ -177,7 +177,7 @@ NEXTPNR_LOG = """\
 Info: Device utilisation:
 Info: 	          TRELLIS_IO:    14/  365     3%
 Info: 	          TRELLIS_FF:   333/83640     0%
-Info: 
+Info:
 Info: Max frequency for clock '$glbnet$clk': 80.00 MHz (PASS at 25.00 MHz)
 Info: Max frequency for clock '$glbnet$clk': 122.62 MHz (PASS at 25.00 MHz)
 """

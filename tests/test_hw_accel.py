@@ -1,0 +1,139 @@
+"""The whole-network accelerator in Amaranth's simulator: logits equal to the reference on small
+random networks (BM and MAC, several array shapes), and cycles equal to the cycle model."""
+
+import numpy as np
+import pytest
+
+from hw.accel import Accelerator, plan_network, predict_image_cycles
+from model.params import PRESETS, BMParams, LayerSpec
+from model.reference import ref_network
+
+
+def random_net(p, rng, *, in_hw=8, widths=(5, 3), n_out=4):
+    """A conv-conv-linear network with random integer tensors in the contract's ranges."""
+    layers, c, hw = [], 1, in_hw
+    for w in widths:
+        layers.append(LayerSpec("conv", c, w, 3, c_shift=2, out_shift=6 + len(layers),
+                                relu=True))
+        c, hw = w, hw - 2
+    layers.append(LayerSpec("linear", c * hw * hw, n_out, 1, c_shift=2, out_shift=4,
+                            relu=False))
+    tensors = []
+    for s in layers:
+        if isinstance(p, BMParams):
+            w = rng.integers(max(p.w_log_min, 60), min(p.w_log_max, 260) + 1, size=s.weight_shape)
+            b = rng.integers(-2000, 2000, size=s.out_ch)
+        else:
+            w = rng.integers(p.w_min, p.w_max + 1, size=s.weight_shape)
+            b = rng.integers(-3000, 3000, size=s.out_ch)
+        tensors.append({"w": w, "bias": b})
+    return layers, tensors
+
+
+def rtl_accel(dut, images, *, p_ready=1.0, seed=0):
+    """Run ``images`` through ``dut``; return (logits per image, cycles per image)."""
+    from amaranth.sim import Simulator
+
+    rng = np.random.default_rng(seed)
+    n_log = dut.n_logits
+    logits, spans = [], []
+    state = {"first": None, "cycle": 0}
+
+    async def feeder(ctx):
+        for im in images:
+            vals = [int(v) for v in np.asarray(im).reshape(-1)]
+            k = 0
+            ctx.set(dut.i.valid, 1)
+            while k < len(vals):
+                ctx.set(dut.i.payload, vals[k])
+                _, _, rdy = await ctx.tick().sample(dut.i.ready)
+                if rdy:
+                    if k == 0:
+                        state["first"] = state["cycle"]
+                    k += 1
+            ctx.set(dut.i.valid, 0)
+            while True:
+                _, _, busy = await ctx.tick().sample(dut.busy)
+                if not busy:
+                    break
+
+    async def sink(ctx):
+        for _ in images:
+            out = []
+            while len(out) < n_log:
+                ready = p_ready >= 1.0 or rng.random() < p_ready
+                ctx.set(dut.o.ready, ready)
+                _, _, v, pay = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+                if v and ready:
+                    out.append(int(pay))
+                    if len(out) == n_log:
+                        spans.append(state["cycle"] - state["first"] + 1)
+                if state["cycle"] > 500_000:
+                    raise TimeoutError("accelerator produced no logits")
+            logits.append(out)
+
+    async def counter(ctx):
+        while True:
+            await ctx.tick()
+            state["cycle"] += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(counter)
+    sim.add_testbench(feeder)
+    sim.add_testbench(sink)
+    sim.run()
+    return logits, spans
+
+
+@pytest.mark.parametrize("preset,rows,cols", [
+    ("bm8", 4, 4), ("bm8", 8, 4), ("mac8", 4, 4), ("bm4", 4, 2), ("mac6", 2, 2)])
+def test_accel_equals_reference(preset, rows, cols):
+    p = PRESETS[preset]
+    rng = np.random.default_rng(rows * 10 + cols)
+    layers, tensors = random_net(p, rng)
+    plan = plan_network(p, layers, (1, 8, 8), rows=rows, cols=cols)
+    dut = Accelerator(plan, tensors)
+    images = [rng.integers(0, p.a_max + 1, size=(1, 8, 8)) for _ in range(2)]
+    images[0][0, :4] = 0  # all-zero windows: the BM zero flag
+    want = [ref_network(p, layers, tensors, im).tolist() for im in images]
+    got, cycles = rtl_accel(dut, images)
+    for n, (w, g) in enumerate(zip(want, got, strict=True)):
+        assert g == w, f"image {n}: logits {g} != reference {w}"
+    # the cycle model is exact for a source that never stalls and a sink that is always ready
+    assert cycles == [predict_image_cycles(plan)] * len(images)
+
+
+def test_accel_backpressure():
+    p = PRESETS["bm8"]
+    rng = np.random.default_rng(7)
+    layers, tensors = random_net(p, rng, n_out=3)
+    dut = Accelerator(plan_network(p, layers, (1, 8, 8), rows=4, cols=4), tensors)
+    images = [rng.integers(0, 256, size=(1, 8, 8))]
+    got, _ = rtl_accel(dut, images, p_ready=0.3, seed=3)
+    assert got[0] == ref_network(p, layers, tensors, images[0]).tolist()
+
+
+def test_plan_checks():
+    p = PRESETS["bm8"]
+    layers = [LayerSpec("conv", 1, 4, 3), LayerSpec("linear", 144, 3, relu=False)]
+    with pytest.raises(ValueError, match="rows must be a power of two"):
+        plan_network(p, layers, (1, 8, 8), rows=6, cols=2)
+    with pytest.raises(ValueError, match="cols must be <= rows"):
+        plan_network(p, layers, (1, 8, 8), rows=4, cols=8)
+    with pytest.raises(ValueError, match="expects 2 channels"):
+        plan_network(p, [LayerSpec("conv", 2, 4, 3)], (1, 8, 8))
+    with pytest.raises(ValueError, match="only the last layer"):
+        plan_network(p, [LayerSpec("conv", 1, 4, 3, relu=False), layers[1]], (1, 8, 8))
+
+
+def test_lenet_plan_cycles():
+    """The paper LeNet on the default 16x16 array: the cycle model against the ideal."""
+    p = PRESETS["bm8"]
+    shapes = [(1, 32), (32, 16), (16, 16), (16, 16), (16, 16)]
+    layers = [LayerSpec("conv", a, b, 3) for a, b in shapes]
+    layers.append(LayerSpec("linear", 5184, 10, relu=False))
+    plan = plan_network(p, layers, (1, 28, 28))
+    assert plan.ops == 5_683_968
+    ratio = predict_image_cycles(plan) / plan.ideal_cycles
+    assert 1.0 < ratio < 1.6
