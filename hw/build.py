@@ -68,8 +68,10 @@ class BuildError(Exception):
 
 
 def default_weights(arith: str) -> Path:
-    """The shipped export for ``arith``: ``model/weights/lenet-mnist-<arith>.npz``."""
-    return ROOT / "model" / "weights" / f"lenet-mnist-{arith}.npz"
+    """The shipped export for ``arith``: the paper LeNet as 1.5-BM hard max, or its int8 MAC
+    baseline (``model/weights/lenet_bm15_max.npz``, ``model/weights/lenet_mac8.npz``)."""
+    name = {"bm": "lenet_bm15_max", "mac": "lenet_mac8"}.get(arith, f"lenet_{arith}")
+    return ROOT / "model" / "weights" / f"{name}.npz"
 
 
 def log(msg: str) -> None:
@@ -314,7 +316,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--variant", help="device variant, e.g. 85F/45F/25F/12F for ulx3s, "
                                       "35T/100T for arty_a7")
     ap.add_argument("--weights", type=Path, help="weights export (.npz); default "
-                                                 "model/weights/lenet-mnist-<arith>.npz")
+                                                 "model/weights/lenet_bm15_max.npz or lenet_mac8.npz")
     ap.add_argument("--arith", choices=("bm", "mac"), default="bm")
     ap.add_argument("--freq", type=float, help="requested clock in MHz (default: board clock)")
     ap.add_argument("--baud", type=int, default=115200)

@@ -112,8 +112,10 @@ class BMParams:
 
     @property
     def lx_bits(self) -> int:
-        """Width of an unsigned activation log code ``Lx = e * 2**f + table[m]``."""
-        return self.e_bits + self.log_frac
+        """Width of an unsigned activation log code ``Lx = e * 2**f + table[m]``: wide enough
+        for the largest code (the last table entry may round up to ``2**f``)."""
+        largest = ((self.u_bits - 1) << self.log_frac) + max(self.log_table)
+        return max(self.e_bits + self.log_frac, largest.bit_length())
 
     @property
     def m_bits(self) -> int:

@@ -100,7 +100,8 @@ def ref_exp(p: BMParams, m, zero=None):
     v = np.asarray(p.exp_table, dtype=np.int64)[r]
     s = q - p.exp_table_bits
     # v < 2**(t+1): a left shift beyond exp_bits saturates for sure; clip to keep int64 safe
-    left = v << np.clip(s, 0, p.exp_bits + 1)
+    # every entry is >= 2**t, so a shift of exp_bits - t or more already saturates
+    left = v << np.clip(s, 0, max(0, p.exp_bits - p.exp_table_bits) + 1)
     right = v >> np.clip(-s, 0, 62)
     out = np.where(s >= 0, left, right)
     out = np.minimum(out, p.exp_max)

@@ -504,8 +504,11 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
 
 # -- layer-wise KD (section 4.2) ----------------------------------------------------------------
 @torch.no_grad()
-def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float):
-    """Outputs of the frozen student layers ``0..k-1`` on ``x``, or None if too large / k < 2."""
+def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float, prev=None):
+    """Outputs of the frozen student layers ``0..k-1`` on ``x``, or None if too large / k < 2.
+
+    ``prev`` (the cached inputs of layer ``k-1``) saves recomputing layers ``0..k-2``.
+    """
     if k < 2:
         return None
     shape = student.run(x[:1], 0, k).shape[1:]
@@ -513,7 +516,10 @@ def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float):
         return None
     out = torch.empty((len(x),) + tuple(shape))
     for i in range(0, len(x), 500):
-        out[i : i + 500] = student.run(x[i : i + 500], 0, k)
+        if prev is not None:
+            out[i : i + 500] = student.run_layer(k - 1, prev[i : i + 500])
+        else:
+            out[i : i + 500] = student.run(x[i : i + 500], 0, k)
     return out
 
 
@@ -533,6 +539,7 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
         student.load_state_dict(ck["student"])
         tutor.load_state_dict(ck["tutor"])
         run.log(f"resuming {tag} at layer {stage} epoch {ep0}")
+    caches = (None, None)  # inputs of the previous stage's layer, reused incrementally
     for k in range(stage, n):
         epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
         layer = student.layers[k]
@@ -554,8 +561,9 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
         student.eval()
         tutor.eval()
         t0 = time.time()
-        cache_tr = cache_inputs(student, k, xtr, cfg.cache_limit_gb)
-        cache_te = cache_inputs(student, k, xte, cfg.cache_limit_gb)
+        cache_tr = cache_inputs(student, k, xtr, cfg.cache_limit_gb, prev=caches[0])
+        cache_te = cache_inputs(student, k, xte, cfg.cache_limit_gb, prev=caches[1])
+        caches = (cache_tr, cache_te)
         if cache_tr is not None:
             run.log(f"layer {k}: cached student inputs {tuple(cache_tr.shape)} "
                     f"({time.time() - t0:.0f}s)")

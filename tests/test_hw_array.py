@@ -22,7 +22,7 @@ ARITH = {
     "mac4": PRESETS["mac4"],
 }
 HYP = settings(
-    max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
