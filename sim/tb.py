@@ -79,8 +79,12 @@ class StreamDriver:
         self.stall = stall
         self.rng = rng or random.Random(seed())
         self.valid.value = 0
+        self.first_taken_ns = None  # sim time of the edge that took the first item of a send
 
     async def send(self, items):
+        from cocotb.utils import get_sim_time
+
+        self.first_taken_ns = None
         for item in items:
             while self.stall and self.rng.random() < self.stall:
                 self.valid.value = 0
@@ -91,6 +95,8 @@ class StreamDriver:
                 await RisingEdge(self.clk)
                 if self.ready.value == 1:
                     break
+            if self.first_taken_ns is None:
+                self.first_taken_ns = get_sim_time("ns")
         self.valid.value = 0
 
 

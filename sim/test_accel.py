@@ -1,12 +1,16 @@
-"""RTL: the whole-network accelerator in Icarus or Verilator (``SIM``): class and every logit of
-real MNIST test images against the reference, cycles against the cycle model."""
+"""RTL: the whole-network accelerator in Icarus or Verilator (``SIM``): the class and every
+logit against the reference, and the cycles per image against the cycle model.
+
+The small random networks run in both simulators. The paper LeNet (16x16 array) is marked
+``slow``: Icarus manages about a thousand cycles a second on it, so CI runs it in Verilator
+(``SIM=verilator pytest -m rtl sim``)."""
 
 import numpy as np
 import pytest
 
 from conftest import require_data
 from hw.accel import Accelerator, plan_network, predict_image_cycles
-from model.params import PRESETS
+from model.params import PRESETS, BMParams, LayerSpec
 from model.reference import ref_network
 from sim.nets import SHIPPED, lenet_layers, random_tensors
 from sim.runner import run_cocotb
@@ -14,45 +18,69 @@ from sim.runner import run_cocotb
 pytestmark = pytest.mark.rtl
 
 
-def _run(plan, tensors, images, tag, *, backpressure=0.0):
-    dut = Accelerator(plan, tensors)
-    layers = [lp for lp in plan.layers]  # noqa: F841 (kept for the failure message)
+def _run(plan, layers, tensors, images, tag, *, backpressure=0.0):
+    images = [np.asarray(im).reshape(-1) for im in images]
     cfg = {
-        "images": [list(map(int, np.asarray(im).reshape(-1))) for im in images],
-        "expected": [ref_network(plan.params, _specs[id(plan)], tensors,
-                                 np.asarray(im).reshape(plan.input_shape) >> plan.pixel_shift
-                                 ).tolist() for im in images],
+        "images": [list(map(int, im)) for im in images],
+        "expected": [
+            ref_network(plan.params, layers, tensors,
+                        im.reshape(plan.input_shape).astype(np.int64) >> plan.pixel_shift
+                        ).tolist()
+            for im in images
+        ],
         "cycles": predict_image_cycles(plan),
         "backpressure": backpressure,
     }
-    run_cocotb(dut, toplevel="accel", module="tb_accel", params=cfg, tag=tag)
+    run_cocotb(Accelerator(plan, tensors), toplevel="accel", module="tb_accel", params=cfg,
+               tag=tag)
 
 
-_specs = {}
+def _small_net(p):
+    layers = [LayerSpec("conv", 1, 6, 3, c_shift=2, out_shift=7),
+              LayerSpec("conv", 6, 5, 3, c_shift=2, out_shift=8),
+              LayerSpec("linear", 5 * 8 * 8, 4, c_shift=2, out_shift=5, relu=False)]
+    return layers, random_tensors(p, layers, seed=3)
 
 
-def _plan(p, layers, input_shape=(1, 28, 28), pixel_shift=0, rows=16, cols=16):
-    plan = plan_network(p, layers, input_shape, pixel_shift, rows=rows, cols=cols)
-    _specs[id(plan)] = layers
-    return plan
+@pytest.mark.parametrize("backpressure", [0.0, 0.5])
+@pytest.mark.parametrize("preset", ["bm8", "mac8"])
+def test_accel_small_network(preset, backpressure):
+    """A conv-conv-linear network on 12x12 images, random tensors, 4x4 array."""
+    p = PRESETS[preset]
+    layers, tensors = _small_net(p)
+    plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4)
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, 144) for _ in range(3)]
+    images[0][:40] = 0  # all-zero windows: the BM zero flag
+    _run(plan, layers, tensors, images, tag=f"small-{preset}-{backpressure}",
+         backpressure=backpressure)
 
 
-@pytest.mark.parametrize("arith", ["bm", "mac"])
+@pytest.mark.slow
+@pytest.mark.parametrize("arith", ["mac"])  # "bm" joins when model/weights/lenet_bm15_max.npz ships
 def test_accel_shipped_export(arith, mnist):
-    """The shipped LeNet export on real MNIST test images."""
+    """The shipped LeNet export on real MNIST test images, 16x16 array."""
     from model.export import load_export
 
-    path = require_data(SHIPPED[arith], f"shipped {arith} export")
-    exp = load_export(path)
-    plan = _plan(exp.params, list(exp.layers), exp.input_shape, exp.pixel_shift)
-    images = mnist[2][:4]
-    _run(plan, exp.tensors, images, tag=f"shipped-{arith}", backpressure=0.2)
+    exp = load_export(require_data(SHIPPED[arith], f"shipped {arith} export"))
+    plan = plan_network(exp.params, list(exp.layers), exp.input_shape, exp.pixel_shift)
+    _run(plan, list(exp.layers), exp.tensors, mnist[2][:4], tag=f"shipped-{arith}",
+         backpressure=0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["bm8", "mac8"])
 def test_accel_lenet_random_weights(preset, mnist):
-    """The paper LeNet's shapes with seeded random tensors: structure-only, on MNIST images."""
+    """The paper LeNet's shapes with seeded random tensors, on MNIST images, 16x16 array."""
     p = PRESETS[preset]
     layers = lenet_layers()
-    plan = _plan(p, layers)
-    _run(plan, random_tensors(p, layers, seed=1), mnist[2][:2], tag=f"random-{preset}")
+    plan = plan_network(p, layers)
+    _run(plan, layers, random_tensors(p, layers, seed=1), mnist[2][:2], tag=f"lenet-{preset}")
+
+
+def test_random_tensors_in_range():
+    p = PRESETS["bm8"]
+    assert isinstance(p, BMParams)
+    for t, s in zip(random_tensors(p, lenet_layers()), lenet_layers(), strict=True):
+        assert t["w"].shape == s.weight_shape
+        assert p.w_log_min <= t["w"].min() and t["w"].max() <= p.w_log_max

@@ -153,12 +153,19 @@ def test_list_boards(capsys):
     assert "85F (default)" in capsys.readouterr().out
 
 
-def test_freq_other_than_board_clock_is_refused(tmp_path, capsys):
-    rc = hwbuild.main(["--board", "ulx3s", "--core", "fixture", "--freq", "50",
+def test_freq_the_pll_cannot_make_is_refused(tmp_path, capsys):
+    rc = hwbuild.main(["--board", "ulx3s", "--core", "fixture", "--freq", "1000",
                        "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
     assert rc == hwbuild.EXIT_USAGE
-    assert "25 MHz board clock" in capsys.readouterr().err
+    assert "--freq 1000: ecp5 PLL output must be in [3.125, 400] MHz" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_array_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        hwbuild.parse_args(["--board", "ulx3s", "--array", "16by16"])
+    assert "expected ROWSxCOLS" in capsys.readouterr().err
+    assert hwbuild.parse_args(["--board", "ulx3s", "--array", "4x2"]).array == (4, 2)
 
 
 def test_accelerator_core_missing_is_clear(tmp_path, capsys):

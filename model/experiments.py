@@ -1,0 +1,230 @@
+"""Whole tables of the paper: ``python -m model.experiments table1|table2 --data-dir DIR``.
+
+Each cell is one ``python -m model.train`` run in ``--runs-dir/<table>/<cell>``; a cell whose
+``result.json`` exists is not rerun (delete it to rerun), and an interrupted cell resumes from its
+checkpoint. The classical reference is trained first and is the teacher of every other cell.
+Writes ``results/<table>.json`` (a list of ``{row, method, accuracy, paper, command, ...}``) and
+``results/<table>.md`` with the paper's figure beside ours.
+
+``--schedule reduced`` shortens every run (for a first pass on a slow machine); the schedule used
+is recorded in each entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["TABLES", "SCHEDULES", "cells", "parse_args", "main"]
+
+# paper figures, METHOD.md section 4
+TABLES = {
+    "table1": {
+        "title": "Table 1 - MNIST, 5-layer 4-branch BM network, test accuracy",
+        "columns": ["direct", "layerwise", "layerwise_freeze", "kd"],
+        "rows": {
+            "4-BM (hard max)": ("max", [0.1064, 0.9648, 0.9713, 0.9893]),
+            "4-BM S-morph": ("smorph", [0.9231, 0.9666, 0.9737, 0.9871]),
+            "4-BM L-morph": ("lmorph", [0.1246, 0.9361, 0.9582, 0.9612]),
+            "4-BM LSE": ("lse", [0.9863, 0.9871, 0.9922, 0.9945]),
+        },
+    },
+    "table2": {
+        "title": "Table 2 - MNIST, 5-layer 1.5-branch BM network, test accuracy",
+        "columns": ["direct", "kd", "lwkd"],
+        "rows": {
+            "1.5-BM LSE": ("lse", [0.1486, 0.9998, 0.9998]),
+            "1.5-BM LSE-MAX": ("lse-max", [0.1153, 0.9821, 0.9986]),
+            "1.5-BM MAX": ("max", [0.0926, 0.9786, 0.9989]),
+        },
+    },
+}
+CLASSICAL_PAPER = 0.9901
+
+SCHEDULES = {
+    # epochs for classical/direct/kd, per conversion step (layerwise), per layer (lwkd)
+    "paper": {"classical": 8, "epochs": 5, "layer_epochs": "3,3,4,4,4,8", "layerwise": 2},
+    "reduced": {"classical": 4, "epochs": 2, "layer_epochs": "1,1,2,2,2,4", "layerwise": 1},
+}
+
+
+def cells(table: str, schedule: str, runs: Path, common: list[str]) -> list[dict]:
+    """Every cell of ``table`` as ``{row, method, paper, out, argv}`` (the classical one first)."""
+    sch = SCHEDULES[schedule]
+    base = runs / table
+    teacher = base / "classical" / "model.pt"
+    out = [
+        {
+            "row": "classical reference",
+            "method": "classical",
+            "paper": CLASSICAL_PAPER,
+            "out": base / "classical",
+            "argv": ["--method", "classical", "--epochs", str(sch["classical"])],
+        }
+    ]
+    spec = TABLES[table]
+    form = "bm4" if table == "table1" else "bm15"
+    for row, (op, papers) in spec["rows"].items():
+        for col, paper in zip(spec["columns"], papers, strict=True):
+            name = f"{op}_{col}"
+            cell = {"row": row, "method": col, "paper": paper, "out": base / name}
+            argv = ["--form", form, "--teacher", str(teacher)]
+            if op == "lse-max" and col == "direct":
+                cell["swap_from"] = "lse_direct"
+            elif op == "lse-max":
+                argv += [
+                    "--method",
+                    "two_stage",
+                    "--first-method",
+                    col,
+                    "--alpha-end",
+                    "64",
+                    "--epochs",
+                    str(sch["epochs"]),
+                    "--layer-epochs",
+                    sch["layer_epochs"],
+                ]
+            else:
+                argv += ["--method", col, "--op", op]
+                if op != "max":
+                    argv += ["--alpha", "1", "--alpha-end", "32"]
+                if col == "lwkd":
+                    argv += ["--layer-epochs", sch["layer_epochs"]]
+                elif col in ("layerwise", "layerwise_freeze"):
+                    argv += ["--epochs", str(sch["layerwise"])]
+                else:
+                    argv += ["--epochs", str(sch["epochs"])]
+            cell["argv"] = argv
+            out.append(cell)
+    for c in out:
+        c["argv"] = ["--out", str(c["out"]), *c["argv"], *common]
+    # a swap cell needs its source: put it after every training cell
+    return [c for c in out if "swap_from" not in c] + [c for c in out if "swap_from" in c]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m model.experiments", description=__doc__)
+    p.add_argument("table", choices=sorted(TABLES))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="paper")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default=None, help="comma list of cell names (run folder names)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--collect", action="store_true", help="only collect finished results")
+    return p.parse_args(argv)
+
+
+def swap_to_max(src: Path, dst: Path, data_dir: str | None) -> dict:
+    """Evaluate ``src/model.pt`` with every BM layer's op replaced by the hard max."""
+    import torch
+
+    from .maxops import MaxOp
+    from .train import TrainConfig, evaluate, load_data, load_model, net_to_dict
+
+    net = load_model(src / "model.pt")
+    for m in net.bm_layers():
+        m.set_op(MaxOp("max"))
+    _, _, xte, yte = load_data(TrainConfig(data_dir=data_dir))
+    acc = evaluate(net.eval(), xte, yte)
+    dst.mkdir(parents=True, exist_ok=True)
+    res = {"accuracy": acc, "swapped_from": str(src)}
+    torch.save({**net_to_dict(net), "result": res}, dst / "model.pt")
+    (dst / "result.json").write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    common = ["--threads", str(args.threads), "--seed", str(args.seed), "--no-progress"]
+    if args.data_dir:
+        common += ["--data-dir", args.data_dir]
+    table = args.table
+    todo = cells(table, args.schedule, Path(args.runs_dir), common)
+    only = set(args.only.split(",")) if args.only else None
+    entries = []
+    for c in todo:
+        out: Path = c["out"]
+        cmd = [sys.executable, "-m", "model.train", *c["argv"]]
+        shown = "python -m model.train " + " ".join(shlex.quote(a) for a in c["argv"])
+        if c.get("swap_from"):
+            shown = f"swap LSE -> max in {out.parent / c['swap_from']} (no fine-tuning)"
+        res_path = out / "result.json"
+        selected = only is None or out.name in only or c["method"] == "classical"
+        if args.dry_run:
+            print(shown)
+            continue
+        if not res_path.exists() and selected and not args.collect:
+            t0 = time.time()
+            print(f"[{table}] {c['row']} / {c['method']}: {shown}", flush=True)
+            if c.get("swap_from"):
+                swap_to_max(out.parent / c["swap_from"], out, args.data_dir)
+            else:
+                subprocess.run(cmd, check=True)
+            print(f"[{table}] done in {time.time() - t0:.0f}s", flush=True)
+        res = json.loads(res_path.read_text()) if res_path.exists() else {}
+        entry = {
+            "row": c["row"],
+            "method": c["method"],
+            "accuracy": res.get("accuracy"),
+            "paper": c["paper"],
+            "command": shown,
+            "schedule": args.schedule,
+            "wall_s": res.get("wall_s"),
+        }
+        for k in ("accuracy_lse", "accuracy_lse_max", "per_layer_accuracy"):
+            if k in res:
+                entry[k] = res[k]
+        entries.append(entry)
+    if args.dry_run:
+        return []
+    write_results(table, entries, Path(args.results_dir))
+    return entries
+
+
+def write_results(table: str, entries: list[dict], results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{table}.json").write_text(json.dumps(entries, indent=2) + "\n")
+    spec = TABLES[table]
+    cols = spec["columns"]
+    lines = [
+        f"# {spec['title']}",
+        "",
+        "Ours (full MNIST test set) / paper. Commands in the JSON beside this file.",
+        "",
+        "| | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+
+    def fmt(e):
+        if e is None:
+            return "-"
+        a = e["accuracy"]
+        ours = f"{a:.4f}" if a is not None else "not run"
+        return f"{ours} / {e['paper']:.4f}"
+
+    by = {(e["row"], e["method"]): e for e in entries}
+    cls = by.get(("classical reference", "classical"))
+    lines.append(
+        "| classical reference | " + " | ".join([fmt(cls)] + ["-"] * (len(cols) - 1)) + " |"
+    )
+    for row in spec["rows"]:
+        lines.append(f"| {row} | " + " | ".join(fmt(by.get((row, c))) for c in cols) + " |")
+    total = sum(e.get("wall_s") or 0 for e in entries)
+    lines += [
+        "",
+        f"Schedule: {entries[0]['schedule'] if entries else '-'}; "
+        f"total training wall time {total / 3600:.1f} h on this machine.",
+    ]
+    (results / f"{table}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

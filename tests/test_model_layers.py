@@ -1,0 +1,213 @@
+"""Maths of the BM layers: conversion identities, max limits, fast paths and gradients."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+from model.layers import BM4Layer, BM15Layer, convert, pow2_ceil  # noqa: E402
+from model.maxops import KINDS, MaxOp, branch, branch_naive  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _conv(cin=3, cout=5, k=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Conv2d(cin, cout, k).double()
+
+
+def _lin(n=20, o=4, seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(n, o).double()
+
+
+def _relu_input(shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).relu()
+    x[0] = 0  # an all-zero sample: every window is flagged
+    return x
+
+
+@pytest.mark.parametrize("form", ["bm4", "bm15"])
+@pytest.mark.parametrize("geom", ["conv", "linear"])
+def test_lse_alpha1_equals_classical_relu_inputs(form, geom):
+    layer = _conv() if geom == "conv" else _lin()
+    x = _relu_input((4, 3, 8, 8) if geom == "conv" else (4, 20))
+    bm = convert(layer, form, op=MaxOp("lse", alpha=1.0)).double()
+    torch.testing.assert_close(bm(x), layer(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("geom", ["conv", "linear"])
+def test_lse_alpha1_equals_classical_signed_inputs(geom):
+    layer = _conv() if geom == "conv" else _lin()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn((4, 3, 8, 8) if geom == "conv" else (4, 20), generator=g)
+    bm4 = convert(layer, "bm4", op=MaxOp("lse", alpha=1.0)).double()
+    torch.testing.assert_close(bm4(x), layer(x), rtol=1e-10, atol=1e-10)
+    dx = float(-x.min()) + 0.5  # x + dx > 0 everywhere
+    bm15 = convert(layer, "bm15", op=MaxOp("lse", alpha=1.0), dx=dx).double()
+    torch.testing.assert_close(bm15(x), layer(x), rtol=1e-9, atol=1e-9)
+
+
+def test_bm15_dw_is_power_of_two_and_shifts_weights_positive():
+    layer = _conv()
+    bm = convert(layer, "bm15")
+    dw = float(bm.dw)
+    assert dw == pow2_ceil(dw)
+    assert float((layer.weight.detach() + dw).min()) > 0
+    assert float(bm.corr_x) == dw and float(bm.corr_w) == 0.0
+
+
+@pytest.mark.parametrize("form", ["bm4", "bm15"])
+def test_lse_tends_to_hard_max(form):
+    layer = _conv()
+    x = _relu_input((3, 3, 8, 8))
+    with torch.no_grad():
+        hard = convert(layer, form, op=MaxOp("max")).double()(x)
+        errs = []
+        for a in (1.0, 4.0, 16.0, 64.0):
+            y = convert(layer, form, op=MaxOp("lse", alpha=a)).double()(x)
+            errs.append(float((y - hard).abs().max()))
+    if form == "bm15":  # one branch: the LSE decreases monotonically to the max
+        assert all(e2 <= e1 + 1e-12 for e1, e2 in zip(errs, errs[1:], strict=False))
+    assert errs[-2] < errs[0] and errs[-1] < 1e-2 * errs[0]
+
+
+@pytest.mark.parametrize("kind", ["smorph", "lmorph"])
+def test_other_approximations_tend_to_hard_max(kind):
+    u = _relu_input((2, 3, 6, 6)) + 0.1
+    v = torch.rand(4, 3, 3, 3, generator=torch.Generator().manual_seed(3)) + 0.05
+    hard = branch(u, v, MaxOp("max"))
+    e_lo = float((branch(u, v, MaxOp(kind, alpha=1.0)) - hard).abs().max())
+    e_hi = float((branch(u, v, MaxOp(kind, alpha=400.0)) - hard).abs().max())
+    assert e_hi < 0.05 * e_lo
+
+
+def test_hard_max_bm15_matches_the_formula():
+    """out = exp(max_i(ln(x_i+dx) + ln(w_i+dw))) - dw*sum x - dx*sum w - n*dx*dw + b."""
+    layer = _conv(2, 3, 3)
+    x = _relu_input((2, 2, 6, 6))
+    dx = 0.25
+    bm = convert(layer, "bm15", op=MaxOp("max"), dx=dx).double()
+    dw = float(bm.dw)
+    cols = torch.nn.functional.unfold(x, 3)  # (B, n, P)
+    w = layer.weight.reshape(3, -1)
+    z = torch.log(cols[:, None] + dx) + torch.log(w + dw)[None, :, :, None]
+    e = torch.exp(z.amax(2))
+    n = w.shape[1]
+    ref = (
+        e
+        - dw * cols.sum(1)[:, None]
+        - dx * w.sum(1)[None, :, None]
+        - n * dx * dw
+        + layer.bias[None, :, None]
+    )
+    torch.testing.assert_close(bm(x), ref.view(2, 3, 4, 4), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("alpha", [1.0, 3.0, 30.0])
+@pytest.mark.parametrize("geom", ["conv", "linear"])
+def test_fast_branch_matches_naive(kind, alpha, geom):
+    g = torch.Generator().manual_seed(4)
+    if geom == "conv":
+        u = torch.rand(3, 3, 7, 7, generator=g)
+        u[1] = 0
+        u[2, :, :4] = 0
+        v = torch.rand(5, 3, 3, 3, generator=g)
+    else:
+        u = torch.rand(4, 12, generator=g)
+        u[1] = 0
+        v = torch.rand(5, 12, generator=g)
+    op = MaxOp(kind, alpha=alpha)
+    torch.testing.assert_close(branch(u, v, op), branch_naive(u, v, op), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_branch(kind):
+    g = torch.Generator().manual_seed(5)
+    u = (torch.rand(2, 2, 5, 5, generator=g) + 0.1).requires_grad_(True)
+    v = (torch.rand(3, 2, 3, 3, generator=g) + 0.1).requires_grad_(True)
+    op = MaxOp(kind, alpha=2.5)
+    assert torch.autograd.gradcheck(lambda a, b: branch(a, b, op), (u, v))
+
+
+def test_gradcheck_branch_linear_hard_max():
+    g = torch.Generator().manual_seed(6)
+    u = (torch.rand(3, 7, generator=g) + 0.1).requires_grad_(True)
+    v = (torch.rand(4, 7, generator=g) + 0.1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: branch(a, b, MaxOp("max")), (u, v))
+
+
+def test_gradcheck_learnable_alpha():
+    g = torch.Generator().manual_seed(7)
+    u = torch.rand(2, 2, 5, 5, generator=g) + 0.1
+    v = torch.rand(3, 2, 3, 3, generator=g) + 0.1
+    a = torch.tensor(2.0, requires_grad=True)
+
+    def f(alpha):
+        op = MaxOp("lse")
+        op.alpha_param = alpha
+        return branch(u, v, op)
+
+    assert torch.autograd.gradcheck(f, (a,))
+
+
+@pytest.mark.parametrize("form", ["bm4", "bm15"])
+@pytest.mark.parametrize("kind", ["max", "lse"])
+def test_gradcheck_layers(form, kind):
+    kw = {"learn_corr": True} if form == "bm15" else {}
+    layer = convert(_conv(2, 3, 3), form, op=MaxOp(kind, alpha=2.0), **kw).double()
+    g = torch.Generator().manual_seed(8)
+    x = (torch.rand(2, 2, 5, 5, generator=g) + 0.05).requires_grad_(True)
+    assert torch.autograd.gradcheck(layer, (x,))
+    names = [n for n, _ in layer.named_parameters()]
+    vals = tuple(p.detach().clone().requires_grad_(True) for _, p in layer.named_parameters())
+
+    def f(*ps):
+        return torch.func.functional_call(layer, dict(zip(names, ps, strict=True)), (x.detach(),))
+
+    assert torch.autograd.gradcheck(f, vals)
+
+
+def test_all_zero_windows_give_finite_gradients():
+    x = torch.zeros(2, 3, 6, 6, requires_grad=True)
+    for kind in KINDS:
+        layer = convert(_conv(), "bm15", op=MaxOp(kind, alpha=64.0)).double()
+        y = layer(x)
+        y.sum().backward()
+        assert torch.isfinite(y).all()
+        assert torch.isfinite(x.grad).all()
+        assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+        x.grad = None
+
+
+def test_snap_corr_and_folded_bias():
+    bm = convert(_conv(), "bm15", dx=0.0, learn_corr=True).double()
+    with torch.no_grad():
+        bm.corr_x.fill_(0.3)
+    assert bm.snap_corr() == 0.25
+    assert not bm.corr_x.requires_grad
+    x = _relu_input((2, 3, 8, 8))
+    e = branch(x + bm.dx, bm.w_pos(), bm.op)
+    ref = e - bm.corr_x * bm.window_sum(x) + bm.folded_bias().view(1, -1, 1, 1)
+    torch.testing.assert_close(bm(x), ref)
+
+
+def test_convert_forms():
+    layer = _lin()
+    assert isinstance(convert(layer, "bm15"), BM15Layer)
+    assert isinstance(convert(layer, "bm4"), BM4Layer)
+    back = convert(convert(layer, "bm4"), "classical")
+    torch.testing.assert_close(back.weight, layer.weight)
+    with pytest.raises(ValueError, match="form"):
+        convert(layer, "bm3")

@@ -1,0 +1,87 @@
+"""Networks build, switch layer forms and run; the trainer CLI runs end to end on a tiny subset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from model.layers import BM4Layer, BM15Layer  # noqa: E402
+from model.nets import LeNetConfig, create_net  # noqa: E402
+
+
+def test_lenet_shapes_and_layers():
+    net = create_net("lenet")
+    assert [type(m).__name__ for m in net.layers] == ["Conv2d"] * 5 + ["Linear"]
+    assert [m.out_channels for m in net.layers[:5]] == [32, 16, 16, 16, 16]
+    assert net.layers[5].in_features == 5184 and net.cfg.fc_in == 5184
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["lenet-bm15", "lenet-bm4"])
+@pytest.mark.parametrize("op", ["max", "lse"])
+def test_all_bm_lenet_runs_and_backpropagates(name, op):
+    net = create_net(name, op=op, alpha=3.0)
+    x = torch.rand(2, 1, 28, 28)
+    y = net(x)
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    y.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_forms_switch_independently():
+    forms = ("bm15", "classical", "bm4", "classical", "bm15", "bm15")
+    net = create_net("lenet", forms=forms)
+    assert net.forms == forms
+    assert isinstance(net.layers[0], BM15Layer) and isinstance(net.layers[2], BM4Layer)
+    net.convert_layer(1, "bm15")
+    assert net.forms[1] == "bm15" and net.cfg.forms[1] == "bm15"
+    assert len(net.features(torch.rand(1, 1, 28, 28))) == 6
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="forms"):
+        LeNetConfig(forms=("classical",) * 5)
+    with pytest.raises(ValueError, match="unknown net"):
+        create_net("vgg")
+
+
+def test_train_cli_tiny(tmp_path: Path):
+    from model.data import default_data_dir
+    from model.train import load_model, main
+
+    if not (default_data_dir() / "mnist").exists():
+        pytest.skip("no MNIST copy")
+    common = ["--train-limit", "256", "--test-limit", "128", "--no-progress", "--batch-size", "64"]
+    t = tmp_path / "cls"
+    res = main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
+    assert 0 <= res["accuracy"] <= 1
+    s = tmp_path / "lwkd"
+    res = main(
+        [
+            "--method",
+            "lwkd",
+            "--teacher",
+            str(t / "model.pt"),
+            "--out",
+            str(s),
+            "--layer-epochs",
+            "1",
+            "--refit-images",
+            "64",
+            *common,
+        ]
+    )
+    assert len(res["per_layer_accuracy"]) == 6
+    cfg = json.loads((s / "config.json").read_text())
+    assert cfg["method"] == "lwkd"
+    net = load_model(s / "model.pt")
+    assert net.forms == ("bm15",) * 6
+    for m in net.layers:
+        dw = float(m.dw)
+        assert dw == 2.0 ** round(torch.log2(torch.tensor(dw)).item())
+        c = float(m.corr_x)
+        assert c == 2.0 ** round(torch.log2(torch.tensor(c)).item())
