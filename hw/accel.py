@@ -228,6 +228,7 @@ LAST_BM, LAST_MAC = 9, 5
 
 
 UP5K_SPRAMS = 4
+TFIFO_DEPTH = 8
 
 
 def _use_spram(platform, width: int, depths, rows: int) -> bool:
@@ -430,13 +431,16 @@ class Accelerator(wiring.Component):
         # tile FIFO: (gi, first tile of its group, S per lane)
         tile_layout = data.StructLayout({"gi": gi_shape, "first": 1,
                                          "s": data.ArrayLayout(unsigned(s_bits), R)})
-        m.submodules.tfifo = tfifo = SyncFIFOBuffered(width=tile_layout.size, depth=8)
+        m.submodules.tfifo = tfifo = SyncFIFOBuffered(width=tile_layout.size, depth=TFIFO_DEPTH)
         t_in = data.View(tile_layout, tfifo.w_data)
         t_out = data.View(tile_layout, tfifo.r_data)
 
         transfer = Signal()
+        t_pend = Signal()  # a tile's entry goes into the FIFO this cycle (see window sums)
         m.d.comb += [
-            arr.i.valid.eq(bv & (~b_last | tfifo.w_rdy)),
+            # room for this tile's entry, after the one still being written
+            arr.i.valid.eq(bv & (~b_last | Mux(t_pend, tfifo.w_level < TFIFO_DEPTH - 1,
+                                               tfifo.w_rdy))),
             transfer.eq(arr.i.valid & arr.i.ready),
         ]
         adv = Signal()
@@ -476,18 +480,32 @@ class Accelerator(wiring.Component):
             m.d.comb += arr.i.payload.b[c].eq(rp.data)
         m.d.comb += arr.i.payload.last.eq(b_last)
 
-        # window sums per lane
+        # window sums per lane, one register stage behind the array input (timing: the block
+        # RAM output, the rotation and the adder do not fit one cycle); the tile's entry goes
+        # into the FIFO a cycle after its last beat
+        c_valid = Signal()
+        c_last = Signal()
+        c_first = Signal()
+        c_gi = Signal(gi_shape)
+        c_firsttile = Signal()
+        c_x = [Signal(p.a_bits, name=f"c_x{j}") for j in range(R)]
+        m.d.sync += c_valid.eq(transfer)
+        with m.If(transfer):
+            m.d.sync += [c_last.eq(b_last), c_first.eq(b_first), c_gi.eq(b_gi),
+                         c_firsttile.eq(b_firsttile)]
+            m.d.sync += [c_x[j].eq(lane_x[j].x) for j in range(R)]
         s_acc = [Signal(s_bits, name=f"s_acc{j}") for j in range(R)]
         for j in range(R):
             s_now = Signal(s_bits, name=f"s_now{j}")
-            m.d.comb += s_now.eq(Mux(b_first, 0, s_acc[j]) + lane_x[j].x)
-            with m.If(transfer):
+            m.d.comb += s_now.eq(Mux(c_first, 0, s_acc[j]) + c_x[j])
+            with m.If(c_valid):
                 m.d.sync += s_acc[j].eq(s_now)
             m.d.comb += t_in.s[j].eq(s_now)
         m.d.comb += [
-            t_in.gi.eq(b_gi),
-            t_in.first.eq(b_firsttile),
-            tfifo.w_en.eq(transfer & b_last),
+            t_in.gi.eq(c_gi),
+            t_in.first.eq(c_firsttile),
+            t_pend.eq(c_valid & c_last),
+            tfifo.w_en.eq(t_pend),
         ]
 
         # counters advance on every beat issued into stage B

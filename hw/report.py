@@ -364,6 +364,15 @@ def render_markdown(s: dict, meta: dict) -> str:
             L.append(f"| {n}x{n} array, ECP5 Fmax no DSP (MHz) | {_mhz(fb.get('ecp5_nodsp'))} | "
                      f"{_mhz(fm.get('ecp5_nodsp'))} | "
                      f"{_f(ratio(fb.get('ecp5_nodsp'), fm.get('ecp5_nodsp')))} | – |")
+    for dp in s["sections"].get("datapath", []):
+        b, m, r = dp["bm"], dp["mac"], dp["ratio"]
+        n = int(b["lanes"] ** 0.5)
+        L.append(f"| {n}x{n} array with its units, CMOS transistors | {_f(b.get('transistors'))} | "
+                 f"{_f(m.get('transistors'))} | {_f(r.get('transistors'))} | – |")
+        if "ecp5_nodsp" in b:
+            L.append(f"| {n}x{n} array with its units, ECP5 LUT4+FF, no DSP | "
+                     f"{_f(b['ecp5_nodsp']['LUT_FF'])} | {_f(m['ecp5_nodsp']['LUT_FF'])} | "
+                     f"{_f(r.get('ecp5_nodsp_LUT_FF'))} | – |")
     fom = s.get("figure_of_merit")
     if fom:
         for fam in ("ecp5_nodsp", "ecp5"):

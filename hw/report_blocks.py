@@ -202,7 +202,7 @@ def rtlil_ports(text: str, top: str) -> list[tuple[str, str, int]]:
         raise ValueError(f"no module {top!r} in the RTLIL")
     body = text[start.end() : text.index("\nend\n", start.end())]
     ports = []
-    for mo in re.finditer(r"^\s*wire (?:width (\d+) )?(?:signed )?(input|output) (\d+) (?:signed )?"
+    for mo in re.finditer(r"^\s*wire (?:width (\d+) )?(input|output) (\d+)\s+(?:signed\s+)?"
                           r"\\(\S+)$", body, re.M):
         ports.append((int(mo[3]), mo[2], mo[4], int(mo[1] or 1)))
     return [(d, n, w) for _, d, n, w in sorted(ports)]

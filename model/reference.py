@@ -13,7 +13,8 @@ Activations are unsigned codes ``x`` in ``0 .. 2**a_bits - 1``. A float activati
 1. **Log unit.** ``u = x + dx``. If ``u == 0`` the zero flag is set (log is minus infinity) and
    ``Lx = 0``. Otherwise ``e`` is the position of the leading one of ``u`` (``u_bits`` wide), the
    bits below it are left-aligned and truncated to ``mant_bits`` bits ``m`` (zero-filled when
-   fewer exist), and ``Lx = e * 2**f + LOG[m]`` with ``LOG[m] = round(2**f * log2(1 + m/2**mant_bits))``.
+   fewer exist), and ``Lx = e * 2**f + LOG[m]`` with
+   ``LOG[m] = round(2**f * log2(1 + m/2**mant_bits))``.
    ``Lx`` is unsigned, ``lx_bits`` wide, ``f = log_frac`` fractional bits.
 2. **Weights** are stored as signed ``w_log_bits`` codes ``Lw = round(2**f * log2((w + dw) * k))``
    where ``k`` folds the layer's power-of-two scales (chosen by quantization), clamped to the
@@ -139,7 +140,9 @@ def ref_window_sum(x):
 
 
 def ref_correction(p: BMParams, e, s, bias, c_shift: int):
-    """``acc = E - (S << c_shift) + bias``, exact. ``e``: (..., C); ``s``: (...,); ``bias``: (C,)."""
+    """``acc = E - (S << c_shift) + bias``, exact.
+
+    ``e``: (..., C); ``s``: (...,); ``bias``: (C,)."""
     if not 0 <= c_shift <= p.max_c_shift:
         raise ValueError(f"c_shift must be in 0..{p.max_c_shift}, not {c_shift!r}")
     return _as_int(e) - (_as_int(s)[..., None] << c_shift) + _as_int(bias)

@@ -69,9 +69,10 @@ def test_accel_shipped_export(arith, mnist):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["bm8", "mac8"])
+@pytest.mark.parametrize("preset", ["bm8"])  # MAC runs the real shipped export above
 def test_accel_lenet_random_weights(preset, mnist):
-    """The paper LeNet's shapes with seeded random tensors, on MNIST images, 16x16 array."""
+    """The paper LeNet's shapes with seeded random tensors, on MNIST images, 16x16 array:
+    structure-only until a BM export ships."""
     p = PRESETS[preset]
     layers = lenet_layers()
     plan = plan_network(p, layers)

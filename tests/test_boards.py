@@ -89,11 +89,11 @@ def test_accel_with_spram_banks_equals_reference(monkeypatch):
     """The iCE40 UltraPlus form: every feature-map bank a single-port SPRAM (its simulation
     model), shared between reads and writes; logits and cycles as with block RAM."""
     import numpy as np
+    from test_hw_accel import random_net, rtl_accel
 
     import hw.accel
     from hw.accel import Accelerator
     from model.reference import ref_network
-    from test_hw_accel import random_net, rtl_accel
 
     monkeypatch.setattr(hw.accel, "_use_spram", lambda *a: True)
     p = PRESETS["bm8"]

@@ -168,16 +168,12 @@ def test_bad_array_is_refused(capsys):
     assert hwbuild.parse_args(["--board", "ulx3s", "--array", "4x2"]).array == (4, 2)
 
 
-def test_accelerator_core_missing_is_clear(tmp_path, capsys):
-    pytest.importorskip("hw.top")
-    import importlib.util
-
-    if importlib.util.find_spec("hw.accel") is not None:
-        pytest.skip("hw/accel.py exists")
-    rc = hwbuild.main(["--board", "ulx3s", "--work-dir", str(tmp_path / "w"),
-                       "--out-dir", str(tmp_path / "o")])
+def test_missing_weights_file_is_clear(tmp_path, capsys):
+    rc = hwbuild.main(["--board", "ulx3s", "--weights", str(tmp_path / "nope.npz"),
+                       "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
     assert rc == hwbuild.EXIT_USAGE
-    assert "accelerator is not implemented yet" in capsys.readouterr().err
+    assert "nope.npz" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
 NEXTPNR_LOG = """\

@@ -110,8 +110,13 @@ def test_log_rejects_mac_params():
         ExpUnit(PRESETS["bm8"], lanes=0)
 
 
-def test_log_rejects_overflowing_log_codes():
+def test_log_wide_table_widens_lx():
     """LOG[m] rounds up to 2**f when mant_bits > log_frac; with a_bits = 8 the largest code
-    is then 8 * 2**f, one bit wider than the contract's lx_bits (see the hw report)."""
-    with pytest.raises(ValueError, match="does not fit lx_bits"):
-        LogUnit(BMParams(a_bits=8, log_frac=5, mant_bits=6))
+    is then 8 * 2**f, so the contract widens lx_bits and the unit still matches exhaustively."""
+    p = BMParams(a_bits=8, log_frac=5, mant_bits=6)
+    assert p.lx_bits == 9
+    x = np.arange(p.a_max + 1)
+    lx, zero = ref_log(p, x)
+    assert lx.max() == 8 << p.log_frac
+    got_lx, got_zero, _ = rtl_log(p, x)
+    assert np.array_equal(got_lx, lx) and np.array_equal(got_zero, zero)

@@ -129,3 +129,16 @@ def test_quick_report(tmp_path):
     assert s["determinism"]["match"]
     assert (tmp_path / "report.md").read_text().startswith("# BM against MAC")
     assert (tmp_path / "ratio_vs_lanes.png").exists()
+
+
+def test_rtlil_ports_in_port_order():
+    from amaranth.back import rtlil
+
+    from hw.pe import BMPE
+    from hw.report_blocks import rtlil_ports
+
+    text = rtlil.convert(BMPE(PRESETS["bm8"]), name="x")
+    ports = rtlil_ports(text, "x")
+    assert ("input", "b", PRESETS["bm8"].w_log_bits) in ports
+    assert ("output", "acc", PRESETS["bm8"].m_bits + 1) in ports
+    assert ("input", "clk", 1) in ports
