@@ -57,7 +57,22 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
     setup) setup; setup_sim ;;
-    build) setup; exec "$VENV/bin/python" -m hw.build --board "${BOARD:-ulx3s}" "$@" ;;
+    build)
+        setup
+        board=${BOARD:-ulx3s}
+        case " $* " in
+            *" --weights"*|*" --core"*|*" --list-boards "*|*" -h "*|*" --help "*) ;;
+            *)
+                if [ "$board" = ulx3s ] && [ ! -f model/weights/lenet_bm15_max.npz ]; then
+                    echo "run.sh: no trained 1.5-BM export ships yet" \
+                         "(model/weights/lenet_bm15_max.npz); building the accelerator from a" \
+                         "structure-only export with seeded random weights: a real bitstream" \
+                         "whose logits mean nothing" >&2
+                    "$VENV/bin/python" -m sim.random_export --net lenet --arith bm
+                    set -- --weights build/lenet_bm_random.npz "$@"
+                fi ;;
+        esac
+        exec "$VENV/bin/python" -m hw.build --board "$board" "$@" ;;
     test) setup; setup_sim; exec "$VENV/bin/python" -m pytest tests sim "$@" ;;
     py) setup; exec "$VENV/bin/python" "$@" ;;
     *) die "usage: ./run.sh build|test|setup|py [ARGS]" ;;
