@@ -456,7 +456,7 @@ class Accelerator(wiring.Component):
                     rp.addr.eq((s_hi + (j < s_lo))[:depth_bits]),
                     rp.en.eq(adv),
                 ]
-        for c, rp in enumerate(wmems):
+        for rp in wmems:
             m.d.comb += [rp.addr.eq(wptr), rp.en.eq(adv)]
 
         # rotate bank outputs into lanes
@@ -749,7 +749,7 @@ class Accelerator(wiring.Component):
                     wp.en.eq(we_r),
                 ]
 
-        # -- phase sequencing ------------------------------------------------------------------------
+        # -- phase sequencing ------------------------------------------------------------------
         with m.Switch(state):
             with m.Case(LOAD):
                 with m.If(pix_take & (npix == plan.n_pixels - 1)):
