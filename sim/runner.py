@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "sim" / "build"
 SIMULATORS = {"icarus": "iverilog", "verilator": "verilator"}
 
-__all__ = ["simulator", "run_cocotb", "emit_verilog"]
+__all__ = ["simulator", "run_cocotb"]
 
 
 def simulator() -> str:
@@ -48,16 +47,6 @@ def _require_simulator(sim: str) -> None:
         for tool in ("make", "g++", "perl"):
             if shutil.which(tool) is None:
                 pytest.fail(f"Verilator needs {tool}; run: apt-get install -y {tool}")
-
-
-def emit_verilog(component, name: str, path: Path) -> Path:
-    """Write ``component`` as Verilog module ``name`` to ``path``."""
-    from amaranth.back import verilog
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(component, name=name, emit_src=False)
-    path.write_text(text)
-    return path
 
 
 def run_cocotb(component, *, toplevel: str, module: str, params: dict, tag: str = "",
@@ -128,6 +117,3 @@ def run_cocotb(component, *, toplevel: str, module: str, params: dict, tag: str 
         pytest.fail(f"{sim}: {n_failed} of {n_tests} cocotb tests failed in {module}\n{tail}",
                     pytrace=False)
 
-
-def python_executable() -> str:
-    return sys.executable

@@ -49,12 +49,9 @@ def test_config_validation():
         create_net("vgg")
 
 
-def test_train_cli_tiny(tmp_path: Path):
-    from model.data import default_data_dir
+def test_train_cli_tiny(tmp_path: Path, mnist_dir):
     from model.train import load_model, main
 
-    if not (default_data_dir() / "mnist").exists():
-        pytest.skip("no MNIST copy")
     common = ["--train-limit", "256", "--test-limit", "128", "--no-progress", "--batch-size", "64"]
     t = tmp_path / "cls"
     res = main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
