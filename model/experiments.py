@@ -48,8 +48,21 @@ CLASSICAL_PAPER = 0.9901
 
 SCHEDULES = {
     # epochs for classical/direct/kd, per conversion step (layerwise), per layer (lwkd)
-    "paper": {"classical": 8, "epochs": 5, "layer_epochs": "3,3,4,4,4,8", "layerwise": 2},
-    "reduced": {"classical": 4, "epochs": 2, "layer_epochs": "1,1,2,2,2,4", "layerwise": 1},
+    # final: joint KD fine-tune of the whole student after layer-wise KD with the hard max
+    "paper": {
+        "classical": 8,
+        "epochs": 5,
+        "layer_epochs": "3,3,4,4,4,8",
+        "layerwise": 2,
+        "final": 10,
+    },
+    "reduced": {
+        "classical": 4,
+        "epochs": 2,
+        "layer_epochs": "1,1,2,2,2,4",
+        "layerwise": 1,
+        "final": 1,
+    },
 }
 
 
@@ -95,6 +108,19 @@ def cells(table: str, schedule: str, runs: Path, common: list[str]) -> list[dict
                     argv += ["--alpha", "1", "--alpha-end", "32"]
                 if col == "lwkd":
                     argv += ["--layer-epochs", sch["layer_epochs"]]
+                if col == "lwkd" and op == "max":
+                    # the classifier: LSE annealed to 64, then the hard max, trained with the
+                    # last conv; then the whole student end to end (train.py, METHOD.md sec. 6)
+                    argv += [
+                        "--last-op",
+                        "lse",
+                        "--last-joint",
+                        "1",
+                        "--final-epochs",
+                        str(sch["final"]),
+                        "--final-lr",
+                        "5e-4",
+                    ]
                 elif col in ("layerwise", "layerwise_freeze"):
                     argv += ["--epochs", str(sch["layerwise"])]
                 else:
@@ -115,7 +141,11 @@ def parse_args(argv=None):
     p.add_argument("--results-dir", default="results")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="paper")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device of every run (e.g. cuda)")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once (after the teacher)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=0, help="images per run (smoke tests)")
+    p.add_argument("--test-limit", type=int, default=0)
     p.add_argument("--only", default=None, help="comma list of cell names (run folder names)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--collect", action="store_true", help="only collect finished results")
@@ -144,31 +174,30 @@ def swap_to_max(src: Path, dst: Path, data_dir: str | None) -> dict:
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     common = ["--threads", str(args.threads), "--seed", str(args.seed), "--no-progress"]
+    if args.device != "cpu":
+        common += ["--device", args.device]
+    if args.train_limit or args.test_limit:
+        common += ["--train-limit", str(args.train_limit), "--test-limit", str(args.test_limit)]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
     table = args.table
     todo = cells(table, args.schedule, Path(args.runs_dir), common)
     only = set(args.only.split(",")) if args.only else None
+    for c in todo:
+        c["shown"] = "python -m model.train " + " ".join(shlex.quote(a) for a in c["argv"])
+        if c.get("swap_from"):
+            c["shown"] = f"swap LSE -> max in {c['out'].parent / c['swap_from']} (no fine-tuning)"
+    if args.dry_run:
+        for c in todo:
+            print(c["shown"])
+        return []
+    if not args.collect:
+        run_cells(table, todo, only, args)
     entries = []
     for c in todo:
         out: Path = c["out"]
-        cmd = [sys.executable, "-m", "model.train", *c["argv"]]
-        shown = "python -m model.train " + " ".join(shlex.quote(a) for a in c["argv"])
-        if c.get("swap_from"):
-            shown = f"swap LSE -> max in {out.parent / c['swap_from']} (no fine-tuning)"
+        shown = c["shown"]
         res_path = out / "result.json"
-        selected = only is None or out.name in only or c["method"] == "classical"
-        if args.dry_run:
-            print(shown)
-            continue
-        if not res_path.exists() and selected and not args.collect:
-            t0 = time.time()
-            print(f"[{table}] {c['row']} / {c['method']}: {shown}", flush=True)
-            if c.get("swap_from"):
-                swap_to_max(out.parent / c["swap_from"], out, args.data_dir)
-            else:
-                subprocess.run(cmd, check=True)
-            print(f"[{table}] done in {time.time() - t0:.0f}s", flush=True)
         res = json.loads(res_path.read_text()) if res_path.exists() else {}
         entry = {
             "row": c["row"],
@@ -183,10 +212,65 @@ def main(argv=None) -> list[dict]:
             if k in res:
                 entry[k] = res[k]
         entries.append(entry)
-    if args.dry_run:
-        return []
     write_results(table, entries, Path(args.results_dir))
     return entries
+
+
+def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
+    """Train every selected cell without a result: the teacher first, then ``--jobs`` at a time.
+
+    A failed cell is reported and the others go on; the exit status is non-zero at the end.
+    """
+    pending = [
+        c
+        for c in todo
+        if not (c["out"] / "result.json").exists()
+        and (only is None or c["out"].name in only or c["method"] == "classical")
+    ]
+    failed = []
+
+    def start(c):
+        print(f"[{table}] {c['row']} / {c['method']}: {c['shown']}", flush=True)
+        c["t0"] = time.time()
+        if c.get("swap_from"):
+            swap_to_max(c["out"].parent / c["swap_from"], c["out"], args.data_dir)
+            return None
+        cmd = [sys.executable, "-m", "model.train", *c["argv"]]
+        c["out"].mkdir(parents=True, exist_ok=True)
+        log = open(c["out"] / "train.log", "a")  # noqa: SIM115 - closed when the job ends
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+
+    def finish(c, rc):
+        msg = "done" if rc == 0 else f"FAILED (exit {rc}, log {c['out'] / 'train.log'})"
+        print(f"[{table}] {c['out'].name}: {msg} in {time.time() - c['t0']:.0f}s", flush=True)
+        if rc:
+            failed.append(c["out"].name)
+
+    queue = list(pending)
+    running: list = []
+    while queue or running:
+        # the teacher and the swap cells wait until everything before them has finished
+        while queue and len(running) < max(1, args.jobs):
+            c = queue[0]
+            if (c["method"] == "classical" or c.get("swap_from")) and running:
+                break
+            if any(r[0]["method"] == "classical" for r in running):
+                break
+            queue.pop(0)
+            job = start(c)
+            if job is None:
+                finish(c, 0)
+            else:
+                running.append((c, *job))
+        time.sleep(0.5)
+        for item in list(running):
+            c, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                running.remove(item)
+                finish(c, proc.returncode)
+    if failed:
+        raise SystemExit(f"{len(failed)} cell(s) failed: {', '.join(failed)}")
 
 
 def write_results(table: str, entries: list[dict], results: Path) -> None:

@@ -81,7 +81,7 @@ class BMLayer(nn.Module):
         return F.avg_pool2d(s, self.k, stride=1, divisor_override=1)
 
     def set_op(self, op: MaxOp) -> None:
-        self.op = op
+        self.op = op.to(self.weight.device)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, in_ch={self.in_ch}, out_ch={self.out_ch}, k={self.k}"

@@ -43,8 +43,11 @@ try:  # pragma: no cover - exercised whenever the package is installed
 except ImportError:  # pragma: no cover
     _tg = None
 
+_DEN_MIN_F64 = 1e-200
+_DEN_MIN_F32 = 1e-30
 _F64_ALPHA = 4.0  # above this alpha, smooth branches are computed in float64
 _CHUNK = 1 << 23  # elements of an im2col buffer per tropical-gemm call
+_CHUNK_DEV = 1 << 28  # elements of the product tensor per call on an accelerator
 
 
 class MaxOp(nn.Module):
@@ -138,13 +141,12 @@ def _tropical(cols: np.ndarray, pk: np.ndarray):
 
 def _maxtimes_cols(cols: torch.Tensor, pk: torch.Tensor):
     """``out[m, o] = max_k cols[m, k] * pk[k, o]`` and its argmax over k (int64)."""
-    if _tg is not None:
+    if _tg is not None and cols.device.type == "cpu":
         c, a = _tropical(cols.numpy(), pk.numpy())
         m, o = cols.shape[0], pk.shape[1]
         return torch.from_numpy(c).view(m, o), torch.from_numpy(a).view(m, o).long()
-    prod = cols[:, :, None] * pk[None]  # pragma: no cover - fallback without tropical-gemm
-    v, a = prod.max(1)
-    return v, a
+    # accelerators (and CPUs without tropical-gemm): materialise the products chunk by chunk
+    return (cols[:, :, None] * pk[None]).max(1)
 
 
 class _MaxTimesConv(torch.autograd.Function):
@@ -162,9 +164,11 @@ class _MaxTimesConv(torch.autograd.Function):
         uh = u.detach().permute(0, 2, 3, 1).contiguous()
         pk = v.detach().permute(2, 3, 1, 0).reshape(kk, o).contiguous()
         s = uh.stride()
-        out = torch.empty(b, ho, wo, o, dtype=u.dtype)
-        am = torch.empty(b, ho, wo, o, dtype=torch.long)
-        step = max(1, _CHUNK // max(1, ho * wo * kk))
+        dev = u.device
+        out = torch.empty(b, ho, wo, o, dtype=u.dtype, device=dev)
+        am = torch.empty(b, ho, wo, o, dtype=torch.long, device=dev)
+        chunk = _CHUNK if dev.type == "cpu" else _CHUNK_DEV // max(1, o)
+        step = max(1, chunk // max(1, ho * wo * kk))
         for b0 in range(0, b, step):
             nb = min(step, b - b0)
             view = uh[b0 : b0 + nb].as_strided(
@@ -184,26 +188,31 @@ class _MaxTimesConv(torch.autograd.Function):
         kk, o = pk.shape
         ho, wo = h - k + 1, w - k + 1
         gh = g.permute(0, 2, 3, 1)
-        ky = torch.arange(k).view(k, 1, 1)
-        kx = torch.arange(k).view(1, k, 1)
-        cc = torch.arange(c).view(1, 1, c)
+        dev = g.device
+
+        def ar(n):
+            return torch.arange(n, device=dev)
+
+        ky = ar(k).view(k, 1, 1)
+        kx = ar(k).view(1, k, 1)
+        cc = ar(c).view(1, 1, c)
         off = (ky * (w * c) + kx * c + cc).reshape(kk)
         base = (
-            torch.arange(b).view(b, 1, 1, 1) * (h * w * c)
-            + torch.arange(ho).view(1, ho, 1, 1) * (w * c)
-            + torch.arange(wo).view(1, 1, wo, 1) * c
+            ar(b).view(b, 1, 1, 1) * (h * w * c)
+            + ar(ho).view(1, ho, 1, 1) * (w * c)
+            + ar(wo).view(1, 1, wo, 1) * c
         )
         idx = (base + off[am]).reshape(-1)
         gu = gv = None
         if ctx.needs_input_grad[0]:
-            pv = pk[am, torch.arange(o)]
-            gu = torch.zeros(b * h * w * c, dtype=g.dtype)
+            pv = pk[am, ar(o)]
+            gu = torch.zeros(b * h * w * c, dtype=g.dtype, device=dev)
             gu.index_add_(0, idx, (gh * pv).reshape(-1))
             gu = gu.view(b, h, w, c).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             uv = uh.reshape(-1)[idx].view_as(am)
-            gv = torch.zeros(kk * o, dtype=g.dtype)
-            gv.index_add_(0, (am * o + torch.arange(o)).reshape(-1), (gh * uv).reshape(-1))
+            gv = torch.zeros(kk * o, dtype=g.dtype, device=dev)
+            gv.index_add_(0, (am * o + ar(o)).reshape(-1), (gh * uv).reshape(-1))
             gv = gv.view(k, k, c, o).permute(3, 2, 0, 1)
         return gu, gv
 
@@ -264,7 +273,11 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     pu, pv = _safe_pow(un, a), _safe_pow(vn, a)
     den = _conv(pu, pv)
     ok = den > 0
-    dens = torch.where(ok, den, torch.ones_like(den))
+    # a window far below the sample's scale: ``den ** (1/a)`` has a gradient ``r / (a den)``
+    # that overflows (then inf * 0 = NaN further back); such windows are floored at _DEN_MIN,
+    # an absolute error below ``_DEN_MIN ** (1/a)`` of the scale (1e-3 at alpha = 64, f64)
+    dmin = _DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32
+    dens = torch.where(ok, den.clamp(min=dmin), torch.ones_like(den))
     if op.kind == "lse":
         r = dens ** (1 / a)
     elif op.kind == "lmorph":

@@ -100,7 +100,7 @@ class LeNet(nn.Module):
             kw.setdefault("learn_corr", c.learn_corr)
         if form != "classical":
             kw.setdefault("op", self.make_op())
-        new = convert(src, form, **kw)
+        new = convert(src, form, **kw).to(src.weight.device)
         self.layers[i] = new
         forms = list(c.forms)
         forms[i] = form

@@ -13,6 +13,10 @@ Methods (METHOD.md section 3; ``--form`` picks the BM neuron, ``--op`` the max a
   layers < k frozen, its output fed into the teacher's layers > k (fine-tuned too) giving
   ``output_1``; the teacher alone gives ``output_2``;
   ``L = beta * MSE(student_k, teacher_k) + w * (CE(output_1, y) + CE(output_2, y))``.
+- ``finetune``: start from ``--init`` (e.g. a layer-wise KD snapshot ``after_layer4.pt``), convert
+  its remaining classical layers (the classifier with LSE from alpha = 1 when ``--last-op lse``,
+  annealed to ``--last-alpha-end``, hard max for the last ``--last-max-epochs``), and train the
+  whole student end to end with KD (``--beta`` weighs the per-layer MSE terms).
 - ``two_stage``: section 4.4. Run ``--first-method`` (kd or lwkd) with LSE, replace LSE by the
   hard max keeping the weights (measured: "LSE-MAX"), and fine-tune with KD ("MAX").
 
@@ -49,7 +53,16 @@ __all__ = ["TrainConfig", "parse_args", "main", "load_model", "evaluate", "METHO
 
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
 
-METHODS = ("classical", "direct", "layerwise", "layerwise_freeze", "kd", "lwkd", "two_stage")
+METHODS = (
+    "classical",
+    "direct",
+    "layerwise",
+    "layerwise_freeze",
+    "kd",
+    "lwkd",
+    "two_stage",
+    "finetune",
+)
 
 
 @dataclass
@@ -69,6 +82,8 @@ class TrainConfig:
     refit: bool = True  # least-squares refit of per-channel gain/bias and corr_x on conversion
     refit_images: int = 2000
     teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
+    init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
+    keep: tuple[int, ...] = ()  # finetune: layers left classical (e.g. 5: the classifier)
     first_method: str = "lwkd"  # two_stage: the LSE stage
     epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
     layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
@@ -83,8 +98,10 @@ class TrainConfig:
     batch_size: int = 128
     beta: float = 1.0  # weight of the MSE terms
     ce_weight: float = 1.0  # weight of the CE terms
+    last_beta: float = 0.0  # lwkd: weight of the logit MSE in the classifier stage
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"  # torch device of the whole run ("cuda" on a GPU machine)
     data_dir: str | None = None
     train_limit: int = 0  # 0: whole training set
     test_limit: int = 0  # 0: whole test set
@@ -96,6 +113,7 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
         self.layer_epochs = tuple(int(e) for e in self.layer_epochs)
+        self.keep = tuple(int(i) for i in self.keep)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -108,13 +126,15 @@ def load_data(cfg: TrainConfig):
         if limit:
             x, y = x[:limit], y[:limit]
         xt = torch.from_numpy(np.ascontiguousarray(x)).float().div_(256.0).unsqueeze(1)
-        return xt, torch.from_numpy(np.asarray(y, dtype=np.int64))
+        yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        return xt.to(cfg.device), yt.to(cfg.device)
 
     return prep(xtr, ytr, cfg.train_limit) + prep(xte, yte, cfg.test_limit)
 
 
-def batches(n: int, bs: int, gen: torch.Generator | None):
+def batches(n: int, bs: int, gen: torch.Generator | None, device="cpu"):
     idx = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    idx = idx.to(device)
     for i in range(0, n, bs):
         yield idx[i : i + bs]
 
@@ -150,7 +170,7 @@ class Run:
 
     def load_ckpt(self):
         if self.ckpt_path.exists():
-            return torch.load(self.ckpt_path, weights_only=False)
+            return torch.load(self.ckpt_path, weights_only=False, map_location=self.cfg.device)
         return None
 
     def save_ckpt(self, state: dict) -> None:
@@ -185,9 +205,9 @@ def net_from_dict(d: dict) -> LeNet:
     return net
 
 
-def load_model(path: str | os.PathLike) -> LeNet:
-    """Load a ``model.pt`` written by this module."""
-    return net_from_dict(torch.load(path, weights_only=False))
+def load_model(path: str | os.PathLike, device: str = "cpu") -> LeNet:
+    """Load a ``model.pt`` written by this module (on ``device``)."""
+    return net_from_dict(torch.load(path, weights_only=False, map_location="cpu")).to(device)
 
 
 def save_model(run: Run, net: LeNet, result: dict) -> None:
@@ -245,8 +265,13 @@ def refit_layer(
         ss.append(s.double())
         ts.append(t.double())
     e, s, t = torch.cat(es), torch.cat(ss), torch.cat(ts)
+    if not bool(torch.isfinite(e).all() and torch.isfinite(t).all()):
+        if log:
+            log("  refit skipped: non-finite branch outputs or targets")
+        return
     if len(e) > 400_000:
         sel = torch.randperm(len(e), generator=torch.Generator().manual_seed(0))[:400_000]
+        sel = sel.to(e.device)
         e, s, t = e[sel], s[sel], t[sel]
     is15 = isinstance(layer, BM15Layer)
 
@@ -301,7 +326,7 @@ def refit_layer(
 def load_teacher(cfg: TrainConfig) -> LeNet:
     if not cfg.teacher:
         raise ValueError(f"method {cfg.method!r} needs --teacher (a model.pt of a classical run)")
-    t = load_model(cfg.teacher)
+    t = load_model(cfg.teacher, cfg.device)
     if any(f != "classical" for f in t.forms):
         raise ValueError(f"teacher {cfg.teacher} is not classical: {t.forms}")
     return t
@@ -346,7 +371,7 @@ def train_epochs(
     acc = None
     for ep in range(epochs):
         gen_state = gen.get_state()
-        order = list(batches(len(xtr), cfg.batch_size, gen))
+        order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
         if ep < start_epoch:
             continue
         gen.set_state(gen_state)
@@ -395,6 +420,16 @@ def ce_loss(net, xb, yb, idx):
     return F.cross_entropy(net(xb), yb)
 
 
+def centred(logits: torch.Tensor) -> torch.Tensor:
+    """Logits minus their mean over the classes.
+
+    A 1.5-BM classifier's window-sum correction ``corr_x * sum x`` is the same for every class:
+    it moves all logits together and changes neither the softmax nor the prediction, so logits
+    are compared to the teacher's only up to such a shift.
+    """
+    return logits - logits.mean(1, keepdim=True)
+
+
 def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
     """Section 4.1: ``beta * sum_l MSE(y_s^l, y_t^l) + w * (CE(y_s, y_t) + CE(y_s, y))``."""
 
@@ -402,7 +437,10 @@ def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
         with torch.no_grad():
             tf = teacher.features(xb)
         sf = net.features(xb)
-        mse = sum(F.mse_loss(s, t) for s, t in zip(sf, tf, strict=True)) if layers else 0.0
+        mse = 0.0
+        if layers:
+            mse = sum(F.mse_loss(s, t) for s, t in zip(sf[:-1], tf[:-1], strict=True))
+            mse = mse + F.mse_loss(centred(sf[-1]), centred(tf[-1]))
         soft = F.cross_entropy(sf[-1], F.softmax(tf[-1], 1))
         return cfg.beta * mse + cfg.ce_weight * (soft + F.cross_entropy(sf[-1], yb))
 
@@ -460,14 +498,14 @@ def alpha_schedule(cfg: TrainConfig, net: LeNet, layers=None):
 
 def method_classical(run: Run, data) -> tuple[LeNet, dict]:
     cfg = run.cfg
-    net = create_net(cfg.net)
+    net = create_net(cfg.net).to(cfg.device)
     res = run_simple(run, data, net, ce_loss, epochs=cfg.epochs, tag="classical", lr=cfg.lr)
     return net, res
 
 
 def method_direct(run: Run, data) -> tuple[LeNet, dict]:
     cfg = run.cfg
-    net = create_net(cfg.net)
+    net = create_net(cfg.net).to(cfg.device)
     for i in range(len(net.layers)):
         convert_layer(cfg, net, i)
     res = run_simple(run, data, net, ce_loss, epochs=cfg.epochs, tag="direct", lr=cfg.lr)
@@ -565,7 +603,7 @@ def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float, prev=
     shape = student.run(x[:1], 0, k).shape[1:]
     if len(x) * math.prod(shape) * 4 > limit_gb * 2**30:
         return None
-    out = torch.empty((len(x),) + tuple(shape))
+    out = torch.empty((len(x),) + tuple(shape), device=x.device)
     for i in range(0, len(x), 500):
         if prev is not None:
             out[i : i + 500] = student.run_layer(k - 1, prev[i : i + 500])
@@ -658,15 +696,17 @@ def _lwkd_stage(
     def student_path(xb, idx=None, cache=None):
         return tutor.run(s_out(s_in(xb, idx, cache)), k + 1)
 
+    last_stage = k == n - 1 and bool(cfg.last_op)
+
     def set_last_op(ep):
-        if lse_epochs and ep < lse_epochs and layer.op.kind != "lse":
+        if last_stage and ep < lse_epochs and layer.op.kind != "lse":
             layer.set_op(MaxOp("lse", alpha=1.0))
-        elif lse_epochs and ep >= lse_epochs and layer.op.kind != "max":
+        elif last_stage and ep >= lse_epochs and layer.op.kind != "max":
             layer.set_op(MaxOp("max"))
             run.log(f"layer {k}: LSE -> hard max")
 
     def eval_path():
-        fn_idx = torch.arange(len(xte))
+        fn_idx = torch.arange(len(xte), device=xte.device)
         correct = 0
         with torch.no_grad():
             for i in range(0, len(xte), 500):
@@ -703,7 +743,7 @@ def _lwkd_stage(
 
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
     for ep in range(epochs):
-        order = list(batches(len(xtr), cfg.batch_size, gen))
+        order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
         if ep < ep0:
             continue
         if cfg.learn_alpha and cfg.alpha_epochs and ep >= cfg.alpha_epochs:
@@ -719,7 +759,10 @@ def _lwkd_stage(
                 ht = tutor.run(xb, 0, k + 1)
                 hin = s_in(xb, idx, cache_tr)
             hs = s_out(hin)
-            loss = cfg.beta * F.mse_loss(hs, ht)
+            if k == n - 1:  # logits: compared up to a shift common to all classes
+                loss = cfg.last_beta * F.mse_loss(centred(hs), centred(ht))
+            else:
+                loss = cfg.beta * F.mse_loss(hs, ht)
             out1 = tutor.run(hs, k + 1)
             out2 = tutor.run(ht, k + 1)
             loss = loss + cfg.ce_weight * (F.cross_entropy(out1, yb) + F.cross_entropy(out2, yb))
@@ -800,7 +843,7 @@ def method_lwkd_full(run: Run, data):
         teacher = load_teacher(cfg)
         cfg2 = replace(cfg, epochs=cfg.final_epochs)
         run.cfg = cfg2
-        _, r2 = run_simple(
+        r2 = run_simple(
             run,
             data,
             student,
@@ -812,6 +855,81 @@ def method_lwkd_full(run: Run, data):
         run.cfg = cfg
         res = {**res, "accuracy_before_final": res["accuracy"], "accuracy": r2["accuracy"]}
     return student, res
+
+
+def method_finetune(run: Run, data):
+    """End-to-end KD fine-tune of a whole student from ``--init`` (see the module docstring)."""
+    cfg = run.cfg
+    if not cfg.init:
+        raise ValueError("method 'finetune' needs --init (a model.pt or after_layerK.pt)")
+    teacher = load_teacher(cfg)
+    student = load_model(cfg.init, cfg.device)
+    n = len(student.layers)
+    smooth = []
+    for i, m in enumerate(student.layers):
+        if isinstance(m, BMLayer) or i in cfg.keep:
+            continue
+        layer = convert_layer(cfg, student, i)
+        if cfg.last_op and i == n - 1:
+            layer.set_op(MaxOp(cfg.last_op, alpha=1.0))  # exact at alpha = 1: no refit
+            smooth.append(layer)
+        elif cfg.refit:
+            with torch.no_grad():
+                x = data[0][: cfg.refit_images]
+                refit_layer(
+                    cfg,
+                    layer,
+                    student.run(x, 0, i),
+                    teacher.run_layer(i, teacher.run(x, 0, i), pre=True),
+                    run.log,
+                )
+    student.requires_grad_(True)
+    for m in student.bm_layers():
+        if isinstance(m, BM15Layer) and isinstance(m.corr_x, nn.Parameter) and not cfg.learn_corr:
+            m.corr_x.requires_grad_(False)
+    run.log(f"finetune from {cfg.init}: forms {student.forms}, test acc "
+            f"{evaluate(student, data[2], data[3]):.4f}")
+    smooth_epochs = max(0, cfg.epochs - cfg.last_max_epochs) if smooth else 0
+
+    def sched(frac):
+        t = frac * cfg.epochs  # epochs done
+        for m in smooth:
+            if t >= smooth_epochs and m.op.kind != "max":
+                m.set_op(MaxOp("max"))
+                run.log(f"{cfg.last_op} -> hard max at epoch {t:.2f}")
+            elif m.op.kind != "max":
+                m.op.set_alpha(cfg.last_alpha_end ** min(1.0, t / max(smooth_epochs, 1) / 0.75))
+
+    tag = "finetune"
+    ck = run.load_ckpt()
+    start, state = 0, None
+    if ck is not None and ck.get("tag") == tag:
+        start, state = ck["epoch"], ck["opt_state"]
+        if start >= smooth_epochs:
+            for m in smooth:
+                m.set_op(MaxOp("max"))
+        student.load_state_dict(ck["net"])
+        run.log(f"resuming {tag} at epoch {start}")
+
+    def on_epoch(ep, st):
+        run.save_ckpt({"tag": tag, "epoch": ep, "net": student.state_dict(), "opt_state": st})
+
+    res = train_epochs(
+        run,
+        student,
+        data,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        tag=tag,
+        loss_fn=kd_loss_fn(cfg, teacher, layers=cfg.beta > 0),
+        state=state,
+        start_epoch=start,
+        on_epoch=on_epoch,
+        alpha_sched=sched if smooth else None,
+    )
+    for m in smooth:
+        m.set_op(MaxOp("max"))
+    return student, {"accuracy": res["accuracy"], "init": cfg.init}
 
 
 def method_two_stage(run: Run, data):
@@ -832,7 +950,7 @@ def method_two_stage(run: Run, data):
     acc_lse_max = evaluate(student, data[2], data[3])
     run.log(f"LSE -> MAX without fine-tuning: test acc {acc_lse_max:.4f}")
     run.cfg = replace(cfg, op="max", learn_alpha=False)
-    _, r2 = run_simple(
+    r2 = run_simple(
         run,
         data,
         student,
@@ -868,12 +986,14 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--no-refit", dest="refit", action="store_false")
     p.add_argument("--refit-images", type=int, default=d.refit_images)
     p.add_argument("--teacher", default=None)
+    p.add_argument("--init", default=None, help="finetune: the model to start from")
+    p.add_argument("--keep", default="", help="finetune: comma list of layers left classical")
     p.add_argument("--first-method", choices=("kd", "lwkd"), default=d.first_method)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--layer-epochs", default="2", help="comma list per layer; last repeats")
     p.add_argument("--final-epochs", type=int, default=d.final_epochs)
     p.add_argument("--last-joint", type=int, choices=(0, 1), default=d.last_joint)
-    p.add_argument("--last-op", choices=("lse",), default=None)
+    p.add_argument("--last-op", choices=("lse", "smorph", "lmorph"), default=None)
     p.add_argument("--last-alpha-end", type=float, default=d.last_alpha_end)
     p.add_argument("--last-max-epochs", type=int, default=d.last_max_epochs)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -882,7 +1002,9 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--beta", type=float, default=d.beta)
     p.add_argument("--ce-weight", type=float, default=d.ce_weight)
+    p.add_argument("--last-beta", type=float, default=d.last_beta)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--train-limit", type=int, default=0)
@@ -891,6 +1013,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = vars(p.parse_args(argv))
     a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))
+    a["keep"] = tuple(int(v) for v in str(a["keep"]).split(",") if v.strip())
     return TrainConfig(**a)
 
 
@@ -914,6 +1037,8 @@ def main(argv=None) -> dict:
         net, res = method_kd(run, data)
     elif cfg.method == "lwkd":
         net, res = method_lwkd_full(run, data)
+    elif cfg.method == "finetune":
+        net, res = method_finetune(run, data)
     else:
         net, res = method_two_stage(run, data)
     net.eval()

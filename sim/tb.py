@@ -21,6 +21,9 @@ __all__ = ["params", "seed", "TB", "StreamDriver", "StreamMonitor", "Scoreboard"
 
 def params() -> dict:
     """The params JSON the pytest entry handed over."""
+    if "BM_SIM_PARAMS_FILE" in os.environ:
+        with open(os.environ["BM_SIM_PARAMS_FILE"]) as f:
+            return json.load(f)
     return json.loads(os.environ["BM_SIM_PARAMS"])
 
 

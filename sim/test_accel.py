@@ -79,6 +79,45 @@ def test_accel_lenet_random_weights(preset, mnist):
     _run(plan, layers, random_tensors(p, layers, seed=1), mnist[2][:2], tag=f"lenet-{preset}")
 
 
+@pytest.mark.parametrize("preset", ["bm8", "mac8"])
+def test_weight_bit_flip_in_rtl_memory_is_caught(preset, tmp_path):
+    """Mutation check: one weight bit flipped in the RTL's memory only (the reference keeps the
+    true weight) must make the run fail."""
+    from sim.fullset import flip_weight
+    from sim.runner import SimError, build, run_tests, simulator
+
+    p = PRESETS[preset]
+    layers, tensors = _small_net(p)
+    plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4)
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, 144) for _ in range(3)]
+    expected = [ref_network(p, layers, tensors, im.reshape(1, 12, 12)) for im in images]
+    # the bit below the sign of a layer-0 weight: for BM the log weight 96 becomes 352 (the
+    # product then wins its max), for MAC -82 becomes -18 (checked against the reference below)
+    width = getattr(p, "w_log_bits", None) or p.w_bits
+    bad = flip_weight(tensors, f"0,4,{width - 2}", p)
+    assert any((ref_network(p, layers, bad, im.reshape(1, 12, 12)) != e).any()
+               for im, e in zip(images, expected, strict=True))
+    cfg = {"images": [list(map(int, im)) for im in images],
+           "expected": [e.tolist() for e in expected],
+           "cycles": predict_image_cycles(plan), "backpressure": 0.0,
+           "report": str(tmp_path / "report.json")}
+    sim = simulator()
+    _require(sim)
+    build_dir = build(Accelerator(plan, bad), "accel", sim)
+    with pytest.raises(SimError):
+        run_tests(build_dir, "accel", "tb_accel", sim, cfg, build_dir / "runs" / f"flip-{preset}")
+    import json
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["mismatches"], "the flipped weight changed no logit"
+
+
+def _require(sim):
+    from sim.runner import _require_simulator
+
+    _require_simulator(sim)
+
+
 def test_random_tensors_in_range():
     p = PRESETS["bm8"]
     assert isinstance(p, BMParams)

@@ -82,3 +82,42 @@ def test_train_cli_tiny(tmp_path: Path, mnist_dir):
         assert dw == 2.0 ** round(torch.log2(torch.tensor(dw)).item())
         c = float(m.corr_x)
         assert c == 2.0 ** round(torch.log2(torch.tensor(c)).item())
+
+
+def test_finetune_cli_tiny(tmp_path: Path, mnist_dir):
+    """``finetune`` converts the remaining layers (classifier through LSE, or kept classical)
+    and trains the whole student; the classifier ends with the hard max."""
+    from model.train import load_model, main
+
+    common = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    t = tmp_path / "cls"
+    main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
+    teacher = str(t / "model.pt")
+    a = tmp_path / "all"
+    res = main(["--method", "finetune", "--init", teacher, "--teacher", teacher, "--out", str(a),
+                "--epochs", "2", "--last-op", "lse", "--last-max-epochs", "1", "--refit-images",
+                "32", *common])
+    assert 0 <= res["accuracy"] <= 1
+    net = load_model(a / "model.pt")
+    assert net.forms == ("bm15",) * 6
+    assert all(m.op.kind == "max" for m in net.layers)
+    k = tmp_path / "keep"
+    main(["--method", "finetune", "--init", teacher, "--teacher", teacher, "--out", str(k),
+          "--epochs", "1", "--keep", "5", "--refit-images", "32", *common])
+    assert load_model(k / "model.pt").forms == ("bm15",) * 5 + ("classical",)
+
+
+def test_kd_loss_ignores_a_shift_common_to_all_logits():
+    """The 1.5-BM classifier's window-sum term moves every logit alike; KD must not see it."""
+    from model.train import TrainConfig, kd_loss_fn
+
+    torch.manual_seed(0)
+    teacher = create_net("lenet").eval()
+    student = create_net("lenet").eval()
+    x = torch.rand(4, 1, 28, 28)
+    y = torch.tensor([0, 1, 2, 3])
+    f = kd_loss_fn(TrainConfig(), teacher)
+    base = float(f(student, x, y, None))
+    with torch.no_grad():
+        student.layers[5].bias.add_(123.0)  # every logit up by the same amount
+    assert float(f(student, x, y, None)) == pytest.approx(base, rel=1e-5)

@@ -1,0 +1,76 @@
+#!/bin/sh
+# The GPU recipe behind the published training figures (run from the repository root on a CUDA
+# machine; a plain CPU machine runs the same commands with --device cpu, only slower).
+#
+#   model/gpu_run.sh probe    one short epoch of each stage, to size the schedules
+#   model/gpu_run.sh tables   Table 2 and Table 1 (paper schedule), several cells at once
+#   model/gpu_run.sh finetune INIT TEACHER   end-to-end KD fine-tunes of a layer-wise KD snapshot:
+#                             all six layers BM (two learning rates), and the classifier kept
+#                             classical
+#
+# MNIST is read from $BM_DATA_DIR (a folder holding mnist/). Results land in runs/ and, with
+# $OUT set, a tarball of them (without the resumable checkpoints) in $OUT.
+set -u
+export PYTHONUNBUFFERED=1
+export BM_DATA_DIR="${BM_DATA_DIR:-.devdata}"
+DEV="${DEVICE:-cuda}"
+BUDGET="${BUDGET:-480}"          # seconds for the training jobs; they resume if rerun
+JOBS2="${JOBS2:-5}"
+JOBS1="${JOBS1:-4}"
+PY="${PYTHON:-python3}"
+
+pack() {
+    [ -n "${OUT:-}" ] || return 0
+    tar czf "$OUT/runs_$1.tar.gz" --exclude='ckpt.pt' --exclude='*.tmp' runs/ 2>/dev/null
+    [ "${KEEP_CKPT:-0}" = 1 ] && tar czf "$OUT/ckpt_$1.tar.gz" $(find runs -name ckpt.pt)
+    ls -la "$OUT"
+}
+
+case "${1:-}" in
+probe)
+    nvidia-smi -L 2>/dev/null
+    "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+    t0=$(date +%s)
+    "$PY" -m model.train --method classical --out runs/probe_cls --epochs 1 \
+        --device "$DEV" --no-progress
+    t1=$(date +%s)
+    "$PY" -m model.train --method lwkd --out runs/probe_lwkd --teacher runs/probe_cls/model.pt \
+        --train-limit 6000 --test-limit 2000 --layer-epochs 1 --last-op lse --last-joint 1 \
+        --last-max-epochs 1 --final-epochs 1 --device "$DEV" --no-progress
+    t2=$(date +%s)
+    echo "probe: classical epoch $((t1 - t0)) s, lwkd at 1/10 data $((t2 - t1)) s"
+    ;;
+tables)
+    timeout "$BUDGET" "$PY" -m model.experiments table2 --device "$DEV" --jobs "$JOBS2" \
+        --threads 1 > runs_table2.log 2>&1 &
+    p2=$!
+    sleep 60  # table 2's teacher first: it is table 1's too
+    mkdir -p runs/table1/classical
+    [ -f runs/table2/classical/result.json ] && cp runs/table2/classical/* runs/table1/classical/
+    timeout "$((BUDGET - 60))" "$PY" -m model.experiments table1 --device "$DEV" \
+        --jobs "$JOBS1" --threads 1 > runs_table1.log 2>&1 &
+    p1=$!
+    wait $p2 $p1
+    cat runs_table2.log runs_table1.log
+    mkdir -p runs/logs && cp runs_table*.log runs/logs/
+    pack tables
+    ;;
+finetune)
+    init=$2 teacher=$3
+    common="--method finetune --init $init --teacher $teacher --beta 0 --device $DEV --no-progress"
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_allbm --epochs 12 \
+        --last-op lse --last-max-epochs 3 --lr 5e-4 > runs_ft_allbm.log 2>&1 &
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_allbm_lr1e3 --epochs 12 \
+        --last-op lse --last-max-epochs 3 --lr 1e-3 > runs_ft_allbm_lr1e3.log 2>&1 &
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_keep5 --epochs 10 --keep 5 \
+        --lr 5e-4 > runs_ft_keep5.log 2>&1 &
+    wait
+    mkdir -p runs/logs && cp runs_ft_*.log runs/logs/
+    grep -h "epoch\|done\|finetune from\|hard max" runs_ft_*.log
+    pack finetune
+    ;;
+*)
+    echo "usage: $0 probe|tables|finetune INIT TEACHER" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,170 @@
+"""The whole test set through the accelerator RTL: ``python -m sim.fullset``.
+
+Every image of the test set goes through the accelerator in Verilator (or Icarus), and every logit
+of every image is compared with :func:`model.reference.ref_network_batch`. The set is split into
+``--jobs`` slices simulated at once on one shared build (``-O3 --x-assign fast``). Prints one
+line per slice and a summary; exit status 0 only if every logit of every image is identical.
+
+    python -m sim.fullset --weights model/weights/lenet_bm15_max.npz          # 10000 images
+    python -m sim.fullset --weights model/weights/lenet_mac8.npz --limit 200  # a quick look
+
+``--flip-weight LAYER,INDEX,BIT`` flips one bit of one weight in the RTL's memory only (the
+reference keeps the true weight): the mutation check, which must report mismatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "parse_args", "flip_weight"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m sim.fullset", description=__doc__.split("\n")[0])
+    p.add_argument("--weights", default=None,
+                   help="export (.npz); default: the shipped BM export, else the MAC one")
+    p.add_argument("--data-dir", default=None, help="folder with mnist/ (default $BM_DATA_DIR)")
+    p.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator")
+    p.add_argument("--array", default="16x16", help="ROWSxCOLS of the accelerator")
+    p.add_argument("--flip-weight", default=None, metavar="LAYER,INDEX,BIT")
+    p.add_argument("--out", default=None, help="write the summary JSON here")
+    return p.parse_args(argv)
+
+
+def flip_weight(tensors, spec: str, params) -> list[dict]:
+    """A copy of ``tensors`` with bit ``BIT`` of flat weight ``INDEX`` of layer ``LAYER`` flipped
+    (kept inside the weight field's width, two's complement)."""
+    layer, index, bit = (int(v) for v in spec.split(","))
+    out = [{k: np.array(v, copy=True) for k, v in t.items()} for t in tensors]
+    w = out[layer]["w"].reshape(-1)
+    width = getattr(params, "w_log_bits", None) or params.w_bits
+    if not 0 <= bit < width:
+        raise ValueError(f"bit must be in 0..{width - 1}, not {bit}")
+    raw = (int(w[index]) & ((1 << width) - 1)) ^ (1 << bit)
+    if raw >> (width - 1):
+        raw -= 1 << width  # weights (and BM log weights) are two's complement
+    w[index] = raw
+    out[layer]["w"] = w.reshape(tensors[layer]["w"].shape)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from hw.accel import Accelerator, plan_network, predict_image_cycles
+    from model.data import DatasetError, default_data_dir, load_mnist
+    from model.export import ExportError, load_export
+    from model.reference import ref_network_batch
+    from sim.nets import SHIPPED
+    from sim.runner import SimError, build, missing_simulator, run_tests
+
+    weights = Path(args.weights) if args.weights else (
+        SHIPPED["bm"] if SHIPPED["bm"].exists() else SHIPPED["mac"])
+    try:
+        exp = load_export(weights)
+        _, _, images, labels = load_mnist(args.data_dir or default_data_dir())
+    except (ExportError, DatasetError, OSError) as e:
+        print(f"fullset: {e}", file=sys.stderr)
+        return 2
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    why = missing_simulator(args.sim)
+    if why:
+        print(f"fullset: {why}", file=sys.stderr)
+        return 2
+    rows, cols = (int(v) for v in args.array.lower().split("x"))
+    layers = list(exp.layers)
+    plan = plan_network(exp.params, layers, exp.input_shape, exp.pixel_shift, rows=rows,
+                        cols=cols)
+    t0 = time.time()
+    want = ref_network_batch(exp.params, layers, exp.tensors, exp.codes(images))
+    t_ref = time.time() - t0
+    rtl_tensors = exp.tensors
+    if args.flip_weight:
+        rtl_tensors = flip_weight(exp.tensors, args.flip_weight, exp.params)
+    cycles = predict_image_cycles(plan)
+    print(f"fullset: {weights.name} ({exp.arith}), {len(images)} images, {rows}x{cols} array, "
+          f"{cycles} cycles/image (model), {args.sim}, {args.jobs} jobs; reference "
+          f"{t_ref:.1f} s", flush=True)
+    t0 = time.time()
+    build_dir = build(Accelerator(plan, rtl_tensors), "accel", args.sim, fast=True)
+    t_build = time.time() - t0
+    print(f"fullset: built in {t_build:.0f} s ({build_dir})", flush=True)
+    n = len(images)
+    jobs = max(1, min(args.jobs, n))
+    bounds = np.linspace(0, n, jobs + 1).astype(int)
+    tag = f"fullset-{os.getpid()}"
+
+    def run_slice(j):
+        a, b = int(bounds[j]), int(bounds[j + 1])
+        test_dir = build_dir / "runs" / f"{tag}-{j}"
+        report = test_dir / "report.json"
+        cfg = {
+            "images": [list(map(int, im.reshape(-1))) for im in images[a:b]],
+            "expected": want[a:b].tolist(),
+            "cycles": cycles,
+            "backpressure": 0.0,
+            "report": str(report),
+            "first_index": a,
+        }
+        try:
+            run_tests(build_dir, "accel", "tb_accel", args.sim, cfg, test_dir)
+            ok = True
+        except SimError:
+            ok = False
+        if not report.exists():
+            return {"slice": (a, b), "ok": False, "images": 0, "mismatches": [], "cycles": [],
+                    "wall_s": 0.0, "log": str(test_dir / "test.log")}
+        r = json.loads(report.read_text())
+        r.update(slice=(a, b), ok=ok and not r["mismatches"], log=str(test_dir / "test.log"))
+        r["mismatches"] = [[a + m[0], *m[1:]] for m in r["mismatches"]]
+        print(f"fullset: images {a}..{b - 1}: {r['images'] - len(r['mismatches'])}/{r['images']}"
+              f" identical, {r['wall_s']:.0f} s", flush=True)
+        return r
+
+    t0 = time.time()
+    with ThreadPoolExecutor(jobs) as pool:
+        results = list(pool.map(run_slice, range(jobs)))
+    wall = time.time() - t0
+    done = sum(r["images"] for r in results)
+    bad = [m for r in results for m in r["mismatches"]]
+    all_cycles = sorted({c for r in results for c in r["cycles"]})
+    correct = int((want.argmax(1) == labels).sum())
+    summary = {
+        "weights": str(weights),
+        "arith": exp.arith,
+        "images": n,
+        "simulated": done,
+        "identical": done - len(bad),
+        "mismatches": bad[:20],
+        "cycles_per_image": all_cycles,
+        "cycles_model": cycles,
+        "reference_accuracy": correct / n,
+        "simulator": args.sim,
+        "jobs": jobs,
+        "build_s": round(t_build, 1),
+        "wall_s": round(wall, 1),
+        "flip_weight": args.flip_weight,
+    }
+    print(f"fullset: {done - len(bad)}/{n} images identical (every logit) in {wall:.0f} s "
+          f"+ build {t_build:.0f} s; cycles/image {all_cycles} (model {cycles}); reference "
+          f"accuracy {correct / n:.4f} ({correct}/{n})", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    failed = [r for r in results if not r["ok"]]
+    for r in failed[:3]:
+        print(f"fullset: slice {r['slice']} failed; log {r['log']}", file=sys.stderr)
+    return 0 if (done == n and not bad and not failed) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
