@@ -199,6 +199,8 @@ def main(argv=None) -> list[dict]:
         shown = c["shown"]
         res_path = out / "result.json"
         res = json.loads(res_path.read_text()) if res_path.exists() else {}
+        cfg_path = out / "config.json"
+        run_cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
         entry = {
             "row": c["row"],
             "method": c["method"],
@@ -207,6 +209,7 @@ def main(argv=None) -> list[dict]:
             "command": shown,
             "schedule": args.schedule,
             "wall_s": res.get("wall_s"),
+            "device": run_cfg.get("device", "cpu") if res else None,
         }
         for k in ("accuracy_lse", "accuracy_lse_max", "per_layer_accuracy"):
             if k in res:
@@ -302,10 +305,11 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
     for row in spec["rows"]:
         lines.append(f"| {row} | " + " | ".join(fmt(by.get((row, c))) for c in cols) + " |")
     total = sum(e.get("wall_s") or 0 for e in entries)
+    devices = sorted({e["device"] for e in entries if e.get("device")})
     lines += [
         "",
-        f"Schedule: {entries[0]['schedule'] if entries else '-'}; "
-        f"total training wall time {total / 3600:.1f} h on this machine.",
+        f"Schedule: {entries[0]['schedule'] if entries else '-'}; total training wall time "
+        f"{total / 3600:.1f} h (sum over cells; device: {', '.join(devices) or '-'}).",
     ]
     (results / f"{table}.md").write_text("\n".join(lines) + "\n")
 

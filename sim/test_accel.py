@@ -57,7 +57,7 @@ def test_accel_small_network(preset, backpressure):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arith", ["mac"])  # "bm" joins when model/weights/lenet_bm15_max.npz ships
+@pytest.mark.parametrize("arith", ["bm", "mac"])
 def test_accel_shipped_export(arith, mnist):
     """The shipped LeNet export on real MNIST test images, 16x16 array."""
     from model.export import load_export
@@ -66,17 +66,6 @@ def test_accel_shipped_export(arith, mnist):
     plan = plan_network(exp.params, list(exp.layers), exp.input_shape, exp.pixel_shift)
     _run(plan, list(exp.layers), exp.tensors, mnist[2][:4], tag=f"shipped-{arith}",
          backpressure=0.2)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("preset", ["bm8"])  # MAC runs the real shipped export above
-def test_accel_lenet_random_weights(preset, mnist):
-    """The paper LeNet's shapes with seeded random tensors, on MNIST images, 16x16 array:
-    structure-only until a BM export ships."""
-    p = PRESETS[preset]
-    layers = lenet_layers()
-    plan = plan_network(p, layers)
-    _run(plan, layers, random_tensors(p, layers, seed=1), mnist[2][:2], tag=f"lenet-{preset}")
 
 
 @pytest.mark.parametrize("preset", ["bm8", "mac8"])
@@ -110,6 +99,31 @@ def test_weight_bit_flip_in_rtl_memory_is_caught(preset, tmp_path):
     import json
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["mismatches"], "the flipped weight changed no logit"
+
+
+def test_native_harness_small_network(tmp_path):
+    """The native Verilator harness of ``sim.fullset`` on the small network: every logit and the
+    cycle count equal, and a flipped weight bit is reported."""
+    from sim.fullset import flip_weight, run_harness
+    from sim.runner import build_native
+
+    _require("verilator")
+    p = PRESETS["bm8"]
+    layers, tensors = _small_net(p)
+    plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4)
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (6, 144))
+    images[0, :40] = 0
+    want = np.stack([ref_network(p, layers, tensors, im.reshape(1, 12, 12)) for im in images])
+    cycles = predict_image_cycles(plan)
+    r = run_harness(build_native(Accelerator(plan, tensors)), images, want, tmp_path / "ok",
+                    max_cycles=10 * cycles)
+    assert r["returncode"] == 0, r
+    assert (r["images"], r["n_mismatched_images"], r["cycles"]) == (6, 0, [cycles])
+    bad = flip_weight(tensors, "0,4,8", p)
+    r = run_harness(build_native(Accelerator(plan, bad)), images, want, tmp_path / "bad",
+                    max_cycles=10 * cycles)
+    assert r["returncode"] == 1 and r["n_mismatched_images"] > 0
 
 
 def _require(sim):
