@@ -15,7 +15,8 @@ Methods (METHOD.md section 3; ``--form`` picks the BM neuron, ``--op`` the max a
   ``L = beta * MSE(student_k, teacher_k) + w * (CE(output_1, y) + CE(output_2, y))``.
 - ``finetune``: start from ``--init`` (e.g. a layer-wise KD snapshot ``after_layer4.pt``), convert
   its remaining classical layers (the classifier with LSE from alpha = 1 when ``--last-op lse``,
-  annealed to ``--last-alpha-end``, hard max for the last ``--last-max-epochs``), and train the
+  annealed to ``--last-alpha-end``, hard max for the last ``--last-max-epochs``; ``--last-form bm4``
+  makes it a 4-branch neuron, whose negative branch can inhibit), and train the
   whole student end to end with KD (``--beta`` weighs the per-layer MSE terms).
 - ``two_stage``: section 4.4. Run ``--first-method`` (kd or lwkd) with LSE, replace LSE by the
   hard max keeping the weights (measured: "LSE-MAX"), and fine-tune with KD ("MAX").
@@ -84,6 +85,7 @@ class TrainConfig:
     teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # finetune: layers left classical (e.g. 5: the classifier)
+    last_form: str | None = None  # finetune: neuron of the classifier (default: --form)
     first_method: str = "lwkd"  # two_stage: the LSE stage
     epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
     layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
@@ -869,7 +871,10 @@ def method_finetune(run: Run, data):
     for i, m in enumerate(student.layers):
         if isinstance(m, BMLayer) or i in cfg.keep:
             continue
-        layer = convert_layer(cfg, student, i)
+        if i == n - 1 and cfg.last_form:
+            layer = convert_layer(replace(cfg, form=cfg.last_form), student, i)
+        else:
+            layer = convert_layer(cfg, student, i)
         if cfg.last_op and i == n - 1:
             layer.set_op(MaxOp(cfg.last_op, alpha=1.0))  # exact at alpha = 1: no refit
             smooth.append(layer)
@@ -988,6 +993,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--teacher", default=None)
     p.add_argument("--init", default=None, help="finetune: the model to start from")
     p.add_argument("--keep", default="", help="finetune: comma list of layers left classical")
+    p.add_argument("--last-form", choices=("bm4", "bm15"), default=None,
+                   help="finetune: neuron of the classifier (default: --form)")
     p.add_argument("--first-method", choices=("kd", "lwkd"), default=d.first_method)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--layer-epochs", default="2", help="comma list per layer; last repeats")
