@@ -43,7 +43,7 @@ try:  # pragma: no cover - exercised whenever the package is installed
 except ImportError:  # pragma: no cover
     _tg = None
 
-_DEN_MIN_F64 = 1e-200
+_DEN_MIN_F64 = 1e-290
 _DEN_MIN_F32 = 1e-30
 _F64_ALPHA = 4.0  # above this alpha, smooth branches are computed in float64
 _CHUNK = 1 << 23  # elements of an im2col buffer per tropical-gemm call
@@ -254,7 +254,9 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     The normalisation is per sample, not per window (a convolution cannot divide each window by
     its own max), so a window whose largest product is below ``exp(-708 / alpha)`` of the sample's
     ``max u * max v`` underflows to 0: an absolute error below that bound (``1.6e-5`` of the scale
-    at alpha = 64, but ``0.25`` at alpha = 512; use the hard max beyond alpha ~ 100).
+    at alpha = 64, but ``0.25`` at alpha = 512; use the hard max beyond alpha ~ 100). A window
+    whose sum of powers is below ``1e-290`` (float64) keeps its value but passes no gradient,
+    which would overflow.
     """
     if op.kind == "max":
         return maxtimes_conv(u, v)
@@ -274,10 +276,10 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     den = _conv(pu, pv)
     ok = den > 0
     # a window far below the sample's scale: ``den ** (1/a)`` has a gradient ``r / (a den)``
-    # that overflows (then inf * 0 = NaN further back); such windows are floored at _DEN_MIN,
-    # an absolute error below ``_DEN_MIN ** (1/a)`` of the scale (1e-3 at alpha = 64, f64)
-    dmin = _DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32
-    dens = torch.where(ok, den.clamp(min=dmin), torch.ones_like(den))
+    # that overflows (then inf * 0 = NaN further back); such windows keep their value but pass
+    # no gradient (their share of the output is below ``_DEN_MIN ** (1/a)`` of the scale)
+    tiny_den = den < (_DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32)
+    dens = torch.where(ok, torch.where(tiny_den, den.detach(), den), torch.ones_like(den))
     if op.kind == "lse":
         r = dens ** (1 / a)
     elif op.kind == "lmorph":

@@ -391,7 +391,7 @@ def train_epochs(
             tot += float(loss.detach())
             nb += 1
             if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"{tag}: loss is {float(loss)} at epoch {ep + 1}")
+                raise FloatingPointError(f"{tag}: loss is {float(loss.detach())} at epoch {ep + 1}")
         net.eval()
         acc = evaluate(net, xte, yte)
         run.log(
@@ -774,7 +774,7 @@ def _lwkd_stage(
             sched.step()
             tot += float(loss.detach())
             if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"layer {k}: loss {float(loss)}")
+                raise FloatingPointError(f"layer {k}: loss {float(loss.detach())}")
         acc = eval_path()
         run.log(
             f"layer {k} epoch {ep + 1}/{epochs}: loss {tot / len(order):.4f} "
