@@ -107,6 +107,9 @@ def build(component, toplevel: str, sim: str, *, fast: bool = False) -> Path:
         flags = os.environ.get("MAKEFLAGS", "")
         if "CFG_CXXFLAGS_PCH_I" not in flags:
             os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+        # the model's C++ is split into many files: compile them on every core
+        if not any(f.startswith("-j") for f in os.environ["MAKEFLAGS"].split()):
+            os.environ["MAKEFLAGS"] += f" -j{os.cpu_count() or 1}"
     saved = os.environ.get("MAKEFLAGS")
     if sim == "verilator" and fast:  # the C++ of the model at -O2 instead of Verilator's -Os
         os.environ["MAKEFLAGS"] = (saved or "") + " OPT_FAST=-O2 OPT_GLOBAL=-O2"
