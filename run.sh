@@ -64,7 +64,7 @@ case "$cmd" in
             *" --weights"*|*" --core"*|*" --list-boards "*|*" -h "*|*" --help "*) ;;
             *)
                 if [ "$board" = ulx3s ] && [ ! -f model/weights/lenet_bm15_max.npz ]; then
-                    echo "run.sh: no trained 1.5-BM export ships yet" \
+                    echo "run.sh: the trained 1.5-BM export is missing" \
                          "(model/weights/lenet_bm15_max.npz); building the accelerator from a" \
                          "structure-only export with seeded random weights: a real bitstream" \
                          "whose logits mean nothing" >&2
