@@ -324,6 +324,15 @@ def refit_layer(
         )
 
 
+@torch.no_grad()
+def refit_to(cfg: TrainConfig, net: LeNet, i: int, ref: LeNet, x: torch.Tensor, log=None) -> None:
+    """:func:`refit_layer` for layer ``i`` of ``net``: its inputs are ``net``'s own on ``x``,
+    its targets the pre-activations of layer ``i`` of ``ref`` (the teacher or the tutor)."""
+    refit_layer(
+        cfg, net.layers[i], net.run(x, 0, i), ref.run_layer(i, ref.run(x, 0, i), pre=True), log
+    )
+
+
 # -- the teacher -----------------------------------------------------------------------------
 def load_teacher(cfg: TrainConfig) -> LeNet:
     if not cfg.teacher:
@@ -450,8 +459,13 @@ def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
 
 
 # -- methods -----------------------------------------------------------------------------------
-def run_simple(run: Run, data, net: LeNet, loss_fn, *, epochs: int, tag: str, lr: float):
-    """Train ``net`` (all parameters) for ``epochs`` with resumable per-epoch checkpoints."""
+def run_simple(
+    run: Run, data, net: LeNet, loss_fn, *, epochs: int, tag: str, lr: float, alpha_sched=None
+):
+    """Train ``net`` (all parameters) for ``epochs`` with resumable per-epoch checkpoints.
+
+    ``alpha_sched(frac)`` replaces the default alpha annealing (:func:`alpha_schedule`).
+    """
     ck = run.load_ckpt()
     start, state = 0, None
     if ck is not None and ck.get("tag") == tag:
@@ -468,7 +482,7 @@ def run_simple(run: Run, data, net: LeNet, loss_fn, *, epochs: int, tag: str, lr
 
     if cfg.learn_alpha and cfg.alpha_epochs and start >= cfg.alpha_epochs:
         freeze_alpha(net)
-    sched = alpha_schedule(cfg, net)
+    sched = alpha_sched if alpha_sched is not None else alpha_schedule(cfg, net)
     return train_epochs(
         run,
         net,
@@ -561,15 +575,7 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
     for i in range(done, len(net.layers)):
         convert_layer(cfg, net, i)
         if cfg.refit:
-            with torch.no_grad():
-                x = data[0][: cfg.refit_images]
-                refit_layer(
-                    cfg,
-                    net.layers[i],
-                    net.run(x, 0, i),
-                    teacher.run_layer(i, teacher.run(x, 0, i), pre=True),
-                    run.log,
-                )
+            refit_to(cfg, net, i, teacher, data[0][: cfg.refit_images], run.log)
         acc0 = evaluate(net, data[2], data[3])
         run.log(f"layer {i} converted: test acc before fine-tune {acc0:.4f}")
         params = [
@@ -652,15 +658,7 @@ def _lwkd_stage(
         if k == n - 1 and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
             layer.set_op(MaxOp("lse", alpha=1.0))
         elif cfg.refit:
-            with torch.no_grad():
-                x = xtr[: cfg.refit_images]
-                refit_layer(
-                    cfg,
-                    layer,
-                    student.run(x, 0, k),
-                    tutor.run_layer(k, tutor.run(x, 0, k), pre=True),
-                    run.log,
-                )
+            refit_to(cfg, student, k, tutor, xtr[: cfg.refit_images], run.log)
     layer.requires_grad_(True)
     if isinstance(layer, BM15Layer) and not cfg.learn_corr:
         layer.corr_x.requires_grad_(False) if isinstance(layer.corr_x, nn.Parameter) else None
@@ -879,21 +877,15 @@ def method_finetune(run: Run, data):
             layer.set_op(MaxOp(cfg.last_op, alpha=1.0))  # exact at alpha = 1: no refit
             smooth.append(layer)
         elif cfg.refit:
-            with torch.no_grad():
-                x = data[0][: cfg.refit_images]
-                refit_layer(
-                    cfg,
-                    layer,
-                    student.run(x, 0, i),
-                    teacher.run_layer(i, teacher.run(x, 0, i), pre=True),
-                    run.log,
-                )
+            refit_to(cfg, student, i, teacher, data[0][: cfg.refit_images], run.log)
     student.requires_grad_(True)
     for m in student.bm_layers():
         if isinstance(m, BM15Layer) and isinstance(m.corr_x, nn.Parameter) and not cfg.learn_corr:
             m.corr_x.requires_grad_(False)
-    run.log(f"finetune from {cfg.init}: forms {student.forms}, test acc "
-            f"{evaluate(student, data[2], data[3]):.4f}")
+    run.log(
+        f"finetune from {cfg.init}: forms {student.forms}, test acc "
+        f"{evaluate(student, data[2], data[3]):.4f}"
+    )
     smooth_epochs = max(0, cfg.epochs - cfg.last_max_epochs) if smooth else 0
 
     def sched(frac):
@@ -905,31 +897,15 @@ def method_finetune(run: Run, data):
             elif m.op.kind != "max":
                 m.op.set_alpha(cfg.last_alpha_end ** min(1.0, t / max(smooth_epochs, 1) / 0.75))
 
-    tag = "finetune"
-    ck = run.load_ckpt()
-    start, state = 0, None
-    if ck is not None and ck.get("tag") == tag:
-        start, state = ck["epoch"], ck["opt_state"]
-        if start >= smooth_epochs:
-            for m in smooth:
-                m.set_op(MaxOp("max"))
-        student.load_state_dict(ck["net"])
-        run.log(f"resuming {tag} at epoch {start}")
-
-    def on_epoch(ep, st):
-        run.save_ckpt({"tag": tag, "epoch": ep, "net": student.state_dict(), "opt_state": st})
-
-    res = train_epochs(
+    # a resumed run gets its ops back from sched at its first step (LSE and max share a state)
+    res = run_simple(
         run,
-        student,
         data,
+        student,
+        kd_loss_fn(cfg, teacher, layers=cfg.beta > 0),
         epochs=cfg.epochs,
+        tag="finetune",
         lr=cfg.lr,
-        tag=tag,
-        loss_fn=kd_loss_fn(cfg, teacher, layers=cfg.beta > 0),
-        state=state,
-        start_epoch=start,
-        on_epoch=on_epoch,
         alpha_sched=sched if smooth else None,
     )
     for m in smooth:
@@ -993,8 +969,12 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--teacher", default=None)
     p.add_argument("--init", default=None, help="finetune: the model to start from")
     p.add_argument("--keep", default="", help="finetune: comma list of layers left classical")
-    p.add_argument("--last-form", choices=("bm4", "bm15"), default=None,
-                   help="finetune: neuron of the classifier (default: --form)")
+    p.add_argument(
+        "--last-form",
+        choices=("bm4", "bm15"),
+        default=None,
+        help="finetune: neuron of the classifier (default: --form)",
+    )
     p.add_argument("--first-method", choices=("kd", "lwkd"), default=d.first_method)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--layer-epochs", default="2", help="comma list per layer; last repeats")

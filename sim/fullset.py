@@ -146,47 +146,43 @@ def main(argv=None) -> int:
     n = len(images)
     jobs = max(1, min(args.jobs, n))
     bounds = np.linspace(0, n, jobs + 1).astype(int)
-    tag = f"fullset-{os.getpid()}"
 
-    def run_native(j):
-        a, b = int(bounds[j]), int(bounds[j + 1])
-        r = run_harness(exe, images[a:b], want[a:b], build_dir / "runs" / f"{tag}-{j}",
-                        max_cycles=50 * cycles)
-        r.update(slice=(a, b), ok=r["returncode"] in (0, 1) and r["images"] == b - a)
-        r["mismatches"] = [[a + m[0], *m[1:]] for m in r["mismatches"]]
-        n_bad = r.pop("n_mismatched_images")
-        r["mismatches"] += [[None]] * (n_bad - len(r["mismatches"]))  # past the first 50
-        print(f"fullset: images {a}..{b - 1}: {r['images'] - n_bad}/{r['images']} identical, "
-              f"{r['wall_s']:.0f} s", flush=True)
+    def native(a, b, work):
+        r = run_harness(exe, images[a:b], want[a:b], work, max_cycles=50 * cycles)
+        r["n_bad"] = r.pop("n_mismatched_images")
+        r["ok"] = r["returncode"] in (0, 1) and r["images"] == b - a
         return r
 
-    def run_slice(j):
-        if args.harness == "native":
-            return run_native(j)
-        a, b = int(bounds[j]), int(bounds[j + 1])
-        test_dir = build_dir / "runs" / f"{tag}-{j}"
-        report = test_dir / "report.json"
+    def cocotb(a, b, work):
+        report = work / "report.json"
         cfg = {
             "images": [list(map(int, im.reshape(-1))) for im in images[a:b]],
             "expected": want[a:b].tolist(),
             "cycles": cycles,
             "backpressure": 0.0,
             "report": str(report),
-            "first_index": a,
         }
         try:
-            run_tests(build_dir, "accel", "tb_accel", args.sim, cfg, test_dir)
+            run_tests(build_dir, "accel", "tb_accel", args.sim, cfg, work)
             ok = True
         except SimError:
             ok = False
+        log = str(work / "test.log")
         if not report.exists():
-            return {"slice": (a, b), "ok": False, "images": 0, "mismatches": [], "cycles": [],
-                    "wall_s": 0.0, "log": str(test_dir / "test.log")}
+            return {"ok": False, "images": 0, "n_bad": 0, "mismatches": [], "cycles": [],
+                    "wall_s": 0.0, "log": log}
         r = json.loads(report.read_text())
-        r.update(slice=(a, b), ok=ok and not r["mismatches"], log=str(test_dir / "test.log"))
+        r.update(ok=ok and not r["mismatches"], n_bad=len(r["mismatches"]), log=log)
+        return r
+
+    def run_slice(j):
+        a, b = int(bounds[j]), int(bounds[j + 1])
+        work = build_dir / "runs" / f"fullset-{os.getpid()}-{j}"
+        r = (native if args.harness == "native" else cocotb)(a, b, work)
+        r["slice"] = (a, b)
         r["mismatches"] = [[a + m[0], *m[1:]] for m in r["mismatches"]]
-        print(f"fullset: images {a}..{b - 1}: {r['images'] - len(r['mismatches'])}/{r['images']}"
-              f" identical, {r['wall_s']:.0f} s", flush=True)
+        print(f"fullset: images {a}..{b - 1}: {r['images'] - r['n_bad']}/{r['images']} "
+              f"identical, {r['wall_s']:.0f} s", flush=True)
         return r
 
     t0 = time.time()
@@ -194,7 +190,7 @@ def main(argv=None) -> int:
         results = list(pool.map(run_slice, range(jobs)))
     wall = time.time() - t0
     done = sum(r["images"] for r in results)
-    bad = [m for r in results for m in r["mismatches"]]
+    n_bad = sum(r["n_bad"] for r in results)
     all_cycles = sorted({c for r in results for c in r["cycles"]})
     correct = int((want.argmax(1) == labels).sum())
     summary = {
@@ -202,8 +198,8 @@ def main(argv=None) -> int:
         "arith": exp.arith,
         "images": n,
         "simulated": done,
-        "identical": done - len(bad),
-        "mismatches": [m for m in bad if m[0] is not None][:20],
+        "identical": done - n_bad,
+        "mismatches": [m for r in results for m in r["mismatches"]][:20],
         "cycles_per_image": all_cycles,
         "cycles_model": cycles,
         "reference_accuracy": correct / n,
@@ -214,7 +210,7 @@ def main(argv=None) -> int:
         "wall_s": round(wall, 1),
         "flip_weight": args.flip_weight,
     }
-    print(f"fullset: {done - len(bad)}/{n} images identical (every logit) in {wall:.0f} s "
+    print(f"fullset: {done - n_bad}/{n} images identical (every logit) in {wall:.0f} s "
           f"+ build {t_build:.0f} s; cycles/image {all_cycles} (model {cycles}); reference "
           f"accuracy {correct / n:.4f} ({correct}/{n})", flush=True)
     if args.out:
@@ -222,7 +218,7 @@ def main(argv=None) -> int:
     failed = [r for r in results if not r["ok"]]
     for r in failed[:3]:
         print(f"fullset: slice {r['slice']} failed; log {r['log']}", file=sys.stderr)
-    return 0 if (done == n and not bad and not failed) else 1
+    return 0 if (done == n and not n_bad and not failed) else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Proxy: classical convs + 1.5-BM classifier (LSE 1 -> A, then hard max), all layers trained."""
+"""Proxy: classical convs + a BM classifier (LSE 1 -> A, then hard max), all layers trained.
+
+argv: EPOCHS ALPHA_END LR INIT [FORM]; FORM bm15 (default) or bm4 (e2e_head4.txt).
+"""
 import sys, time, math, torch, torch.nn.functional as F
 sys.path.insert(0, '.')
 from model.train import load_model, TrainConfig, load_data, evaluate
@@ -11,7 +14,7 @@ net = load_model(SRC)
 teacher = load_model('runs/lenet_classical/model.pt')
 layer = net.layers[5]
 if net.forms[5] == 'classical':
-    layer = net.convert_layer(5, 'bm15', op=MaxOp('lse', alpha=1.0))
+    layer = net.convert_layer(5, sys.argv[5] if len(sys.argv) > 5 else 'bm15', op=MaxOp('lse', alpha=1.0))
 print(net.forms, layer, evaluate(net, xte, yte), flush=True)
 opt = torch.optim.Adam(net.parameters(), lr=LR)
 nb = math.ceil(60000 / 128); total = EP * nb
@@ -34,4 +37,4 @@ for ep in range(EP):
     print(f'ep {ep} {layer.op.extra_repr()} loss {tot/nb:.4f} acc {evaluate(net, xte, yte):.4f} {time.time()-t0:.0f}s', flush=True)
 layer.set_op(MaxOp('max'))
 print('final hard max acc', evaluate(net, xte, yte), flush=True)
-torch.save(net.state_dict(), f'runs/exp/e2e_head_{EP}_{int(AEND)}.pt')
+torch.save(net.state_dict(), f'runs/exp/e2e_head_{EP}_{int(AEND)}_{net.forms[5]}.pt')
