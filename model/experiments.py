@@ -1,6 +1,6 @@
-"""Whole tables of the paper: ``python -m model.experiments table1|table2 --data-dir DIR``.
+"""Whole tables of the paper: ``python -m model.experiments table1|table2|table3 --data-dir DIR``.
 
-Each cell is one ``python -m model.train`` run in ``--runs-dir/<table>/<cell>``; a cell whose
+Each cell is one ``python -m model.train`` run (``model.train_cifar`` for Table 3) in ``--runs-dir/<table>/<cell>``; a cell whose
 ``result.json`` exists is not rerun (delete it to rerun), and an interrupted cell resumes from its
 checkpoint. The classical reference is trained first and is the teacher of every other cell.
 Writes ``results/<table>.json`` (a list of ``{row, method, accuracy, paper, command, ...}``) and
@@ -8,6 +8,13 @@ Writes ``results/<table>.json`` (a list of ``{row, method, accuracy, paper, comm
 
 ``--schedule reduced`` shortens every run (for a first pass on a slow machine); the schedule used
 is recorded in each entry.
+
+Table 3 (CIFAR-10, ResNet-22) has two schedules: ``gpu`` (the default; one H100 in about ten
+minutes for the teacher and the nine cells, with ``--device cuda --jobs 8``; every run has a
+wall-clock budget so the whole table ends on time) and ``cpu`` (a reduced run on this kind of
+machine: ``--subset`` training images, ``--test-subset`` test images, ``--epochs`` per student
+run). The results say which data (``CIFAR-10 (JPEG q75)`` for the project's lossy copy) and
+schedule each figure comes from.
 """
 
 from __future__ import annotations
@@ -43,8 +50,18 @@ TABLES = {
             "1.5-BM MAX": ("max", [0.0926, 0.9786, 0.9989]),
         },
     },
+    "table3": {
+        "title": "Table 3 - CIFAR-10, ResNet-22 with 1.5-branch BM layers, test accuracy",
+        "columns": ["direct", "kd", "lwkd"],
+        "rows": {
+            "1.5-BM LSE": ("lse", [0.0982, 0.8700, 0.8700]),
+            "1.5-BM LSE-MAX": ("lse-max", [0.1033, 0.8527, 0.8661]),
+            "1.5-BM MAX": ("max", [0.1084, 0.8514, 0.8669]),
+        },
+    },
 }
 CLASSICAL_PAPER = 0.9901
+CLASSICAL_PAPER_T3 = 0.8643
 
 SCHEDULES = {
     # epochs for classical/direct/kd, per conversion step (layerwise), per layer (lwkd)
@@ -64,6 +81,83 @@ SCHEDULES = {
         "final": 1,
     },
 }
+
+
+# Table 3: epochs of the teacher, of direct / kd / the hard-max stage of two_stage, per layer of
+# lwkd (23 layers), of lwkd's final joint fine-tune; the wall-clock budget of each run (seconds)
+SCHEDULES_T3 = {
+    "gpu": {
+        "classical": 30,
+        "epochs": 4,
+        "layer_epochs": 0.2,
+        "final": 1,
+        "batch": 256,
+        "budget_teacher": 150,
+        "budget": 420,
+        "args": ["--amp"],
+    },
+    "cpu": {
+        "classical": 8,
+        "epochs": 1,
+        "layer_epochs": 0.1,
+        "final": 0.5,
+        "batch": 128,
+        "budget_teacher": 0,
+        "budget": 0,
+        "args": [],
+    },
+}
+
+
+def cells_table3(schedule: str, runs: Path, common: list[str], epochs: float | None) -> list[dict]:
+    """Table 3's teacher and nine cells (``model.train_cifar`` argument lists)."""
+    sch = dict(SCHEDULES_T3[schedule])
+    if epochs is not None:  # --epochs: the students' epochs, the rest in proportion
+        scale = epochs / sch["epochs"]
+        for k in ("classical", "epochs", "layer_epochs", "final"):
+            sch[k] = sch[k] * scale
+    base = runs / "table3"
+    teacher = base / "classical" / "model.pt"
+
+    def budget(key):
+        return ["--budget-s", str(sch[key])] if sch[key] else []
+
+    tail = ["--batch-size", str(sch["batch"]), *sch["args"]]
+    out = [
+        {
+            "row": "classical reference",
+            "method": "classical",
+            "paper": CLASSICAL_PAPER_T3,
+            "out": base / "classical",
+            "argv": ["--method", "classical", "--epochs", f"{sch['classical']:g}"]
+            + budget("budget_teacher"),
+        }
+    ]
+    spec = TABLES["table3"]
+    for row, (op, papers) in spec["rows"].items():
+        for col, paper in zip(spec["columns"], papers, strict=True):
+            cell = {"row": row, "method": col, "paper": paper, "out": base / f"{op}_{col}"}
+            argv = ["--form", "bm15"]
+            if col != "direct":
+                argv += ["--teacher", str(teacher)]
+            lse = ["--alpha", "1", "--alpha-end", "32"]
+            if op == "lse-max" and col == "direct":
+                cell["swap_from"] = "lse_direct"
+            elif op == "lse-max":
+                argv += ["--method", "two_stage", "--first-method", col, *lse]
+            else:
+                argv += ["--method", col, "--op", op] + (lse if op == "lse" else [])
+            if col == "lwkd":
+                argv += ["--layer-epochs", f"{sch['layer_epochs']:g}"]
+                argv += ["--final-epochs", f"{sch['final']:g}"] if op != "lse-max" else []
+            if not (col == "lwkd" and op != "lse-max"):
+                argv += ["--epochs", f"{sch['epochs']:g}"]
+            cell["argv"] = argv + budget("budget")
+            out.append(cell)
+    for c in out:
+        c["argv"] = ["--out", str(c["out"]), *c["argv"], *tail, *common]
+        c["module"] = "model.train_cifar"
+    return [c for c in out if "swap_from" not in c] + [c for c in out if "swap_from" in c]
 
 
 def cells(table: str, schedule: str, runs: Path, common: list[str]) -> list[dict]:
@@ -139,7 +233,17 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="paper")
+    p.add_argument(
+        "--schedule",
+        choices=sorted({*SCHEDULES, *SCHEDULES_T3}),
+        default=None,
+        help="tables 1-2: paper|reduced (default paper); table 3: gpu|cpu (default: gpu with "
+        "--device cuda, else cpu)",
+    )
+    p.add_argument("--subset", type=int, default=0, help="table 3: training images (0: all)")
+    p.add_argument("--test-subset", type=int, default=0, help="table 3: test images (0: all)")
+    p.add_argument("--epochs", type=float, default=None, help="table 3: epochs per student run")
+    p.add_argument("--stem", type=int, default=16, help="table 3: ResNet width (tests only)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device of every run (e.g. cuda)")
     p.add_argument("--jobs", type=int, default=1, help="cells trained at once (after the teacher)")
@@ -171,20 +275,71 @@ def swap_to_max(src: Path, dst: Path, data_dir: str | None) -> dict:
     return res
 
 
+def swap_to_max_cifar(src: Path, dst: Path, data_dir: str | None) -> dict:
+    """:func:`swap_to_max` for a ResNet-22 run (scored on the source run's test images)."""
+    import torch
+
+    from .maxops import MaxOp
+    from .train_cifar import CifarConfig, evaluate, load_cifar_tensors, load_resnet, net_to_dict
+
+    net = load_resnet(src / "model.pt")
+    for m in net.bm_layers():
+        m.set_op(MaxOp("max"))
+    src_res = json.loads((src / "result.json").read_text())
+    src_cfg = json.loads((src / "config.json").read_text())
+    cfg = CifarConfig(
+        data_dir=data_dir,
+        subset=1,
+        test_subset=src_cfg.get("test_subset", 0),
+        threads=src_cfg.get("threads", 1),
+    )
+    _, _, xte, yte = load_cifar_tensors(cfg)
+    t0 = time.time()
+    acc = evaluate(net, xte, yte)
+    dst.mkdir(parents=True, exist_ok=True)
+    res = {
+        "accuracy": acc,
+        "swapped_from": str(src),
+        "wall_s": round(time.time() - t0, 1),
+        "train_images": src_res.get("train_images"),
+        "test_images": len(xte),
+        "data": src_res.get("data"),
+        "budget_hit": src_res.get("budget_hit"),
+    }
+    torch.save({**net_to_dict(net), "result": res}, dst / "model.pt")
+    (dst / "result.json").write_text(json.dumps(res, indent=2) + "\n")
+    (dst / "config.json").write_text(json.dumps(src_cfg, indent=2) + "\n")
+    return res
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    table = args.table
+    t3 = table == "table3"
+    if args.schedule is None:
+        args.schedule = ("gpu" if args.device.startswith("cuda") else "cpu") if t3 else "paper"
+    known = SCHEDULES_T3 if t3 else SCHEDULES
+    if args.schedule not in known:
+        raise SystemExit(f"{table}: --schedule must be one of {sorted(known)}")
     common = ["--threads", str(args.threads), "--seed", str(args.seed), "--no-progress"]
     if args.device != "cpu":
         common += ["--device", args.device]
-    if args.train_limit or args.test_limit:
+    if t3 and (args.subset or args.test_subset):
+        common += ["--subset", str(args.subset), "--test-subset", str(args.test_subset)]
+    if t3 and args.stem != 16:
+        common += ["--stem", str(args.stem)]
+    elif args.train_limit or args.test_limit:
         common += ["--train-limit", str(args.train_limit), "--test-limit", str(args.test_limit)]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
-    table = args.table
-    todo = cells(table, args.schedule, Path(args.runs_dir), common)
+    if t3:
+        todo = cells_table3(args.schedule, Path(args.runs_dir), common, args.epochs)
+    else:
+        todo = cells(table, args.schedule, Path(args.runs_dir), common)
     only = set(args.only.split(",")) if args.only else None
     for c in todo:
-        c["shown"] = "python -m model.train " + " ".join(shlex.quote(a) for a in c["argv"])
+        mod = c.get("module", "model.train")
+        c["shown"] = f"python -m {mod} " + " ".join(shlex.quote(a) for a in c["argv"])
         if c.get("swap_from"):
             c["shown"] = f"swap LSE -> max in {c['out'].parent / c['swap_from']} (no fine-tuning)"
     if args.dry_run:
@@ -211,6 +366,13 @@ def main(argv=None) -> list[dict]:
             "wall_s": res.get("wall_s"),
             "device": run_cfg.get("device", "cpu") if res else None,
         }
+        if t3:
+            entry.update(
+                data=res.get("data"),
+                train_images=res.get("train_images"),
+                test_images=res.get("test_images"),
+                budget_hit=res.get("budget_hit"),
+            )
         for k in ("accuracy_lse", "accuracy_lse_max", "per_layer_accuracy"):
             if k in res:
                 entry[k] = res[k]
@@ -236,9 +398,10 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
         print(f"[{table}] {c['row']} / {c['method']}: {c['shown']}", flush=True)
         c["t0"] = time.time()
         if c.get("swap_from"):
-            swap_to_max(c["out"].parent / c["swap_from"], c["out"], args.data_dir)
+            swap = swap_to_max_cifar if table == "table3" else swap_to_max
+            swap(c["out"].parent / c["swap_from"], c["out"], args.data_dir)
             return None
-        cmd = [sys.executable, "-m", "model.train", *c["argv"]]
+        cmd = [sys.executable, "-m", c.get("module", "model.train"), *c["argv"]]
         c["out"].mkdir(parents=True, exist_ok=True)
         log = open(c["out"] / "train.log", "a")  # noqa: SIM115 - closed when the job ends
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
@@ -281,10 +444,17 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
     (results / f"{table}.json").write_text(json.dumps(entries, indent=2) + "\n")
     spec = TABLES[table]
     cols = spec["columns"]
+    if table == "table3":
+        scored = sorted({(e.get("data"), e.get("train_images"), e.get("test_images"))
+                         for e in entries if e.get("accuracy") is not None}, key=str)
+        where = "; ".join(f"{d}, {tr} training / {te} test images" for d, tr, te in scored)
+        what = f"Ours ({where or 'nothing run yet'}) / paper."
+    else:
+        what = "Ours (full MNIST test set) / paper."
     lines = [
         f"# {spec['title']}",
         "",
-        "Ours (full MNIST test set) / paper. Commands in the JSON beside this file.",
+        f"{what} Commands in the JSON beside this file.",
         "",
         "| | " + " | ".join(cols) + " |",
         "|---" * (len(cols) + 1) + "|",

@@ -49,14 +49,27 @@ def pow2_round(x: float) -> float:
 class BMLayer(nn.Module):
     """Common geometry of the BM layers: ``kind`` is ``"conv"`` or ``"linear"``."""
 
-    def __init__(self, kind: str, in_ch: int, out_ch: int, k: int, op: MaxOp | None):
+    def __init__(
+        self,
+        kind: str,
+        in_ch: int,
+        out_ch: int,
+        k: int,
+        op: MaxOp | None,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+    ):
         super().__init__()
         if kind not in ("conv", "linear"):
             raise ValueError(f"kind must be 'conv' or 'linear', not {kind!r}")
-        if kind == "linear" and k != 1:
-            raise ValueError(f"a linear layer has k = 1, not {k!r}")
+        if kind == "linear" and (k != 1 or stride != 1 or padding != 0):
+            raise ValueError("a linear layer has k = 1, stride 1 and no padding")
+        if stride < 1 or padding < 0:
+            raise ValueError(f"stride must be >= 1 and padding >= 0, not {stride}, {padding}")
         self.kind = kind
         self.in_ch, self.out_ch, self.k = in_ch, out_ch, k
+        self.stride, self.padding = int(stride), int(padding)
         shape = (out_ch, in_ch, k, k) if kind == "conv" else (out_ch, in_ch)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(out_ch))
@@ -73,8 +86,23 @@ class BMLayer(nn.Module):
     def _bias_shape(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(1, -1, 1, 1) if self.kind == "conv" else t.view(1, -1)
 
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero padding, and for a 1x1 conv the stride (a subsampling of the input)."""
+        if self.padding:
+            x = F.pad(x, (self.padding,) * 4)
+        if self.stride > 1 and self.k == 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return x
+
+    def post(self, y: torch.Tensor) -> torch.Tensor:
+        """The stride of a ``k > 1`` conv: the stride-1 output, subsampled."""
+        if self.stride > 1 and self.k > 1:
+            y = y[:, :, :: self.stride, :: self.stride]
+        return y
+
     def window_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """``sum_i x_i`` over each input window: ``(B, 1, Ho, Wo)`` or ``(B, 1)``."""
+        """``sum_i x_i`` over each input window of the prepared input (:meth:`prep`):
+        ``(B, 1, Ho, Wo)`` (stride 1) or ``(B, 1)``."""
         if self.kind == "linear":
             return x.sum(1, keepdim=True)
         s = x.sum(1, keepdim=True)
@@ -84,7 +112,10 @@ class BMLayer(nn.Module):
         self.op = op.to(self.weight.device)
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, in_ch={self.in_ch}, out_ch={self.out_ch}, k={self.k}"
+        r = f"kind={self.kind!r}, in_ch={self.in_ch}, out_ch={self.out_ch}, k={self.k}"
+        if self.stride != 1 or self.padding:
+            r += f", stride={self.stride}, padding={self.padding}"
+        return r
 
 
 class BM4Layer(BMLayer):
@@ -104,13 +135,14 @@ class BM4Layer(BMLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
+        x = self.prep(x)
         wp, wn = w.clamp(min=0), (-w).clamp(min=0)
         xp = x.clamp(min=0)
         y = branch(xp, wp, self.op) - branch(xp, wn, self.op)
         if bool((x < 0).any()):
             xn = (-x).clamp(min=0)
             y = y - branch(xn, wp, self.op) + branch(xn, wn, self.op)
-        return y + self._bias_shape(self.bias)
+        return self.post(y) + self._bias_shape(self.bias)
 
 
 class BM15Layer(BMLayer):
@@ -159,8 +191,10 @@ class BM15Layer(BMLayer):
         dw: float = 1.0,
         learn_corr: bool = False,
         w_floor: float = 2.0**-12,
+        stride: int = 1,
+        padding: int = 0,
     ):
-        super().__init__(kind, in_ch, out_ch, k, op)
+        super().__init__(kind, in_ch, out_ch, k, op, stride=stride, padding=padding)
         if dx < 0:
             raise ValueError(f"dx must be >= 0, not {dx!r}")
         if dw <= 0:
@@ -186,8 +220,9 @@ class BM15Layer(BMLayer):
         return self.bias - self.corr_w * sw - self.fan_in * self.dx * self.dw
 
     def forward(self, x: torch.Tensor, *, return_parts: bool = False):
-        e = branch(x + self.dx, self.w_pos(), self.op)
-        s = self.window_sum(x)
+        x = self.prep(x)  # padding is zeros of x, before the shift dx
+        e = self.post(branch(x + self.dx, self.w_pos(), self.op))
+        s = self.post(self.window_sum(x))
         y = e - self.corr_x * s + self._bias_shape(self.folded_bias())
         return (y, e, s) if return_parts else y
 
@@ -214,8 +249,10 @@ class BM15Layer(BMLayer):
         )
 
 
-def BM4Conv2d(in_ch: int, out_ch: int, kernel_size: int, *, op: MaxOp | None = None) -> BM4Layer:
-    return BM4Layer("conv", in_ch, out_ch, kernel_size, op)
+def BM4Conv2d(
+    in_ch: int, out_ch: int, kernel_size: int, *, op: MaxOp | None = None, **kw
+) -> BM4Layer:
+    return BM4Layer("conv", in_ch, out_ch, kernel_size, op, **kw)
 
 
 def BM4Linear(in_features: int, out_features: int, *, op: MaxOp | None = None) -> BM4Layer:
@@ -244,14 +281,26 @@ def layer_form(layer: nn.Module) -> str:
 
 
 def _geometry(layer: nn.Module):
+    """``(kind, in, out, k, {stride, padding})`` of a conv or linear layer, classical or BM."""
     if isinstance(layer, nn.Conv2d):
-        if layer.stride != (1, 1) or layer.padding not in ((0, 0), "valid") or layer.groups != 1:
-            raise ValueError("only valid, stride-1, ungrouped convolutions convert to BM")
-        return "conv", layer.in_channels, layer.out_channels, layer.kernel_size[0]
+        pad, st, ks = layer.padding, layer.stride, layer.kernel_size
+        if (
+            layer.groups != 1
+            or isinstance(pad, str)
+            or len({*pad}) != 1
+            or len({*st}) != 1
+            or ks[0] != ks[1]
+            or layer.dilation != (1, 1)
+            or layer.padding_mode != "zeros"
+        ):
+            raise ValueError("only square, undilated, ungrouped, zero-padded convolutions convert")
+        geo = {"stride": st[0], "padding": pad[0]}
+        return "conv", layer.in_channels, layer.out_channels, ks[0], geo
     if isinstance(layer, nn.Linear):
-        return "linear", layer.in_features, layer.out_features, 1
+        return "linear", layer.in_features, layer.out_features, 1, {}
     if isinstance(layer, BMLayer):
-        return layer.kind, layer.in_ch, layer.out_ch, layer.k
+        geo = {"stride": layer.stride, "padding": layer.padding} if layer.kind == "conv" else {}
+        return layer.kind, layer.in_ch, layer.out_ch, layer.k, geo
     raise TypeError(f"cannot convert {type(layer).__name__}")
 
 
@@ -272,20 +321,20 @@ def convert(
     corrections start at ``corr_x = dw`` and ``corr_w = dx`` (exact at LSE alpha = 1).
     Converting a BM layer to ``"classical"`` copies ``weight`` and the folded bias.
     """
-    kind, cin, cout, k = _geometry(layer)
+    kind, cin, cout, k, geo = _geometry(layer)
     w = layer.weight.detach()
     b = layer.bias.detach() if layer.bias is not None else torch.zeros(cout)
     if form == "classical":
-        new = nn.Conv2d(cin, cout, k) if kind == "conv" else nn.Linear(cin, cout)
+        new = nn.Conv2d(cin, cout, k, **geo) if kind == "conv" else nn.Linear(cin, cout)
         bias = layer.folded_bias().detach() if isinstance(layer, BM15Layer) else b
     elif form == "bm4":
-        new = BM4Layer(kind, cin, cout, k, op)
+        new = BM4Layer(kind, cin, cout, k, op, **geo)
         bias = b
     elif form == "bm15":
         if dw is None:
             neg = float((-w).max().clamp(min=1e-8))
             dw = pow2_ceil(neg * dw_margin * (1 + 1e-6))
-        new = BM15Layer(kind, cin, cout, k, op, dx=dx, dw=dw, learn_corr=learn_corr)
+        new = BM15Layer(kind, cin, cout, k, op, dx=dx, dw=dw, learn_corr=learn_corr, **geo)
         bias = b
     else:
         raise ValueError(f"form must be 'classical', 'bm4' or 'bm15', not {form!r}")

@@ -241,6 +241,10 @@ def _safe_xlogx_pow(x, a):
     return torch.where(x > 0, xs**a * torch.log(xs), torch.zeros_like(x))
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     """``exp(op_i(ln u_i + ln v_oi))`` for inputs ``u >= 0`` and weights ``v >= 0``.
 
@@ -258,6 +262,9 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     whose sum of powers is below ``1e-290`` (float64) keeps its value but passes no gradient,
     which would overflow.
     """
+    if torch.is_autocast_enabled(u.device.type):  # mixed precision: the branch stays exact
+        with torch.autocast(u.device.type, enabled=False):
+            return branch(_full(u), _full(v), op)
     if op.kind == "max":
         return maxtimes_conv(u, v)
     dtype = u.dtype

@@ -151,6 +151,10 @@ NET_CONFIGS: dict[str, object] = {
 
 def create_net(name: str, **overrides) -> nn.Module:
     """Build a network from a named configuration with field overrides."""
+    if name == "resnet22":
+        from .resnet import ResNet22, ResNetConfig
+
+        return ResNet22(ResNetConfig(**overrides))
     if name not in NET_CONFIGS:
         raise ValueError(f"unknown net {name!r}; known: {sorted(NET_CONFIGS)}")
     cfg = replace(NET_CONFIGS[name], **overrides)
