@@ -7,8 +7,11 @@
 #   model/gpu_run.sh finetune INIT TEACHER   end-to-end KD fine-tunes of a layer-wise KD snapshot:
 #                             all six layers BM (two learning rates), and the classifier kept
 #                             classical
+#   model/gpu_run.sh table3   CIFAR-10 ResNet-22 Table 3 (schedule "gpu": the teacher with a
+#                             150 s budget, then the nine cells 8 at a time with 420 s each,
+#                             bfloat16 autocast; about 10 minutes on one H100)
 #
-# MNIST is read from $BM_DATA_DIR (a folder holding mnist/). Results land in runs/ and, with
+# MNIST is read from $BM_DATA_DIR (a folder holding mnist/, and cifar10/ for table3). Results land in runs/ and, with
 # $OUT set, a tarball of them (without the resumable checkpoints) in $OUT.
 set -u
 export PYTHONUNBUFFERED=1
@@ -69,8 +72,19 @@ finetune)
     grep -h "epoch\|done\|finetune from\|hard max" runs_ft_*.log
     pack finetune
     ;;
+table3)
+    nvidia-smi -L 2>/dev/null
+    "$PY" -m model.experiments table3 --device "$DEV" --jobs "${JOBS3:-8}" \
+        --data-dir "$BM_DATA_DIR" > runs_table3.log 2>&1
+    rc=$?
+    cat runs_table3.log
+    mkdir -p runs/logs && cp runs_table3.log runs/logs/
+    [ -n "${OUT:-}" ] && cp -r results "$OUT/" 2>/dev/null
+    KEEP_CKPT=0 pack table3
+    exit $rc
+    ;;
 *)
-    echo "usage: $0 probe|tables|finetune INIT TEACHER" >&2
+    echo "usage: $0 probe|tables|finetune INIT TEACHER|table3" >&2
     exit 2
     ;;
 esac

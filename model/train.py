@@ -48,7 +48,7 @@ from torch import nn
 
 from .layers import BM15Layer, BMLayer
 from .maxops import MaxOp
-from .nets import LeNet, create_net
+from .nets import NET_CONFIGS, LeNet, create_net
 
 __all__ = ["TrainConfig", "parse_args", "main", "load_model", "evaluate", "METHODS"]
 
@@ -199,7 +199,7 @@ def net_to_dict(net: LeNet) -> dict:
 def net_from_dict(d: dict) -> LeNet:
     ncfg = dict(d["net_config"])
     name = ncfg.pop("name", "lenet")
-    net = create_net(name if name in ("lenet",) else "lenet", **ncfg)
+    net = create_net(name if name in NET_CONFIGS else "lenet", **ncfg)
     for m, op in zip(net.layers, d.get("layer_ops") or [None] * len(net.layers), strict=True):
         if op is not None:
             m.set_op(MaxOp(op[0], alpha=op[1]))

@@ -62,6 +62,7 @@ from .resnet import ResNet22, ResNetConfig
 __all__ = ["CifarConfig", "METHODS", "parse_args", "main", "load_resnet", "load_cifar_tensors"]
 
 METHODS = ("classical", "direct", "kd", "lwkd", "two_stage")
+LAYER_EVAL = 500  # test images behind lwkd's per-layer accuracy (the final figure uses all)
 
 
 @dataclass
@@ -230,13 +231,29 @@ class Run:
         if self.dd.main:
             print(f"[{time.strftime('%H:%M:%S')} +{time.time() - self.t0:6.0f}s] {msg}", flush=True)
 
-    def over_budget(self) -> bool:
+    def over_budget(self, deadline: float | None = None) -> bool:
+        """Whether the run's budget (or ``deadline``) has passed; under DDP every process gets
+        rank 0's answer, so that all stop at the same step."""
         b = self.cfg.budget_s
-        if b and time.time() - self.t0 > b:
-            if not self.budget_hit:
-                self.log(f"wall-clock budget of {b:.0f} s reached")
+        now = time.time()
+        stop = bool(b and now - self.t0 > b)
+        late = deadline is not None and now > deadline
+        if self.dd.on and (b or deadline is not None):
+            t = torch.tensor([float(stop), float(late)], device=self.cfg.device)
+            dist.broadcast(t, 0)
+            stop, late = bool(t[0]), bool(t[1])
+        if stop and not self.budget_hit:
+            self.log(f"wall-clock budget of {b:.0f} s reached")
             self.budget_hit = True
-        return self.budget_hit
+        return self.budget_hit or late
+
+    def sync(self, v: float) -> float:
+        """Rank 0's value of ``v`` on every process (``v`` itself without DDP)."""
+        if not self.dd.on:
+            return v
+        t = torch.tensor([float(v)], device=self.cfg.device)
+        dist.broadcast(t, 0)
+        return float(t[0])
 
     @property
     def ckpt_path(self) -> Path:
@@ -284,6 +301,8 @@ def train_phase(
     sgd: bool = False,
     frozen: int = 0,
     anneal: bool = True,
+    deadline: float | None = None,
+    on_alpha=None,
 ) -> None:
     """Train ``net`` for ``epochs`` (fractions allowed) with a cosine learning rate.
 
@@ -306,21 +325,34 @@ def train_phase(
     total = max(1, round(epochs * steps_per_epoch))
     opt = make_optimizer(cfg, net.parameters(), lr, sgd)
     warm = min(total // 20, 200) if sgd else 0
-
-    def lr_at(step):
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     start = 0
     ck = run.load_ckpt(tag)
     if ck is not None:
         net.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
         start = ck["step"]
         run.log(f"{tag}: resuming at step {start}/{total}")
+    # with a time limit the schedule runs on whichever is further along, steps or the clock, so
+    # that a phase cut short by its budget still ends its cosine and its alpha annealing
+    end = run.t0 + cfg.budget_s if cfg.budget_s else None
+    if deadline is not None:
+        end = deadline if end is None else min(end, deadline)
+    t_phase = time.time()
+
+    def progress(step):
+        p = step / total
+        if end is not None:
+            p = max(p, (time.time() - t_phase) / max(1e-3, end - t_phase))
+        return min(1.0, run.sync(p))
+
+    def set_lr(step, prog):
+        if step < warm:
+            f = (step + 1) / warm
+        else:
+            w = warm / total
+            f = 0.5 * (1 + math.cos(math.pi * max(0.0, prog - w) / max(1e-9, 1 - w)))
+        for g in opt.param_groups:
+            g["lr"] = lr * f
     model = dd.wrap(net)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 997)
     a0, a1 = cfg.alpha, cfg.alpha_end
@@ -328,6 +360,7 @@ def train_phase(
     use_amp = cfg.amp and cfg.device.startswith("cuda")
     step = 0
     ep = 0
+    a_fit = a0
     t_log = time.time()
     while step < total:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919 * ep))
@@ -337,7 +370,8 @@ def train_phase(
             if step < start:
                 step += 1
                 continue
-            if run.over_budget():
+            if run.over_budget(deadline if step > start else None):  # one step at least
+                run.log(f"{tag}: stopped by the time budget at step {step}/{total}")
                 total = step
                 break
             idx = perm[s0 : s0 + bs]
@@ -347,8 +381,14 @@ def train_phase(
             xb, yb = xtr[idx], ytr[idx]
             if cfg.augment:
                 xb = augment(xb, gen)
+            prog = progress(step)
+            set_lr(step, prog)
             if lse:
-                set_alpha(net, a0 * (a1 / a0) ** min(1.0, step / (0.75 * total)))
+                a = a0 * (a1 / a0) ** min(1.0, prog / 0.75)
+                set_alpha(net, a)
+                if on_alpha is not None and a >= 2 * a_fit:  # refit each time alpha doubles
+                    on_alpha()
+                    a_fit = a
             net.train()
             for i in range(min(frozen, len(net.bns))):
                 net.bns[i].eval()
@@ -357,7 +397,6 @@ def train_phase(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             step += 1
             lv = float(loss.detach())
             if not math.isfinite(lv):
@@ -367,7 +406,7 @@ def train_phase(
                 run.log(f"{tag}: step {step}/{total} loss {lv:.4f}")
             if step % steps_per_epoch == 0 or step == total:
                 state = {"net": net.state_dict(), "opt": opt.state_dict()}
-                run.save_ckpt({"tag": tag, "step": step, "sched": sched.state_dict(), **state})
+                run.save_ckpt({"tag": tag, "step": step, **state})
         ep += 1
     if lse:
         set_alpha(net, a1)
@@ -399,6 +438,56 @@ def load_teacher(cfg: CifarConfig) -> ResNet22:
     if t.cfg.stem != cfg.stem or any(f != "classical" for f in t.forms):
         raise ValueError(f"{cfg.teacher}: the teacher must be a classical ResNet (stem {cfg.stem})")
     return t
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def layer_input(net: ResNet22, i: int, x: torch.Tensor) -> torch.Tensor:
+    """The input of ``net.layers[i]`` on images ``x`` (the forward stops there)."""
+    got = []
+
+    def hook(_m, args):
+        got.append(args[0])
+        raise _Stop
+
+    h = net.layers[i].register_forward_pre_hook(hook)
+    try:
+        net(x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return got[0]
+
+
+@torch.no_grad()
+def refit(run: Run, net: ResNet22, teacher: ResNet22, x: torch.Tensor, layers) -> None:
+    """Least-squares refit (:func:`model.train.refit_layer`) of BM ``layers``, in order, to the
+    teacher's conv outputs: ``corr_x`` (a power of two), a gain per output channel and the bias,
+    on the student's own inputs. Without it the window-sum correction ``dw * sum x`` dominates
+    every pre-activation once the max replaces the sum, and training collapses (METHOD.md 6)."""
+    from types import SimpleNamespace
+
+    from .train import refit_layer
+
+    was = net.training
+    net.eval()
+    opts = SimpleNamespace(snap_corr=True)
+    for i in layers:
+        if not isinstance(net.layers[i], BMLayer):
+            continue
+        h_in = layer_input(net, i, x)
+        target = teacher.layers[i](layer_input(teacher, i, x))
+        refit_layer(opts, net.layers[i], h_in, target)
+    net.train(was)
+    run.log(f"refit layers {list(layers)[0]}..{list(layers)[-1]} on {len(x)} images")
+
+
+def calib_images(cfg: CifarConfig, data, n: int = 128) -> torch.Tensor:
+    return to_float(data[0][:n])
 
 
 def convert_all(cfg: CifarConfig, net: ResNet22, op: str | None = None) -> None:
@@ -433,8 +522,16 @@ def method_kd(run: Run, data, tag: str = "kd"):
     for p in net.parameters():
         p.requires_grad_(True)
     convert_all(cfg, net)
+    xc = calib_images(cfg, data)
+    every = range(len(net.layers))
+
+    def refit_all():
+        refit(run, net, teacher, xc, every)
+
+    if run.load_ckpt(tag) is None:
+        refit_all()
     loss = kd_loss(teacher, cfg.beta, None)
-    train_phase(run, net, data, loss, epochs=cfg.epochs, lr=cfg.lr_, tag=tag)
+    train_phase(run, net, data, loss, epochs=cfg.epochs, lr=cfg.lr_, tag=tag, on_alpha=refit_all)
     return net, {}
 
 
@@ -446,15 +543,29 @@ def method_lwkd(run: Run, data, tag: str = "lwkd"):
         p.requires_grad_(True)
     per_layer = []
     untrained = []
-    for k in range(len(net.layers)):
+    n = len(net.layers)
+    # with a budget, each layer may use its share of what is left (15 % kept for the final
+    # fine-tune), so that a slow machine trains every layer a little rather than the first ones
+    keep = 0.15 * cfg.budget_s if cfg.final_epochs else 0.0
+    for k in range(n):
         convert(cfg, net, k)
         if run.over_budget():
             untrained.append(k)
             continue
+        xc = calib_images(cfg, data)
+        if run.load_ckpt(f"{tag}_layer{k}") is None:
+            refit(run, net, teacher, xc, [k])
+        deadline = None
+        if cfg.budget_s:
+            left = cfg.budget_s - (time.time() - run.t0) - keep
+            deadline = time.time() + max(0.0, left) / (n - k)
         loss = kd_loss(teacher, cfg.beta, [k])
         tk = f"{tag}_layer{k}"
-        train_phase(run, net, data, loss, epochs=cfg.layer_epochs, lr=cfg.lr_, tag=tk, frozen=k)
-        acc = evaluate(net, data[2], data[3])
+        train_phase(
+            run, net, data, loss, epochs=cfg.layer_epochs, lr=cfg.lr_, tag=tk, frozen=k,
+            deadline=deadline, on_alpha=lambda k=k: refit(run, net, teacher, xc, [k]),
+        )
+        acc = evaluate(net, data[2][:LAYER_EVAL], data[3][:LAYER_EVAL])
         per_layer.append(acc)
         run.log(f"{tag}: layer {k} ({net.forms[k]}) converted and trained, test acc {acc:.4f}")
     if cfg.final_epochs and not run.over_budget():
@@ -482,6 +593,8 @@ def method_two_stage(run: Run, data):
     run.log(f"LSE {acc_lse:.4f}; LSE -> MAX without fine-tuning {acc_lse_max:.4f}")
     run.cfg = replace(cfg, op="max")
     teacher = load_teacher(cfg)
+    if run.load_ckpt("stage2") is None:
+        refit(run, net, teacher, calib_images(cfg, data), range(len(net.layers)))
     loss = kd_loss(teacher, cfg.beta, None)
     train_phase(run, net, data, loss, epochs=cfg.epochs, lr=cfg.final_lr, tag="stage2")
     run.cfg = cfg
