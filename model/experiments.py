@@ -1,10 +1,11 @@
 """Whole tables of the paper: ``python -m model.experiments table1|table2|table3 --data-dir DIR``.
 
-Each cell is one ``python -m model.train`` run (``model.train_cifar`` for Table 3) in ``--runs-dir/<table>/<cell>``; a cell whose
-``result.json`` exists is not rerun (delete it to rerun), and an interrupted cell resumes from its
-checkpoint. The classical reference is trained first and is the teacher of every other cell.
-Writes ``results/<table>.json`` (a list of ``{row, method, accuracy, paper, command, ...}``) and
-``results/<table>.md`` with the paper's figure beside ours.
+Each cell is one ``python -m model.train`` run (``model.train_cifar`` for Table 3) in
+``--runs-dir/<table>/<cell>``; a cell whose ``result.json`` exists is not rerun (delete it to
+rerun), and an interrupted cell resumes from its checkpoint. The classical reference is trained
+first and is the teacher of every other cell. Writes ``results/<table>.json`` (a list of ``{row,
+method, accuracy, paper, command, ...}``) and ``results/<table>.md`` with the paper's figure beside
+ours.
 
 ``--schedule reduced`` shortens every run (for a first pass on a slow machine); the schedule used
 is recorded in each entry.
@@ -247,6 +248,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device of every run (e.g. cuda)")
     p.add_argument("--jobs", type=int, default=1, help="cells trained at once (after the teacher)")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="table 3: processes per cell (torchrun, DDP)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=0, help="images per run (smoke tests)")
     p.add_argument("--test-limit", type=int, default=0)
@@ -402,6 +406,9 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
             swap(c["out"].parent / c["swap_from"], c["out"], args.data_dir)
             return None
         cmd = [sys.executable, "-m", c.get("module", "model.train"), *c["argv"]]
+        if args.nproc > 1:  # each cell data-parallel over nproc processes (torchrun)
+            run = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+            cmd = [sys.executable, *run, *cmd[1:]]
         c["out"].mkdir(parents=True, exist_ok=True)
         log = open(c["out"] / "train.log", "a")  # noqa: SIM115 - closed when the job ends
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
@@ -445,8 +452,14 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
     spec = TABLES[table]
     cols = spec["columns"]
     if table == "table3":
-        scored = sorted({(e.get("data"), e.get("train_images"), e.get("test_images"))
-                         for e in entries if e.get("accuracy") is not None}, key=str)
+        scored = sorted(
+            {
+                (e.get("data"), e.get("train_images"), e.get("test_images"))
+                for e in entries
+                if e.get("accuracy") is not None
+            },
+            key=str,
+        )
         where = "; ".join(f"{d}, {tr} training / {te} test images" for d, tr, te in scored)
         what = f"Ours ({where or 'nothing run yet'}) / paper."
     else:

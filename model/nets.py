@@ -16,7 +16,7 @@ from torch import nn
 from .layers import BMLayer, convert, layer_form
 from .maxops import MaxOp
 
-__all__ = ["LeNetConfig", "LeNet", "NET_CONFIGS", "create_net", "FORMS"]
+__all__ = ["SwitchableNet", "LeNetConfig", "LeNet", "NET_CONFIGS", "create_net", "FORMS"]
 
 FORMS = ("classical", "bm4", "bm15")
 
@@ -69,21 +69,12 @@ class LeNetConfig:
         return asdict(self)
 
 
-class LeNet(nn.Module):
-    """The paper's LeNet: ``layers[0..4]`` convs with ReLU, ``layers[5]`` the classifier."""
+class SwitchableNet(nn.Module):
+    """What every network here shares: ``layers`` (a ``ModuleList`` of conv/linear layers, each
+    classical or BM) and a ``cfg`` dataclass with ``forms``, ``op``, ``alpha``, ``learn_alpha``,
+    ``dx`` and ``learn_corr``."""
 
-    def __init__(self, cfg: LeNetConfig):
-        super().__init__()
-        self.cfg = cfg
-        chans = (cfg.in_ch,) + cfg.widths
-        layers: list[nn.Module] = [
-            nn.Conv2d(chans[i], chans[i + 1], cfg.k) for i in range(len(cfg.widths))
-        ]
-        layers.append(nn.Linear(cfg.fc_in, cfg.n_classes))
-        self.layers = nn.ModuleList(layers)
-        for i, form in enumerate(cfg.forms):
-            if form != "classical":
-                self.convert_layer(i, form)
+    layers: nn.ModuleList
 
     def make_op(self, kind: str | None = None, alpha: float | None = None) -> MaxOp:
         c = self.cfg
@@ -113,6 +104,23 @@ class LeNet(nn.Module):
 
     def bm_layers(self) -> list[BMLayer]:
         return [m for m in self.layers if isinstance(m, BMLayer)]
+
+
+class LeNet(SwitchableNet):
+    """The paper's LeNet: ``layers[0..4]`` convs with ReLU, ``layers[5]`` the classifier."""
+
+    def __init__(self, cfg: LeNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        chans = (cfg.in_ch,) + cfg.widths
+        layers: list[nn.Module] = [
+            nn.Conv2d(chans[i], chans[i + 1], cfg.k) for i in range(len(cfg.widths))
+        ]
+        layers.append(nn.Linear(cfg.fc_in, cfg.n_classes))
+        self.layers = nn.ModuleList(layers)
+        for i, form in enumerate(cfg.forms):
+            if form != "classical":
+                self.convert_layer(i, form)
 
     def run_layer(self, i: int, h: torch.Tensor, *, pre: bool = False) -> torch.Tensor:
         """Layer ``i`` on its input ``h`` (flattening before the classifier), ReLU unless last."""

@@ -222,8 +222,9 @@ def bm_unit(p: ResNetIntParams, x, t: dict, relu: bool):
     """Step 1: one 1.5-BM conv with its folded batch norm; ``t`` holds ``lw`` ``(O, C, k, k)``,
     ``bias``, ``lg``, ``sign``, ``h`` and the scalars ``c_shift``, ``stride``, ``pad``."""
     lw = _i64(t["lw"])
-    z = _branch_acc(p, x, lw, t["bias"], int(t["c_shift"]), lw.shape[-1], int(t["stride"]),
-                    int(t["pad"]))
+    z = _branch_acc(
+        p, x, lw, t["bias"], int(t["c_shift"]), lw.shape[-1], int(t["stride"]), int(t["pad"])
+    )
     return requant(p, rescale(p, z, t["lg"], t["sign"]), t["h"], relu)
 
 
@@ -255,8 +256,9 @@ def bm_linear(p: ResNetIntParams, x, t: dict):
     """Step 4: the 1.5-BM classifier on ``(N, C)`` codes; integer logits ``(N, classes)``."""
     x = _i64(x)
     lw = _i64(t["lw"])
-    z = _branch_acc(p, x[:, :, None, None], lw[:, :, None, None], t["bias"], int(t["c_shift"]),
-                    1, 1, 0)
+    z = _branch_acc(
+        p, x[:, :, None, None], lw[:, :, None, None], t["bias"], int(t["c_shift"]), 1, 1, 0
+    )
     return z[:, :, 0, 0]
 
 
@@ -332,7 +334,9 @@ def save_resnet_export(path, exp: ResNetExport) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(
-        tmp, __meta__=np.array(meta_json), __checksum__=np.array(compute_checksum(meta, arrays)),
+        tmp,
+        __meta__=np.array(meta_json),
+        __checksum__=np.array(compute_checksum(meta, arrays)),
         **arrays,
     )
     tmp.replace(path)
@@ -351,7 +355,9 @@ def load_resnet_export(path) -> ResNetExport:
     except FileNotFoundError:
         raise ValueError(f"{path}: no such export") from None
     except Exception as e:  # zip, npy and JSON errors all mean a damaged file
-        raise ValueError(f"{path}: not a readable ResNet export ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{path}: not a readable ResNet export ({type(e).__name__}: {e})"
+        ) from None
     if meta.get("schema") != SCHEMA:
         raise ValueError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
     if compute_checksum(meta, data) != checksum:

@@ -19,15 +19,13 @@ layer's input is non-negative and ``dx = 0``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BMLayer, convert, layer_form
-from .maxops import MaxOp
-from .nets import FORMS
+from .nets import FORMS, SwitchableNet
 
 __all__ = ["ResNetConfig", "ResNet22", "Block"]
 
@@ -80,7 +78,7 @@ class ResNetConfig:
         return asdict(self)
 
 
-class ResNet22(nn.Module):
+class ResNet22(SwitchableNet):
     """``layers[0]`` the stem, then per block ``a, b, c`` (and ``proj``), ``layers[-1]`` the FC.
 
     ``bns[i]`` is the batch norm after conv ``i``. :attr:`plan` lists the blocks.
@@ -119,36 +117,6 @@ class ResNet22(nn.Module):
         for i, form in enumerate(cfg.forms):
             if form != "classical":
                 self.convert_layer(i, form)
-
-    # -- the same conversion interface as model.nets.LeNet ---------------------------------------
-    def make_op(self, kind: str | None = None, alpha: float | None = None) -> MaxOp:
-        c = self.cfg
-        return MaxOp(
-            kind or c.op, alpha=c.alpha if alpha is None else alpha, learnable=c.learn_alpha
-        )
-
-    def convert_layer(self, i: int, form: str, **kw) -> nn.Module:
-        """Replace layer ``i`` by ``form``, converted from itself (weights kept)."""
-        c = self.cfg
-        src = self.layers[i]
-        if form == "bm15":
-            kw.setdefault("dx", c.dx)
-            kw.setdefault("learn_corr", c.learn_corr)
-        if form != "classical":
-            kw.setdefault("op", self.make_op())
-        new = convert(src, form, **kw).to(src.weight.device)
-        self.layers[i] = new
-        forms = list(c.forms)
-        forms[i] = form
-        self.cfg = replace(c, forms=tuple(forms))
-        return new
-
-    @property
-    def forms(self) -> tuple[str, ...]:
-        return tuple(layer_form(m) for m in self.layers)
-
-    def bm_layers(self) -> list[BMLayer]:
-        return [m for m in self.layers if isinstance(m, BMLayer)]
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *, taps: bool = False):

@@ -353,6 +353,7 @@ def train_phase(
             f = 0.5 * (1 + math.cos(math.pi * max(0.0, prog - w) / max(1e-9, 1 - w)))
         for g in opt.param_groups:
             g["lr"] = lr * f
+
     model = dd.wrap(net)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 997)
     a0, a1 = cfg.alpha, cfg.alpha_end
@@ -515,12 +516,18 @@ def method_direct(run: Run, data):
     return net, {}
 
 
-def method_kd(run: Run, data, tag: str = "kd"):
-    cfg = run.cfg
+def teacher_and_student(cfg: CifarConfig) -> tuple[ResNet22, ResNet22]:
+    """The frozen teacher and a trainable copy of it (still classical)."""
     teacher = load_teacher(cfg)
     net = copy.deepcopy(teacher)
     for p in net.parameters():
         p.requires_grad_(True)
+    return teacher, net
+
+
+def method_kd(run: Run, data, tag: str = "kd"):
+    cfg = run.cfg
+    teacher, net = teacher_and_student(cfg)
     convert_all(cfg, net)
     xc = calib_images(cfg, data)
     every = range(len(net.layers))
@@ -537,10 +544,7 @@ def method_kd(run: Run, data, tag: str = "kd"):
 
 def method_lwkd(run: Run, data, tag: str = "lwkd"):
     cfg = run.cfg
-    teacher = load_teacher(cfg)
-    net = copy.deepcopy(teacher)
-    for p in net.parameters():
-        p.requires_grad_(True)
+    teacher, net = teacher_and_student(cfg)
     per_layer = []
     untrained = []
     n = len(net.layers)
@@ -562,8 +566,16 @@ def method_lwkd(run: Run, data, tag: str = "lwkd"):
         loss = kd_loss(teacher, cfg.beta, [k])
         tk = f"{tag}_layer{k}"
         train_phase(
-            run, net, data, loss, epochs=cfg.layer_epochs, lr=cfg.lr_, tag=tk, frozen=k,
-            deadline=deadline, on_alpha=lambda k=k: refit(run, net, teacher, xc, [k]),
+            run,
+            net,
+            data,
+            loss,
+            epochs=cfg.layer_epochs,
+            lr=cfg.lr_,
+            tag=tk,
+            frozen=k,
+            deadline=deadline,
+            on_alpha=lambda k=k, xc=xc: refit(run, net, teacher, xc, [k]),
         )
         acc = evaluate(net, data[2][:LAYER_EVAL], data[3][:LAYER_EVAL])
         per_layer.append(acc)

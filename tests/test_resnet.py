@@ -158,8 +158,18 @@ def test_train_cifar_methods_end_to_end(cifar_dir, tmp_path):
     net = train_cifar.load_resnet(tmp_path / "lwkd" / "model.pt")
     assert all(isinstance(m, BM15Layer) and m.op.kind == "max" for m in net.layers)
     ts = _run(
-        ["--method", "two_stage", "--first-method", "kd", "--teacher", teacher, "--epochs", "1",
-         "--alpha-end", "8"],
+        [
+            "--method",
+            "two_stage",
+            "--first-method",
+            "kd",
+            "--teacher",
+            teacher,
+            "--epochs",
+            "1",
+            "--alpha-end",
+            "8",
+        ],
         cifar_dir,
         tmp_path / "ts",
     )
@@ -171,8 +181,14 @@ def test_train_cifar_methods_end_to_end(cifar_dir, tmp_path):
 def test_train_cifar_budget_stops_and_still_converts_every_layer(cifar_dir, tmp_path):
     _run(["--method", "classical", "--epochs", "1"], cifar_dir, tmp_path / "cls")
     res = _run(
-        ["--method", "lwkd", "--teacher", str(tmp_path / "cls" / "model.pt"), "--budget-s",
-         "0.001"],
+        [
+            "--method",
+            "lwkd",
+            "--teacher",
+            str(tmp_path / "cls" / "model.pt"),
+            "--budget-s",
+            "0.001",
+        ],
         cifar_dir,
         tmp_path / "lwkd",
     )
@@ -190,9 +206,27 @@ def test_ddp_two_processes_gloo(cifar_dir, tmp_path):
     """Data-parallel training through torchrun: 2 CPU processes on gloo end identical."""
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "model.train_cifar", "--method", "classical", "--epochs", "2", "--out", str(out),
-        "--data-dir", str(cifar_dir), "--stem", "4", "--batch-size", "16", "--no-progress",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "model.train_cifar",
+        "--method",
+        "classical",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(cifar_dir),
+        "--stem",
+        "4",
+        "--batch-size",
+        "16",
+        "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -207,8 +241,21 @@ def test_table3_driver_runs_every_cell(cifar_dir, tmp_path):
     from model import experiments
 
     entries = experiments.main(
-        ["table3", "--data-dir", str(cifar_dir), "--runs-dir", str(tmp_path / "runs"),
-         "--results-dir", str(tmp_path / "res"), "--epochs", "0.34", "--stem", "4", "--jobs", "2"]
+        [
+            "table3",
+            "--data-dir",
+            str(cifar_dir),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--epochs",
+            "0.34",
+            "--stem",
+            "4",
+            "--jobs",
+            "2",
+        ]
     )
     assert len(entries) == 10
     assert all(e["accuracy"] is not None and e["data"] == "CIFAR-10" for e in entries)
@@ -226,9 +273,23 @@ def test_table3_reduced_run_on_the_real_data(tmp_path):
 
     data = require_data(ROOT.parent / "shared" / "data" / "cifar10", "CIFAR-10")
     entries = experiments.main(
-        ["table3", "--data-dir", str(data.parent), "--runs-dir", str(tmp_path / "runs"),
-         "--results-dir", str(tmp_path / "res"), "--subset", "256", "--test-subset", "200",
-         "--epochs", "0.5", "--jobs", "2"]
+        [
+            "table3",
+            "--data-dir",
+            str(data.parent),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--subset",
+            "256",
+            "--test-subset",
+            "200",
+            "--epochs",
+            "0.5",
+            "--jobs",
+            "2",
+        ]
     )
     assert all(e["accuracy"] is not None for e in entries)
 
