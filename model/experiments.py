@@ -279,14 +279,14 @@ def swap_to_max(src: Path, dst: Path, data_dir: str | None) -> dict:
     return res
 
 
-def swap_to_max_cifar(src: Path, dst: Path, data_dir: str | None) -> dict:
+def swap_to_max_cifar(src: Path, dst: Path, data_dir: str | None, device: str = "cpu") -> dict:
     """:func:`swap_to_max` for a ResNet-22 run (scored on the source run's test images)."""
     import torch
 
     from .maxops import MaxOp
     from .train_cifar import CifarConfig, evaluate, load_cifar_tensors, load_resnet, net_to_dict
 
-    net = load_resnet(src / "model.pt")
+    net = load_resnet(src / "model.pt", device)
     for m in net.bm_layers():
         m.set_op(MaxOp("max"))
     src_res = json.loads((src / "result.json").read_text())
@@ -296,6 +296,7 @@ def swap_to_max_cifar(src: Path, dst: Path, data_dir: str | None) -> dict:
         subset=1,
         test_subset=src_cfg.get("test_subset", 0),
         threads=src_cfg.get("threads", 1),
+        device=device,
     )
     _, _, xte, yte = load_cifar_tensors(cfg)
     t0 = time.time()
@@ -402,8 +403,12 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
         print(f"[{table}] {c['row']} / {c['method']}: {c['shown']}", flush=True)
         c["t0"] = time.time()
         if c.get("swap_from"):
-            swap = swap_to_max_cifar if table == "table3" else swap_to_max
-            swap(c["out"].parent / c["swap_from"], c["out"], args.data_dir)
+            if table == "table3":
+                swap_to_max_cifar(
+                    c["out"].parent / c["swap_from"], c["out"], args.data_dir, args.device
+                )
+            else:
+                swap_to_max(c["out"].parent / c["swap_from"], c["out"], args.data_dir)
             return None
         cmd = [sys.executable, "-m", c.get("module", "model.train"), *c["argv"]]
         if args.nproc > 1:  # each cell data-parallel over nproc processes (torchrun)
