@@ -276,12 +276,22 @@ class ResNetExport:
     meta: dict = field(default_factory=dict)
 
 
-def resnet_forward(exp: ResNetExport, images, *, batch: int = 250) -> np.ndarray:
-    """Integer logits of uint8 images ``(N, 3, 32, 32)`` (pixel codes, scale ``2**-8``)."""
+def resnet_forward(exp: ResNetExport, images, *, batch: int = 250, jobs: int = 1) -> np.ndarray:
+    """Integer logits of uint8 images ``(N, 3, 32, 32)`` (pixel codes, scale ``2**-8``).
+
+    ``jobs > 1`` shares the batches among that many processes (the result is the same)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (3, 32, 32):
         raise ValueError(f"images must be (N, 3, 32, 32), not {images.shape}")
-    outs = [_forward(exp, images[i : i + batch]) for i in range(0, len(images), batch)]
+    chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+    if jobs > 1 and len(chunks) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        with ProcessPoolExecutor(min(jobs, len(chunks))) as ex:
+            outs = list(ex.map(partial(_forward, exp), chunks))
+    else:
+        outs = [_forward(exp, c) for c in chunks]
     return np.concatenate(outs) if outs else np.zeros((0, 10), np.int64)
 
 

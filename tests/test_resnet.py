@@ -366,6 +366,7 @@ def test_integer_resnet_tracks_the_float_hard_max_network(tiny_export):
     assert np.corrcoef(ints.ravel(), fl.ravel())[0, 1] > 0.95
     # deterministic, and the batch size does not change a bit
     assert np.array_equal(ints, resnet_forward(exp, imgs.numpy(), batch=24))
+    assert np.array_equal(ints, resnet_forward(exp, imgs.numpy(), batch=8, jobs=2))
 
 
 def test_every_integer_unit_is_within_its_bound_of_the_float_unit(tiny_export):
