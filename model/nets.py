@@ -21,6 +21,17 @@ __all__ = ["SwitchableNet", "LeNetConfig", "LeNet", "NET_CONFIGS", "create_net",
 FORMS = ("classical", "bm4", "bm15")
 
 
+def check_forms(forms, n_layers: int) -> tuple[str, ...]:
+    """``forms`` as a tuple of one valid neuron type per layer (empty: all classical)."""
+    forms = tuple(forms) or ("classical",) * n_layers
+    if len(forms) != n_layers:
+        raise ValueError(f"forms needs {n_layers} entries, not {len(forms)}")
+    for f in forms:
+        if f not in FORMS:
+            raise ValueError(f"each form must be one of {FORMS}, not {f!r}")
+    return forms
+
+
 @dataclass
 class LeNetConfig:
     """The paper's 5-layer LeNet-like network (METHOD.md section 4).
@@ -46,12 +57,7 @@ class LeNetConfig:
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
-        self.forms = tuple(self.forms)
-        if len(self.forms) != self.n_layers:
-            raise ValueError(f"forms needs {self.n_layers} entries, not {len(self.forms)}")
-        for f in self.forms:
-            if f not in FORMS:
-                raise ValueError(f"each form must be one of {FORMS}, not {f!r}")
+        self.forms = check_forms(self.forms, self.n_layers)
 
     @property
     def n_layers(self) -> int:

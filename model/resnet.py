@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import FORMS, SwitchableNet
+from .nets import SwitchableNet, check_forms
 
 __all__ = ["ResNetConfig", "ResNet22", "Block"]
 
@@ -59,12 +59,7 @@ class ResNetConfig:
     learn_corr: bool = False
 
     def __post_init__(self):
-        self.forms = tuple(self.forms) or ("classical",) * self.n_layers
-        if len(self.forms) != self.n_layers:
-            raise ValueError(f"forms needs {self.n_layers} entries, not {len(self.forms)}")
-        for f in self.forms:
-            if f not in FORMS:
-                raise ValueError(f"each form must be one of {FORMS}, not {f!r}")
+        self.forms = check_forms(self.forms, self.n_layers)
 
     @property
     def n_convs(self) -> int:
