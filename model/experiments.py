@@ -284,7 +284,8 @@ def swap_to_max_cifar(src: Path, dst: Path, data_dir: str | None, device: str = 
     import torch
 
     from .maxops import MaxOp
-    from .train_cifar import CifarConfig, evaluate, load_cifar_tensors, load_resnet, net_to_dict
+    from .train import net_to_dict
+    from .train_cifar import CifarConfig, evaluate, load_cifar_tensors, load_resnet
 
     net = load_resnet(src / "model.pt", device)
     for m in net.bm_layers():

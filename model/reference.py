@@ -288,22 +288,33 @@ def _maxplus_dtype(p: BMParams):
     return np.int32, -(1 << 28)
 
 
-def _maxplus_conv(spec: LayerSpec, lxm, lw, dtype):
-    """``M[o, b, y, x] = max over (c, ky, kx) of lxm[b, c, y+ky, x+kx] + lw[o, c*k*k+ky*k+kx]``."""
+def maxplus_conv(lxm, lw, dtype):
+    """``M[o, b, y, x] = max over (c, ky, kx) of lxm[b, c, y+ky, x+kx] + lw[o, c, ky, kx]``
+    (valid, stride 1): one vectorised add and max per weight position, over every output."""
     b, c, h, w = lxm.shape
-    k = spec.k
+    o, _, k, _ = lw.shape
     ho, wo = h - k + 1, w - k + 1
     lw = lw.astype(dtype)
-    out = np.full((spec.out_ch, b, ho, wo), np.iinfo(dtype).min, dtype=dtype)
-    tmp = np.empty((b, ho, wo), dtype=dtype)
+    out = np.full((o, b, ho, wo), np.iinfo(dtype).min, dtype=dtype)
+    tmp = np.empty_like(out)
     for ci in range(c):
         for ky in range(k):
             for kx in range(k):
-                window = lxm[:, ci, ky : ky + ho, kx : kx + wo]
-                for o, wv in enumerate(lw[:, (ci * k + ky) * k + kx]):
-                    np.add(window, wv, out=tmp)
-                    np.maximum(out[o], tmp, out=out[o])
+                win = lxm[None, :, ci, ky : ky + ho, kx : kx + wo]
+                np.add(win, lw[:, ci, ky, kx].reshape(o, 1, 1, 1), out=tmp)
+                np.maximum(out, tmp, out=out)
     return out
+
+
+def window_sums(x, k: int):
+    """``S[b, y, x]``: the sum of ``x[b, :, y:y+k, x:x+k]`` (valid, stride 1)."""
+    xs = _as_int(x).sum(axis=1)
+    ho, wo = xs.shape[1] - k + 1, xs.shape[2] - k + 1
+    s = np.zeros((xs.shape[0], ho, wo), dtype=np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            s += xs[:, ky : ky + ho, kx : kx + wo]
+    return s
 
 
 def _batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias):
@@ -317,14 +328,9 @@ def _batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias):
     dtype, neg = _maxplus_dtype(p)
     lxm = np.where(zx, neg, lx).astype(dtype)
     if spec.kind == "conv":
-        m = _maxplus_conv(spec, lxm, lw, dtype).transpose(1, 2, 3, 0).astype(np.int64)
-        k = spec.k
-        ho, wo = x.shape[2] - k + 1, x.shape[3] - k + 1
-        xs = x.sum(axis=1)
-        s = np.zeros((x.shape[0], ho, wo), dtype=np.int64)
-        for ky in range(k):
-            for kx in range(k):
-                s += xs[:, ky : ky + ho, kx : kx + wo]
+        lw4 = lw.reshape(spec.out_ch, spec.in_ch, spec.k, spec.k)
+        m = maxplus_conv(lxm, lw4, dtype).transpose(1, 2, 3, 0).astype(np.int64)
+        s = window_sums(x, spec.k)
     else:
         flat = lxm.reshape(x.shape[0], -1).astype(np.int64)
         m = np.empty((x.shape[0], spec.out_ch), dtype=np.int64)

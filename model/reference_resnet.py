@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from .params import BMParams
-from .reference import _maxplus_dtype, ref_exp, ref_log
+from .reference import _maxplus_dtype, maxplus_conv, ref_exp, ref_log, window_sums
 
 __all__ = [
     "ResNetIntParams",
@@ -169,23 +169,6 @@ def requant(p: ResNetIntParams, v, h, relu: bool):
     return np.clip(y, 0, p.a_max) if relu else np.clip(y, p.pre_min, p.pre_max)
 
 
-def _maxplus(lxm, lw, k, dtype):
-    """``M[b, o, y, x] = max_(c, ky, kx) lxm[b, c, y+ky, x+kx] + lw[o, c, ky, kx]`` (valid)."""
-    b, c, h, w = lxm.shape
-    o = lw.shape[0]
-    ho, wo = h - k + 1, w - k + 1
-    out = np.full((o, b, ho, wo), np.iinfo(dtype).min, dtype=dtype)
-    tmp = np.empty_like(out)
-    lw = lw.astype(dtype)
-    for ci in range(c):
-        for ky in range(k):
-            for kx in range(k):
-                win = lxm[None, :, ci, ky : ky + ho, kx : kx + wo]
-                np.add(win, lw[:, ci, ky, kx].reshape(o, 1, 1, 1), out=tmp)
-                np.maximum(out, tmp, out=out)
-    return out.transpose(1, 0, 2, 3)
-
-
 def _branch_acc(p: ResNetIntParams, x, lw, bias, c_shift: int, k: int, stride: int, pad: int):
     """Steps 1a-1c on codes ``x`` ``(N, C, H, W)``: ``z`` ``(N, O, Ho, Wo)``."""
     bm = p.bm
@@ -206,15 +189,10 @@ def _branch_acc(p: ResNetIntParams, x, lw, bias, c_shift: int, k: int, stride: i
     lx_tab, zx_tab = ref_log(bm, np.arange(bm.a_max + 1))
     dtype, neg = _maxplus_dtype(bm)
     lxm = np.where(zx_tab[x], neg, lx_tab[x]).astype(dtype)
-    m = _maxplus(lxm, lw, k, dtype).astype(np.int64)
+    m = maxplus_conv(lxm, lw, dtype).transpose(1, 0, 2, 3).astype(np.int64)
     zm = m < neg // 2
     e = ref_exp(bm, np.where(zm, 0, m), zm)
-    xs = x.sum(axis=1)
-    ho, wo = m.shape[2], m.shape[3]
-    s = np.zeros((x.shape[0], ho, wo), dtype=np.int64)
-    for ky in range(k):
-        for kx in range(k):
-            s += xs[:, ky : ky + ho, kx : kx + wo]
+    s = window_sums(x, k)
     return e - (s[:, None] << c_shift) + _i64(bias).reshape(1, -1, 1, 1)
 
 

@@ -196,14 +196,15 @@ def net_to_dict(net: LeNet) -> dict:
     return {"net_config": asdict(net.cfg), "layer_ops": ops, "state_dict": net.state_dict()}
 
 
-def net_from_dict(d: dict) -> LeNet:
+def net_from_dict(d: dict, *, strict: bool = False) -> LeNet:
+    """The network of :func:`net_to_dict` (a LeNet, one of its variants, or a ResNet-22)."""
     ncfg = dict(d["net_config"])
     name = ncfg.pop("name", "lenet")
-    net = create_net(name if name in NET_CONFIGS else "lenet", **ncfg)
+    net = create_net(name if name in NET_CONFIGS or name == "resnet22" else "lenet", **ncfg)
     for m, op in zip(net.layers, d.get("layer_ops") or [None] * len(net.layers), strict=True):
         if op is not None:
             m.set_op(MaxOp(op[0], alpha=op[1]))
-    net.load_state_dict(d["state_dict"], strict=False)
+    net.load_state_dict(d["state_dict"], strict=strict)
     return net
 
 

@@ -58,6 +58,7 @@ from torch import nn
 from .layers import BMLayer
 from .maxops import MaxOp
 from .resnet import ResNet22, ResNetConfig
+from .train import net_from_dict, net_to_dict, refit_layer
 
 __all__ = ["CifarConfig", "METHODS", "parse_args", "main", "load_resnet", "load_cifar_tensors"]
 
@@ -192,26 +193,12 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 500) ->
 
 
 # -- model files -----------------------------------------------------------------------------
-def net_to_dict(net: ResNet22) -> dict:
-    ops = [
-        [m.op.kind, float(m.op.alpha.detach())] if isinstance(m, BMLayer) else None
-        for m in net.layers
-    ]
-    return {"net_config": asdict(net.cfg), "layer_ops": ops, "state_dict": net.state_dict()}
-
-
 def load_resnet(path: str | os.PathLike, device: str = "cpu") -> ResNet22:
     """Load a ResNet-22 ``model.pt`` written by this module."""
     d = torch.load(path, weights_only=False, map_location="cpu")
-    ncfg = dict(d["net_config"])
-    if ncfg.pop("name", None) != "resnet22":
+    if d["net_config"].get("name") != "resnet22":
         raise ValueError(f"{path}: not a ResNet-22 model file")
-    net = ResNet22(ResNetConfig(**ncfg))
-    for m, op in zip(net.layers, d["layer_ops"], strict=True):
-        if op is not None:
-            m.set_op(MaxOp(op[0], alpha=op[1]))
-    net.load_state_dict(d["state_dict"])
-    return net.to(device)
+    return net_from_dict(d, strict=True).to(device)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -236,12 +223,8 @@ class Run:
         rank 0's answer, so that all stop at the same step."""
         b = self.cfg.budget_s
         now = time.time()
-        stop = bool(b and now - self.t0 > b)
-        late = deadline is not None and now > deadline
-        if self.dd.on and (b or deadline is not None):
-            t = torch.tensor([float(stop), float(late)], device=self.cfg.device)
-            dist.broadcast(t, 0)
-            stop, late = bool(t[0]), bool(t[1])
+        stop = bool(b) and bool(self.sync(now - self.t0 > b))
+        late = deadline is not None and bool(self.sync(now > deadline))
         if stop and not self.budget_hit:
             self.log(f"wall-clock budget of {b:.0f} s reached")
             self.budget_hit = True
@@ -300,14 +283,14 @@ def train_phase(
     tag: str,
     sgd: bool = False,
     frozen: int = 0,
-    anneal: bool = True,
     deadline: float | None = None,
     on_alpha=None,
 ) -> None:
     """Train ``net`` for ``epochs`` (fractions allowed) with a cosine learning rate.
 
     Layers ``< frozen`` and their batch norms are frozen. Resumes from ``ckpt.pt`` when its tag
-    matches. LSE alphas anneal from ``cfg.alpha`` to ``cfg.alpha_end`` when ``anneal``.
+    matches. LSE alphas anneal from ``cfg.alpha`` to ``cfg.alpha_end``; ``on_alpha()`` is called
+    each time alpha has doubled.
     """
     cfg, dd = run.cfg, run.dd
     xtr, ytr = data[0], data[1]
@@ -340,10 +323,10 @@ def train_phase(
     t_phase = time.time()
 
     def progress(step):
-        p = step / total
-        if end is not None:
-            p = max(p, (time.time() - t_phase) / max(1e-3, end - t_phase))
-        return min(1.0, run.sync(p))
+        if end is None:
+            return min(1.0, step / total)
+        p = max(step / total, (time.time() - t_phase) / max(1e-3, end - t_phase))
+        return min(1.0, run.sync(p))  # the clock differs between processes
 
     def set_lr(step, prog):
         if step < warm:
@@ -357,7 +340,7 @@ def train_phase(
     model = dd.wrap(net)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 997)
     a0, a1 = cfg.alpha, cfg.alpha_end
-    lse = anneal and a1 is not None and any(m.op.kind != "max" for m in net.bm_layers())
+    lse = a1 is not None and any(m.op.kind != "max" for m in net.bm_layers())
     use_amp = cfg.amp and cfg.device.startswith("cuda")
     step = 0
     ep = 0
@@ -471,8 +454,6 @@ def refit(run: Run, net: ResNet22, teacher: ResNet22, x: torch.Tensor, layers) -
     on the student's own inputs. Without it the window-sum correction ``dw * sum x`` dominates
     every pre-activation once the max replaces the sum, and training collapses (METHOD.md 6)."""
     from types import SimpleNamespace
-
-    from .train import refit_layer
 
     was = net.training
     net.eval()
