@@ -56,9 +56,11 @@ from model.params import BMParams, MACParams
 
 from ._util import check_count, rom
 from .array import SystolicArray, predict_cycles
+from .fc import FCEngine, fc_cycles
 from .requant import Requant, window_sum_bits
 
-__all__ = ["LayerPlan", "NetPlan", "plan_network", "predict_image_cycles", "Accelerator"]
+__all__ = ["LayerPlan", "NetPlan", "plan_network", "predict_image_cycles", "predict_interval",
+           "Accelerator"]
 
 
 def _pad_plane(hw: int, rows: int) -> int:
@@ -89,6 +91,8 @@ class LayerPlan:
     dst: int  # buffer written (unused by the last layer)
     wbase: int  # weight address of the first group
     group0: int  # index of the first group in the group table
+    on_array: bool = True  # False: the last layer, run by the FC engine (``NetPlan.overlap``)
+    feeds_fc: bool = False  # its output goes to the FC engine's buffer
 
     @property
     def fan_in(self) -> int:
@@ -111,6 +115,17 @@ class NetPlan:
     groups: tuple[tuple[int, int, int], ...]  # (layer or -1 for the load, o0, valid columns)
     buf_depth: tuple[int, int]
     w_depth: int
+    overlap: bool = False
+
+    @property
+    def array_layers(self) -> tuple[LayerPlan, ...]:
+        """The layers the main array runs (all but the classifier when ``overlap``)."""
+        return tuple(lp for lp in self.layers if lp.on_array)
+
+    @property
+    def load_words(self) -> int:
+        """``overlap``: rows of ``cols`` pixels that the staged image is copied in as."""
+        return math.ceil(self.n_pixels / self.cols)
 
     def tiles(self, lp: LayerPlan) -> int:
         return math.ceil(lp.p_virt / self.rows)
@@ -139,8 +154,14 @@ class NetPlan:
 
 
 def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, *,
-                 rows: int = 16, cols: int = 16) -> NetPlan:
-    """Lay a network of :class:`model.params.LayerSpec` out on a ``rows x cols`` accelerator."""
+                 rows: int = 16, cols: int = 16, overlap: bool = False) -> NetPlan:
+    """Lay a network of :class:`model.params.LayerSpec` out on a ``rows x cols`` accelerator.
+
+    ``overlap``: pipeline consecutive images. The last layer (a linear one, after at least one
+    convolution) runs on its own engine (:class:`hw.fc.FCEngine`) beside the next image's first
+    layers, and the image is staged while the previous one computes and copied in ``cols``
+    pixels per cycle (single-channel images).
+    """
     check_count("rows", rows)
     check_count("cols", cols)
     if rows & (rows - 1):
@@ -149,8 +170,14 @@ def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, 
         raise ValueError(f"cols must be <= rows ({rows}), not {cols!r}")
     if not layers:
         raise ValueError("the network has no layers")
-    c, h, w = input_shape
-    plans, groups = [], [(-1, 0, 1)]
+    c, h, w = c0, h0, w0 = input_shape
+    if overlap:
+        if len(layers) < 2 or layers[-1].kind != "linear":
+            raise ValueError("overlap needs a network that ends in a linear layer after at "
+                             "least one other layer")
+        if c != 1:
+            raise ValueError(f"overlap stages single-channel images, not {c} channels")
+    plans, groups = [], [(-1, 0, cols if overlap else 1)]
     hwp = _pad_plane(h * w, rows)
     sizes = [[c * hwp], []]  # words stored in each buffer, per map
     wbase = 0
@@ -175,44 +202,72 @@ def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, 
         if last == spec.relu:
             raise ValueError(f"layer {idx}: only the last layer may (and must) output logits")
         hwp_out = _pad_plane(ho * wo, rows)
+        on_array = not (overlap and last)
+        feeds_fc = overlap and idx == len(layers) - 2
         lp = LayerPlan(cin=c, k=k, h_in=h, w_in=w, hwp_in=hwp, cout=spec.out_ch, h_out=ho,
                        w_out=wo, hwp_out=hwp_out, c_shift=spec.c_shift, out_shift=spec.out_shift,
                        relu=spec.relu, last=last, src=src, dst=1 - src, wbase=wbase,
-                       group0=len(groups))
+                       group0=len(groups), on_array=on_array, feeds_fc=feeds_fc)
         plans.append(lp)
-        for g in range(math.ceil(spec.out_ch / cols)):
-            groups.append((idx, g * cols, min(cols, spec.out_ch - g * cols)))
-        wbase += math.ceil(spec.out_ch / cols) * lp.fan_in
-        # reads reach past the map by up to a tile of garbage pixels
-        tiles = math.ceil(lp.p_virt / rows)
-        reach = (c - 1) * hwp + (k - 1) * w + (k - 1) + tiles * rows
-        sizes[src].append(reach)
-        if not last:
+        if on_array:
+            for g in range(math.ceil(spec.out_ch / cols)):
+                groups.append((idx, g * cols, min(cols, spec.out_ch - g * cols)))
+            wbase += math.ceil(spec.out_ch / cols) * lp.fan_in
+            # reads reach past the map by up to a tile of garbage pixels
+            tiles = math.ceil(lp.p_virt / rows)
+            reach = (c - 1) * hwp + (k - 1) * w + (k - 1) + tiles * rows
+            sizes[src].append(reach)
+        if not last and not feeds_fc:
             sizes[1 - src].append(spec.out_ch * hwp_out)
         c, h, w, hwp, src = spec.out_ch, ho, wo, hwp_out, 1 - src
+    if overlap:  # the staged image is copied in whole rows of ``cols`` pixels
+        sizes[0].append(math.ceil(c0 * h0 * w0 / cols) * cols)
     depth = tuple(1 << max(1, math.ceil(max(s or [1]) / rows) - 1).bit_length() for s in sizes)
     w_depth = 1 << max(1, (wbase - 1).bit_length())
     return NetPlan(params=params, rows=rows, cols=cols, input_shape=tuple(input_shape),
                    pixel_shift=pixel_shift, layers=tuple(plans), groups=tuple(groups),
-                   buf_depth=depth, w_depth=w_depth)
+                   buf_depth=depth, w_depth=w_depth, overlap=overlap)
+
+
+def _layer_cycles(plan: NetPlan, lp: LayerPlan) -> int:
+    """:func:`hw.array.predict_cycles` of one layer on the main array."""
+    return predict_cycles(plan.rows, plan.cols, fan_in=lp.fan_in,
+                          tiles=plan.n_groups(lp) * plan.tiles(lp))
+
+
+def _array_body(plan: NetPlan) -> int:
+    """The array layers of the ``overlap`` form, each with its write-back, back to back."""
+    post = POST_BM if isinstance(plan.params, BMParams) else POST_MAC
+    return sum(_layer_cycles(plan, lp) + post for lp in plan.array_layers)
+
+
+def _fc_cycles(plan: NetPlan) -> int:
+    lp = plan.layers[-1]
+    return fc_cycles(plan.params, lp.fan_in, lp.cout)
 
 
 def predict_image_cycles(plan: NetPlan) -> int:
-    """Cycles from the first pixel taken to the last logit taken, with a source that never
-    stalls and a sink that is always ready. Exact (the tests compare it with simulation) as long
-    as a group's logits leave before the next group's row arrives (``cols <= max(fan_in,
-    rows)``, true of every network here).
+    """Latency of one image: cycles from its first pixel taken to its last logit taken, with
+    nothing else in flight, a source that never stalls and a sink that is always ready. Exact
+    (the tests compare it with simulation) as long as a group's logits leave before the next
+    group's row arrives (``cols <= max(fan_in, rows)``, true of every network here).
 
     Per layer the array needs :func:`hw.array.predict_cycles` (first beat in to last row out,
     fill and drain included); after it the last row takes ``POST_BM`` or ``POST_MAC`` cycles
     through the exp, requantization and log units and the write-back before the next layer's
-    first beat. The last layer ends when its logits (the first row of its last tile) leave.
+    first beat. Without ``overlap`` the last layer ends when its logits (the first row of its
+    last tile) leave. With it, the image streams into the staging memory (one cycle a pixel),
+    is copied in ``load_words`` rows, the array layers run, and the FC engine takes
+    :func:`hw.fc.fc_cycles`.
     """
     R, C = plan.rows, plan.cols
     bm = isinstance(plan.params, BMParams)
+    if plan.overlap:
+        return (plan.n_pixels + plan.load_words + (COPY_BM if bm else COPY_MAC)
+                + _array_body(plan) + _fc_cycles(plan))
     total = plan.n_pixels + (LOAD_BM if bm else LOAD_MAC)
     for lp in plan.layers:
-        a = predict_cycles(R, C, fan_in=lp.fan_in, tiles=plan.n_groups(lp) * plan.tiles(lp))
+        a = _layer_cycles(plan, lp)
         if lp.last:
             tail = lp.cout - (plan.n_groups(lp) - 1) * C  # logits of the last group
             total += a - (R - 1) + (LAST_BM if bm else LAST_MAC) + tail
@@ -221,10 +276,33 @@ def predict_image_cycles(plan: NetPlan) -> int:
     return total
 
 
+def predict_interval(plan: NetPlan) -> int:
+    """Cycles per image in steady state: between the last logits of consecutive images when
+    the images follow each other with no gap (source never stalls, sink always ready). This is
+    the throughput figure; the tests compare it with simulation.
+
+    Without ``overlap`` an image starts when the previous one has left: after the logits, the
+    other ``rows - 1`` rows of the last tile drain (they wait while the logits leave), and the
+    state machine takes two cycles, so the interval is the latency plus ``rows + 1``. With it the main array runs back to back: the copy of the staged image and
+    the array layers. The FC engine runs beside them; it only sets the pace when it takes
+    longer than the layers before the feeder (the feeder waits for it).
+    """
+    bm = isinstance(plan.params, BMParams)
+    if not plan.overlap:
+        return predict_image_cycles(plan) + plan.rows + 1
+    main = plan.load_words + (COPY_BM if bm else COPY_MAC) + _array_body(plan)
+    feeder = plan.array_layers[-1]
+    post = POST_BM if bm else POST_MAC
+    fc_bound = _fc_cycles(plan) + FC_GAP + _layer_cycles(plan, feeder) + post
+    return max(main, fc_bound)
+
+
 # pipeline latencies around the array, in cycles (see predict_image_cycles)
 POST_BM, POST_MAC = 10, 6  # 9 and 5 through the units, 1 for the registered layer table
 LOAD_BM, LOAD_MAC = 1, 1  # the registered layer table
 LAST_BM, LAST_MAC = 9, 5
+COPY_BM, COPY_MAC = 4, 2  # overlap: the staging read, the log unit, the write and the table
+FC_GAP = 1  # overlap: the FC engine's busy low to the feeder layer's first beat
 
 
 UP5K_SPRAMS = 4
@@ -260,9 +338,9 @@ class Accelerator(wiring.Component):
         })
 
     @classmethod
-    def from_export(cls, export, *, rows: int = 16, cols: int = 16):
+    def from_export(cls, export, *, rows: int = 16, cols: int = 16, overlap: bool = False):
         plan = plan_network(export.params, export.layers, export.input_shape,
-                            export.pixel_shift, rows=rows, cols=cols)
+                            export.pixel_shift, rows=rows, cols=cols, overlap=overlap)
         return cls(plan, export.tensors)
 
     @property
@@ -275,6 +353,12 @@ class Accelerator(wiring.Component):
 
     @property
     def cycles_per_image(self) -> int:
+        """Steady-state cycles per image (:func:`predict_interval`): the throughput figure."""
+        return predict_interval(self.plan)
+
+    @property
+    def latency_cycles(self) -> int:
+        """One image alone, first pixel to last logit (:func:`predict_image_cycles`)."""
         return predict_image_cycles(self.plan)
 
     # -- memory images -------------------------------------------------------------------------
@@ -283,6 +367,8 @@ class Accelerator(wiring.Component):
         plan, C = self.plan, self.plan.cols
         cols = [[] for _ in range(C)]
         for lp, t in zip(plan.layers, self.tensors, strict=True):
+            if not lp.on_array:
+                continue
             w = [list(map(int, row)) for row in np.asarray(t["w"]).reshape(lp.cout, lp.fan_in)]
             for g in range(plan.n_groups(lp)):
                 for c in range(C):
@@ -295,8 +381,9 @@ class Accelerator(wiring.Component):
         bm = self.bm
         lgR = (R - 1).bit_length()
         m = Module()
-        layers, groups = plan.layers, plan.groups
+        layers, groups = plan.array_layers, plan.groups
         n_layers = len(layers)
+        overlap = plan.overlap
 
         # -- the array and the units after it ----------------------------------------------------
         m.submodules.array = arr = SystolicArray(p, rows=R, cols=C)
@@ -344,7 +431,11 @@ class Accelerator(wiring.Component):
             ("src", lambda lp: lp.src, 1),
             ("group0", lambda lp: lp.group0, 8),
             ("wbase", lambda lp: lp.wbase, 24),
-        ]:
+        ] + ([
+            ("final", lambda lp: lp.feeds_fc, 1),
+            ("next_fc", lambda lp: lp is not layers[-1] and layers[layers.index(lp) + 1].feeds_fc,
+             1),
+        ] if overlap else []):
             # the layer table is a synchronous-read ROM (registered outputs, for timing): a
             # layer starts one cycle after ``layer`` changes (state PRE), when they are valid.
             # A clocked read also keeps simulators that never evaluate a combinational block
@@ -358,8 +449,8 @@ class Accelerator(wiring.Component):
         # per group: o0, valid columns, output buffer, channel bases, biases
         def group_rows(g):
             li, o0, ncol = groups[g]
-            if li < 0:
-                return 0, 1, 0, [0] * C, [0] * C
+            if li < 0:  # the image load: one pixel per row, or ``C`` (``overlap``)
+                return 0, ncol, 0, list(range(C)) if overlap else [0] * C, [0] * C
             lp, t = layers[li], self.tensors[li]
             bias = np.asarray(t["bias"]).reshape(-1)
             bases = [(o0 + c) * lp.hwp_out for c in range(C)]
@@ -398,7 +489,14 @@ class Accelerator(wiring.Component):
         state = Signal(range(5))
         LOAD, RUN, WAIT, OUT, PRE = 0, 1, 2, 3, 4
         npix = Signal(range(plan.n_pixels + 1))
-        m.d.comb += self.busy.eq((state != LOAD) | (npix != 0))
+        staged = Signal()  # ``overlap``: a whole image waits in the staging memory
+        loading = Signal()  # ``overlap``: the copied image's rows are being written
+        if overlap:
+            busy_fc = Signal()
+            m.d.comb += self.busy.eq((state != LOAD) | (npix != 0) | staged | busy_fc)
+            # (``busy_fc`` includes the start pulse: no low cycle before the engine's ``busy``)
+        else:
+            m.d.comb += self.busy.eq((state != LOAD) | (npix != 0))
         retired = Signal(24)  # rows through the write stage since the phase began
         retire = Signal()
         with m.If(retire):
@@ -630,28 +728,92 @@ class Accelerator(wiring.Component):
         wr_valid = Signal()  # a row is presented this cycle (always accepted)
         wr_lx = [Signal(p.lx_bits if bm else 1, name=f"wr_lx{c}") for c in range(C)]
 
-        # logit serializer
+        # logit serializer (without ``overlap``: the last layer runs on the array)
         logits = Signal(data.ArrayLayout(signed(rq.out_bits), C))
         n_out = Signal(range(C + 1))
         n_send = Signal(range(C + 1))  # valid logits in the captured row (its group's columns)
         sending = Signal()
-        m.d.comb += [self.o.valid.eq(sending)]
-        with m.Switch(n_out):
-            for c in range(C):
-                with m.Case(c):
-                    m.d.comb += self.o.payload.eq(logits[c])
-        with m.If(self.o.valid & self.o.ready):
-            with m.If(n_out == n_send - 1):
-                m.d.sync += [sending.eq(0), n_out.eq(0)]
-            with m.Else():
-                m.d.sync += n_out.eq(n_out + 1)
+        if not overlap:
+            m.d.comb += [self.o.valid.eq(sending)]
+            with m.Switch(n_out):
+                for c in range(C):
+                    with m.Case(c):
+                        m.d.comb += self.o.payload.eq(logits[c])
+            with m.If(self.o.valid & self.o.ready):
+                with m.If(n_out == n_send - 1):
+                    m.d.sync += [sending.eq(0), n_out.eq(0)]
+                with m.Else():
+                    m.d.sync += n_out.eq(n_out + 1)
 
-        # pixel input (load phase)
+        # image load rows: ``load_row`` goes to the write path while ``load_active``; it is taken
+        # when ``load_valid`` and ``load_ready``
+        load_row = Signal(code_layout)
+        load_active, load_valid, load_ready = Signal(), Signal(), Signal()
+        load_take = Signal()
+        m.d.comb += load_take.eq(load_valid & load_ready)
         pix_code = Signal(p.a_bits)
         m.d.comb += pix_code.eq(self.i.payload >> plan.pixel_shift)
-        load_row = Signal(code_layout)
-        m.d.comb += [load_row.gi.eq(0), load_row.valid.eq(1), load_row.q.eq(npix),
-                     load_row.x[0].eq(pix_code)]
+        if overlap:
+            # the stager packs ``C`` pixels per word of the staging memory, one image ahead;
+            # ``staged`` is set by the last pixel and cleared when the copy has read the image
+            n_words = plan.load_words
+            smem = Memory(shape=data.ArrayLayout(unsigned(p.a_bits), C), depth=n_words, init=[])
+            m.submodules.stage = smem
+            s_wp, s_rp = smem.write_port(), smem.read_port()
+            spos = Signal(range(C))
+            sword = Signal(range(n_words))
+            packed = Signal(data.ArrayLayout(unsigned(p.a_bits), C))
+            s_take = Signal()
+            m.d.comb += [self.i.ready.eq(~staged), s_take.eq(self.i.valid & ~staged)]
+            last_pix = Signal()
+            m.d.comb += last_pix.eq(npix == plan.n_pixels - 1)
+            for c in range(C):
+                m.d.comb += s_wp.data[c].eq(Mux(spos == c, pix_code, packed[c]))
+            m.d.comb += [s_wp.addr.eq(sword),
+                         s_wp.en.eq(s_take & ((spos == C - 1) | last_pix))]
+            with m.If(s_take):
+                m.d.sync += [packed[c].eq(s_wp.data[c]) for c in range(C)]
+                with m.If(last_pix):
+                    m.d.sync += [npix.eq(0), spos.eq(0), sword.eq(0), staged.eq(1)]
+                with m.Else():
+                    m.d.sync += npix.eq(npix + 1)
+                    with m.If(spos == C - 1):
+                        m.d.sync += [spos.eq(0), sword.eq(sword + 1)]
+                    with m.Else():
+                        m.d.sync += spos.eq(spos + 1)
+            # the copy: word ``cw`` is read in state LOAD and presented a cycle later
+            cw = Signal(range(n_words + 1))
+            lv = Signal()
+            l_q = Signal(24)
+            l_adv = Signal()
+            copy_issue = Signal()
+            m.d.comb += [
+                copy_issue.eq((state == LOAD) & staged),
+                l_adv.eq(~lv | load_take),
+                s_rp.addr.eq(cw),
+                s_rp.en.eq(l_adv),
+                load_active.eq(lv),
+                load_valid.eq(lv),
+                load_row.gi.eq(0), load_row.valid.eq(1), load_row.q.eq(l_q),
+            ]
+            for c in range(C):
+                m.d.comb += load_row.x[c].eq(s_rp.data[c])
+            with m.If(l_adv):
+                m.d.sync += lv.eq(copy_issue)
+                with m.If(copy_issue):
+                    m.d.sync += [l_q.eq(cw * C), cw.eq(cw + 1)]
+                    with m.If(cw == n_words - 1):
+                        m.d.sync += [cw.eq(0), staged.eq(0), loading.eq(1), state.eq(WAIT)]
+        else:
+            m.d.comb += [
+                load_active.eq(state == LOAD),
+                load_valid.eq(self.i.valid),
+                self.i.ready.eq(load_ready),
+                load_row.gi.eq(0), load_row.valid.eq(1), load_row.q.eq(npix),
+                load_row.x[0].eq(pix_code),
+            ]
+            with m.If(load_take):
+                m.d.sync += npix.eq(npix + 1)
 
         rq_row = Signal(code_layout)
         m.d.comb += [rq_row.gi.eq(mf_out.gi), rq_row.valid.eq(mf_out.valid),
@@ -662,17 +824,16 @@ class Accelerator(wiring.Component):
         m.d.comb += to_logits.eq(L["last"])
 
         rq_take = Signal()
-        pix_take = Signal()
         if bm:
             m.submodules.cfifo = cfifo = SyncFIFOBuffered(width=code_layout.size, depth=8)
             cf_in = data.View(code_layout, cfifo.w_data)
             cf_out = data.View(code_layout, cfifo.r_data)
             lg_ready = lg.i.ready & cfifo.w_rdy
-            with m.If(state == LOAD):
+            # (outside the If: a continuous assignment, which Icarus evaluates at time 0)
+            m.d.comb += load_ready.eq(load_active & lg_ready)
+            with m.If(load_active):
                 m.d.comb += [
-                    self.i.ready.eq(lg_ready),
-                    pix_take.eq(self.i.valid & lg_ready),
-                    lg.i.valid.eq(self.i.valid & cfifo.w_rdy),
+                    lg.i.valid.eq(load_valid & cfifo.w_rdy),
                     cf_in.eq(load_row),
                 ]
                 for c in range(C):
@@ -698,9 +859,9 @@ class Accelerator(wiring.Component):
             for c in range(C):
                 m.d.comb += wr_lx[c].eq(lg.o.payload[c].lx)
         else:
-            with m.If(state == LOAD):
-                m.d.comb += [self.i.ready.eq(1), pix_take.eq(self.i.valid),
-                             wr_valid.eq(self.i.valid), wr.eq(load_row)]
+            m.d.comb += load_ready.eq(load_active)
+            with m.If(load_active):
+                m.d.comb += [wr_valid.eq(load_valid), wr.eq(load_row)]
             with m.Elif(to_logits):
                 m.d.comb += [rq.o.ready.eq(~sending), rq_take.eq(rq.o.valid & ~sending)]
             with m.Else():
@@ -710,8 +871,6 @@ class Accelerator(wiring.Component):
         with m.If(rq_take & to_logits & mf_out.valid):
             m.d.sync += [logits.eq(rq.o.payload), sending.eq(1), n_out.eq(0),
                          n_send.eq(group_field(mf_out.gi, lambda r: r[1], range(C + 1), "l_ncol"))]
-        with m.If(pix_take):
-            m.d.sync += npix.eq(npix + 1)
         m.d.comb += retire.eq((rq_take & to_logits) | wr_valid)
 
         # -- write stage: the C channels of one pixel into C distinct banks ------------------------
@@ -720,6 +879,26 @@ class Accelerator(wiring.Component):
         w_dst = group_field(wr.gi, lambda r: r[2], 1, "w_dst")
         w_base = [group_field(wr.gi, lambda r, c=c: r[3][c], addr_bits + 1, f"w_base{c}")
                   for c in range(C)]
+        if overlap:
+            # the feeder's rows go to the FC engine's buffer instead (one word per row)
+            fc_lp, feeder = plan.layers[-1], layers[-1]
+            n_pix = feeder.h_out * feeder.w_out
+            fc_rows = [(groups[g][0] == len(layers) - 1, groups[g][1] // C * n_pix)
+                       for g in range(n_groups)]
+            w_fc = rom(m, wr.gi, [int(r[0]) for r in fc_rows], 1, name="w_fc")
+            w_fcbase = rom(m, wr.gi, [r[1] for r in fc_rows], 24, name="w_fcbase")
+            t = self.tensors[-1]
+            m.submodules.fc = fc = FCEngine(
+                p, word, n_ch=feeder.cout, n_pix=n_pix, cols=C, weight=t["w"], bias=t["bias"],
+                c_shift=fc_lp.c_shift, out_shift=fc_lp.out_shift)
+            wiring.connect(m, wiring.flipped(self.o), fc.o)
+            m.d.comb += busy_fc.eq(fc.busy | fc.start)
+            m.d.sync += [fc.wr_en.eq(wr_valid & wr.valid & w_fc),
+                         fc.wr_addr.eq(w_fcbase + wr.q)]
+            for c in range(C):
+                m.d.sync += fc.wr_data[c].x.eq(wr.x[c])
+                if bm:
+                    m.d.sync += fc.wr_data[c].lx.eq(wr_lx[c])
         for b in range(R):
             cb = Signal(range(R), name=f"wcol{b}")
             m.d.comb += cb.eq((b - wr.q - w_o0) & (R - 1)) if lgR else cb.eq(0)
@@ -732,6 +911,8 @@ class Accelerator(wiring.Component):
                         if bm:
                             m.d.comb += wword.lx.eq(wr_lx[c])
             en = wr_valid & wr.valid & (cb < w_ncol)
+            if overlap:
+                en = en & ~w_fc
             # one register stage before the bank (timing): the write lands a cycle later, still
             # before the next layer's first read (that waits for the retirement count, which
             # is itself a register behind ``wr_valid``)
@@ -750,9 +931,33 @@ class Accelerator(wiring.Component):
                 ]
 
         # -- phase sequencing ------------------------------------------------------------------
+        if overlap:
+            # LOAD: the copy (above) moves to WAIT with ``loading`` set. The feeder layer does
+            # not start while the FC engine still reads its buffer; when its rows are written
+            # the engine starts and the next image is copied in.
+            fc_start = Signal()
+            m.d.comb += fc.start.eq(fc_start)
+            m.d.sync += fc_start.eq(0)
+            next_fc = Mux(loading, int(layers[0].feeds_fc), L["next_fc"])
+            with m.Switch(state):
+                with m.Case(WAIT):
+                    need = Mux(loading, plan.load_words, L["rows_total"])
+                    with m.If((retired == need) & ~(next_fc & fc.busy)):
+                        m.d.sync += retired.eq(0)
+                        with m.If(loading):
+                            m.d.sync += [loading.eq(0), layer.eq(0), state.eq(PRE), gi.eq(1),
+                                         gbase.eq(0), wptr.eq(0), grp.eq(0)]
+                        with m.Elif(L["final"]):
+                            m.d.sync += [fc_start.eq(1), state.eq(LOAD)]
+                        with m.Else():
+                            m.d.sync += [layer.eq(layer + 1), state.eq(PRE), gi.eq(gi + 1),
+                                         grp.eq(0)]
+                with m.Case(PRE):
+                    m.d.sync += state.eq(RUN)
+            return m
         with m.Switch(state):
             with m.Case(LOAD):
-                with m.If(pix_take & (npix == plan.n_pixels - 1)):
+                with m.If(load_take & (npix == plan.n_pixels - 1)):
                     m.d.sync += state.eq(WAIT)
             with m.Case(WAIT):
                 # the phase's rows are all written: start the next layer (or the first)

@@ -173,6 +173,7 @@ class Board:
     leds: tuple = ()  # (resource name, index, status bit)
     uart_tx_enable: bool = False  # ULX3S: drive uart_tx_enable high
     array: tuple = (16, 16)  # default systolic array (rows, cols) of the accelerator
+    overlap: bool = True  # pipelined images: the classifier on its own engine (hw.fc)
     network: str = "lenet"  # the network it builds by default (see "Networks per board")
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -234,6 +235,7 @@ BOARDS: dict[str, Board] = {
               ("led_g", 3, 2), ("led_g", 4, 3), ("led_r", 1, 5)),
         extra={"break_off_pmod": True},
         array=(2, 2),
+        overlap=False,  # no room for the FC engine: 72 % of the LCs are used without it
         network="lenet-w4n1",
     ),
     "tang_nano_9k": Board(
@@ -246,6 +248,7 @@ BOARDS: dict[str, Board] = {
         bitstream="fs",
         leds=_leds("led", 6),
         array=(2, 2),
+        overlap=False,  # on a 2 x 2 array the classifier uses the whole array already
         network="lenet-w4",
     ),
     "tang_primer_20k": Board(
@@ -258,6 +261,7 @@ BOARDS: dict[str, Board] = {
         bitstream="fs",
         leds=(),  # the core board alone has no user LEDs
         array=(4, 4),
+        overlap=False,
         network="lenet-w4",
     ),
     "arty_a7": Board(

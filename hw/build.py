@@ -309,9 +309,11 @@ def render_markdown(rep: dict) -> str:
         net = core.get("network") or {}
         lines.append(f"- systolic array: {core['array'][0]} x {core['array'][1]}; network "
                      + "; ".join(net.get("layers", [])))
+    net = core.get("network") or {}
     lines.append(f"- cycles per image: {rep['cycles_per_image']}"
-                 + (f" ({core['network']['cycles_over_ideal']:.3f} x ideal)"
-                    if core.get("network") else ""))
+                 + (f" ({net['cycles_over_ideal']:.3f} x ideal)" if net else "")
+                 + ("; images pipelined (classifier on the FC engine), latency of one image "
+                    f"{rep['latency_cycles']} cycles" if net.get("overlap") else ""))
     if rep.get("images_per_s_at_fmax") is not None:
         lines.append(f"- images/s at Fmax: {rep['images_per_s_at_fmax']:,.0f} "
                      f"(at {rep['requested_mhz']:g} MHz: {rep['images_per_s_at_requested']:,.0f})")
@@ -362,6 +364,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="accel: the accelerator; fixture: the small test fixture core")
     ap.add_argument("--array", type=_array_arg, metavar="RxC",
                     help="systolic array rows x cols of the accelerator (default: the board's)")
+    ap.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                    help="pipeline images: the classifier on its own engine beside the next "
+                         "image's convolutions (default: the board's; on for ulx3s and arty_a7)")
     ap.add_argument("--synth-only", action="store_true", help="stop after synthesis")
     ap.add_argument("--list-boards", action="store_true")
     ap.add_argument("--out-dir", type=Path, help="default bitstreams/<board>")
@@ -424,7 +429,9 @@ def build(args) -> dict:
     t0 = time.monotonic()
     try:
         rows, cols = args.array or board.array
-        core = make_core(weights, args.arith, kind=args.core, rows=rows, cols=cols)
+        overlap = board.overlap if args.overlap is None else args.overlap
+        core = make_core(weights, args.arith, kind=args.core, rows=rows, cols=cols,
+                         overlap=overlap)
     except CoreUnavailable as err:
         raise BuildError(str(err), EXIT_USAGE) from None
     divisor = uart_divisor(freq * 1e6, args.baud)
@@ -478,6 +485,7 @@ def build(args) -> dict:
         "asked_mhz": requested,
         "pll": pll.to_dict() if pll else None,
         "cycles_per_image": core.cycles_per_image,
+        "latency_cycles": getattr(core, "latency_cycles", core.cycles_per_image),
         "uart": {"baud": args.baud, "divisor": divisor},
     }
     products = {}
@@ -555,6 +563,7 @@ def _network_summary(core) -> dict | None:
         "ops_per_image": plan.ops,
         "ideal_cycles": plan.ideal_cycles,
         "cycles_over_ideal": round(core.cycles_per_image / plan.ideal_cycles, 4),
+        "overlap": plan.overlap,
         "buf_depth": list(plan.buf_depth),
         "w_depth": plan.w_depth,
     }

@@ -122,6 +122,8 @@ class Requant(wiring.Component):
         Channels per beat (one ``S`` per beat is shared by all of them).
     max_fan_in : int
         BM only: most codes in a window (the width of ``S``, :func:`window_sum_bits`).
+    relu : bool or None
+        Fix ``relu`` at elaboration (no ``relu`` port); ``None`` (default) makes it a port.
 
     Members
     -------
@@ -138,8 +140,10 @@ class Requant(wiring.Component):
     relu : In(1)
     """
 
-    def __init__(self, params, *, lanes: int = 1, max_fan_in: int = 5184):
+    def __init__(self, params, *, lanes: int = 1, max_fan_in: int = 5184,
+                 relu: bool | None = None):
         self.params = check_params(params, block="Requant")
+        self.static_relu = relu
         self.lanes = check_count("lanes", lanes)
         self.max_fan_in = check_count("max_fan_in", max_fan_in)
         p = params
@@ -167,8 +171,9 @@ class Requant(wiring.Component):
             "i": In(stream.Signature(layout)),
             "o": Out(stream.Signature(data.ArrayLayout(signed(self.out_bits), lanes))),
             "out_shift": In(range(64)),
-            "relu": In(1),
         }
+        if relu is None:
+            ports["relu"] = In(1)
         if self.bm:
             ports["c_shift"] = In(range(p.max_c_shift + 1))
         super().__init__(ports)
@@ -208,21 +213,14 @@ class Requant(wiring.Component):
                 m.d.sync += y.eq((corr + rnd.as_signed()) >> sh)
             # stage 3: saturation
             out = self.o.payload[lane]
+            relu = self.relu if self.static_relu is None else int(self.static_relu)
+            sat_code = Mux(y < 0, 0, Mux(y > p.a_max, p.a_max, y))
+            sat_logit = Mux(y < lo, lo, Mux(y > hi, hi, y))
             with m.If(en):
-                with m.If(self.relu):
-                    with m.If(y < 0):
-                        m.d.sync += out.eq(0)
-                    with m.Elif(y > p.a_max):
-                        m.d.sync += out.eq(p.a_max)
-                    with m.Else():
-                        m.d.sync += out.eq(y)
-                with m.Else():
-                    with m.If(y < lo):
-                        m.d.sync += out.eq(lo)
-                    with m.Elif(y > hi):
-                        m.d.sync += out.eq(hi)
-                    with m.Else():
-                        m.d.sync += out.eq(y)
+                if self.static_relu is None:
+                    m.d.sync += out.eq(Mux(relu, sat_code, sat_logit))
+                else:
+                    m.d.sync += out.eq(sat_code if relu else sat_logit)
         return m
 
 

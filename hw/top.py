@@ -360,13 +360,14 @@ CORE_KINDS = ("accel", "fixture")
 
 
 def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int = 16,
-              cols: int = 16):
+              cols: int = 16, overlap: bool = False):
     """Build the compute core for a board.
 
     ``kind="accel"`` loads the export ``weights`` (:func:`model.export.load_export`), checks that
     its arithmetic is ``arith`` and builds ``hw.accel.Accelerator`` from it on a ``rows x cols``
     systolic array (through its ``from_export`` classmethod when it has one, else
-    ``Accelerator(export)``). Until
+    ``Accelerator(export)``), pipelining images when ``overlap`` (``hw.accel.plan_network``).
+    Until
     ``hw/accel.py`` exists this raises :class:`CoreUnavailable`. ``kind="fixture"`` builds the
     :class:`FixtureCore` test fixture and ignores ``weights``.
     """
@@ -392,6 +393,6 @@ def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int
     if export.arith != arith:
         raise ValueError(f"{weights}: the export is {export.arith!r} arithmetic, not {arith!r}")
     factory = getattr(Accelerator, "from_export", None)
-    core = (factory(export, rows=rows, cols=cols) if factory is not None
+    core = (factory(export, rows=rows, cols=cols, overlap=overlap) if factory is not None
             else Accelerator(export))
     return _check_core(core)

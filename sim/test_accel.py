@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import require_data
-from hw.accel import Accelerator, plan_network, predict_image_cycles
+from hw.accel import Accelerator, plan_network, predict_image_cycles, predict_interval
 from model.params import PRESETS, BMParams, LayerSpec
 from model.reference import ref_network
 from sim.nets import SHIPPED, lenet_layers, random_tensors
@@ -30,6 +30,7 @@ def _run(plan, layers, tensors, images, tag, *, backpressure=0.0):
         ],
         "cycles": predict_image_cycles(plan),
         "backpressure": backpressure,
+        "interval": predict_interval(plan),
     }
     run_cocotb(Accelerator(plan, tensors), toplevel="accel", module="tb_accel", params=cfg,
                tag=tag)
@@ -42,30 +43,35 @@ def _small_net(p):
     return layers, random_tensors(p, layers, seed=3)
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("backpressure", [0.0, 0.5])
 @pytest.mark.parametrize("preset", ["bm8", "mac8"])
-def test_accel_small_network(preset, backpressure):
-    """A conv-conv-linear network on 12x12 images, random tensors, 4x4 array."""
+def test_accel_small_network(preset, backpressure, overlap):
+    """A conv-conv-linear network on 12x12 images, random tensors, 4x4 array; images one at a
+    time, then back to back (latency and interval against the model)."""
     p = PRESETS[preset]
     layers, tensors = _small_net(p)
-    plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4)
+    plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4, overlap=overlap)
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, 144) for _ in range(3)]
     images[0][:40] = 0  # all-zero windows: the BM zero flag
-    _run(plan, layers, tensors, images, tag=f"small-{preset}-{backpressure}",
+    _run(plan, layers, tensors, images, tag=f"small-{preset}-{backpressure}-{int(overlap)}",
          backpressure=backpressure)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("arith", ["bm", "mac"])
-def test_accel_shipped_export(arith, mnist):
-    """The shipped LeNet export on real MNIST test images, 16x16 array."""
+def test_accel_shipped_export(arith, overlap, mnist):
+    """The shipped LeNet export on real MNIST test images, 16x16 array; with ``overlap`` (the
+    ULX3S build) without back-pressure, so that the latency and the interval are checked."""
     from model.export import load_export
 
     exp = load_export(require_data(SHIPPED[arith], f"shipped {arith} export"))
-    plan = plan_network(exp.params, list(exp.layers), exp.input_shape, exp.pixel_shift)
-    _run(plan, list(exp.layers), exp.tensors, mnist[2][:4], tag=f"shipped-{arith}",
-         backpressure=0.2)
+    plan = plan_network(exp.params, list(exp.layers), exp.input_shape, exp.pixel_shift,
+                        overlap=overlap)
+    _run(plan, list(exp.layers), exp.tensors, mnist[2][:4],
+         tag=f"shipped-{arith}-{int(overlap)}", backpressure=0.0 if overlap else 0.2)
 
 
 @pytest.mark.parametrize("preset", ["bm8", "mac8"])
