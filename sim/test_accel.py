@@ -107,28 +107,31 @@ def test_weight_bit_flip_in_rtl_memory_is_caught(preset, tmp_path):
     assert report["mismatches"], "the flipped weight changed no logit"
 
 
-def test_native_harness_small_network(tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_native_harness_small_network(tmp_path, overlap):
     """The native Verilator harness of ``sim.fullset`` on the small network: every logit and the
-    cycle count equal, and a flipped weight bit is reported."""
+    cycle count equal (with ``overlap`` the images stream back to back and the intervals are
+    checked too), and a flipped weight bit is reported."""
     from sim.fullset import flip_weight, run_harness
     from sim.runner import build_native
 
     _require("verilator")
     p = PRESETS["bm8"]
     layers, tensors = _small_net(p)
-    plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4)
+    plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4, overlap=overlap)
     rng = np.random.default_rng(7)
     images = rng.integers(0, 256, (6, 144))
     images[0, :40] = 0
     want = np.stack([ref_network(p, layers, tensors, im.reshape(1, 12, 12)) for im in images])
     cycles = predict_image_cycles(plan)
     r = run_harness(build_native(Accelerator(plan, tensors)), images, want, tmp_path / "ok",
-                    max_cycles=10 * cycles)
+                    max_cycles=10 * cycles, stream=overlap)
     assert r["returncode"] == 0, r
     assert (r["images"], r["n_mismatched_images"], r["cycles"]) == (6, 0, [cycles])
+    assert r["intervals"] == ([predict_interval(plan)] if overlap else [])
     bad = flip_weight(tensors, "0,4,8", p)
     r = run_harness(build_native(Accelerator(plan, bad)), images, want, tmp_path / "bad",
-                    max_cycles=10 * cycles)
+                    max_cycles=10 * cycles, stream=overlap)
     assert r["returncode"] == 1 and r["n_mismatched_images"] > 0
 
 

@@ -7,6 +7,10 @@
 // mismatches [[image, logit, expected, got], ...] (first 50), cycles per image (distinct
 // values), wall seconds. Exit status 0 when every logit of every image matched.
 //
+// With a third argument "stream" the images go in back to back (the source never waits for an
+// answer), as a pipelined accelerator runs; "cycles" is then the first image's latency and
+// "intervals" the distinct gaps between consecutive images' last logits.
+//
 // Handshake convention as the cocotb testbench: inputs are changed right after a rising edge,
 // a transfer happens at a rising edge where valid and ready are both high.
 #include <chrono>
@@ -14,6 +18,7 @@
 #include <cstdio>
 #include <memory>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "Vaccel.h"
@@ -29,7 +34,7 @@
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s INPUT.bin [MAX_CYCLES_PER_IMAGE]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s INPUT.bin [MAX_CYCLES_PER_IMAGE [stream]]\n", argv[0]);
         return 2;
     }
     std::FILE* f = std::fopen(argv[1], "rb");
@@ -70,9 +75,59 @@ int main(int argc, char** argv) {
     tick();
 
     std::vector<std::vector<long>> bad;
-    std::set<long> cycles;
+    std::set<long> cycles, intervals;
     auto t0 = std::chrono::steady_clock::now();
-    for (int img = 0; img < n_images; ++img) {
+    const bool stream = argc > 3 && std::string(argv[3]) == "stream";
+    if (stream) {
+        const long total_px = (long)n_images * n_pixels;
+        auto pixel = [&](long k) {
+            return (uint8_t)buf[(size_t)(k / n_pixels) * (n_pixels + n_logits) + k % n_pixels];
+        };
+        long sent = 0, first = -1, progress = cycle, prev_end = -1;
+        int img = 0, got = 0, first_bad = 0;
+        top->I_PAYLOAD = pixel(0);
+        top->I_VALID = 1;
+        top->eval();
+        while (img < n_images) {
+            const bool in_fire = top->I_VALID && top->I_READY;
+            const bool out_fire = top->O_VALID && top->O_READY;
+            const int32_t out = (int32_t)top->O_PAYLOAD;
+            tick();
+            if (in_fire) {
+                if (first < 0) first = cycle;
+                if (++sent < total_px) {
+                    top->I_PAYLOAD = pixel(sent);
+                } else {
+                    top->I_VALID = 0;
+                }
+            }
+            if (out_fire) {
+                const int32_t* want = &buf[(size_t)img * (n_pixels + n_logits) + n_pixels];
+                if (out != want[got] && !first_bad) {
+                    bad.push_back({img, got, want[got], out});
+                    first_bad = 1;
+                }
+                progress = cycle;
+                if (++got == n_logits) {
+                    if (prev_end < 0) {
+                        cycles.insert(cycle - first + 1);
+                    } else {
+                        intervals.insert(cycle - prev_end);
+                    }
+                    prev_end = cycle;
+                    got = 0;
+                    first_bad = 0;
+                    ++img;
+                }
+            }
+            top->eval();
+            if (cycle - progress > max_cycles) {
+                std::fprintf(stderr, "image %d: no result after %ld cycles\n", img, max_cycles);
+                return 3;
+            }
+        }
+    }
+    for (int img = 0; !stream && img < n_images; ++img) {
         const int32_t* px = &buf[(size_t)img * (n_pixels + n_logits)];
         const int32_t* want = px + n_pixels;
         int sent = 0, got = 0;
@@ -120,6 +175,12 @@ int main(int argc, char** argv) {
     std::printf("], \"n_mismatched_images\": %zu, \"cycles\": [", bad.size());
     bool comma = false;
     for (long c : cycles) {
+        std::printf("%s%ld", comma ? ", " : "", c);
+        comma = true;
+    }
+    std::printf("], \"intervals\": [");
+    comma = false;
+    for (long c : intervals) {
         std::printf("%s%ld", comma ? ", " : "", c);
         comma = true;
     }
