@@ -30,6 +30,23 @@ Dataflow
 * The image is loaded through the same write path. Layers run one after the other; a layer
   starts when the previous one's last row is written. The last layer streams its logits out.
 
+Pipelined images (``NetPlan.overlap``, the ULX3S and Arty builds)
+------------------------------------------------------------------
+On a 16 x 16 array the paper LeNet's classifier (one output pixel, 5,184 steps) keeps one array
+row of sixteen busy for a quarter of the image, and loading 784 pixels one per cycle costs
+another 784 cycles. With ``overlap``:
+
+* the classifier runs on :class:`hw.fc.FCEngine`, a ``1 x n_out`` array of the same processing
+  elements with its own exp and requantization units; the layer before it (the *feeder*)
+  writes its rows into the engine's buffer instead of a feature-map buffer, and the engine
+  runs beside the next image's first layers. The feeder waits while the engine is busy;
+* the image streams into a staging memory (``cols`` pixels a word) while the previous image
+  computes, and is copied into the feature-map banks ``cols`` pixels per cycle through the
+  log unit and the write stage.
+
+Each image's cycles are then the copy and the array layers only (:func:`predict_interval`);
+its latency is longer (:func:`predict_image_cycles`).
+
 Members
 -------
 i : In(stream.Signature(unsigned(8)))
@@ -37,7 +54,8 @@ i : In(stream.Signature(unsigned(8)))
 o : Out(stream.Signature(signed(32)))
     ``n_logits`` logits per image, in class order.
 busy : Out(1)
-    High from the first pixel until the last logit is taken.
+    High from the first pixel until the last logit is taken (with ``overlap``: while any image
+    is staged, computing or in the FC engine).
 """
 
 from __future__ import annotations
@@ -283,9 +301,10 @@ def predict_interval(plan: NetPlan) -> int:
 
     Without ``overlap`` an image starts when the previous one has left: after the logits, the
     other ``rows - 1`` rows of the last tile drain (they wait while the logits leave), and the
-    state machine takes two cycles, so the interval is the latency plus ``rows + 1``. With it the main array runs back to back: the copy of the staged image and
-    the array layers. The FC engine runs beside them; it only sets the pace when it takes
-    longer than the layers before the feeder (the feeder waits for it).
+    state machine takes two cycles, so the interval is the latency plus ``rows + 1``. With it
+    the main array runs back to back: the copy of the staged image and the array layers. The FC
+    engine runs beside them; it only sets the pace when it takes longer than the layers before
+    the feeder (the feeder waits for it).
     """
     bm = isinstance(plan.params, BMParams)
     if not plan.overlap:

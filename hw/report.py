@@ -436,8 +436,8 @@ def render_markdown(s: dict, meta: dict) -> str:
     if fom:
         L += ["## Figure of merit", "",
               "Images/s per 1,000 LUT of the whole accelerator. Throughput is Fmax (nextpnr) "
-              "over the exact cycles per image (`hw.accel.predict_image_cycles`). With DSPs "
-              "allowed a DSP block counts as the LUTs it saved in this very design "
+              "over the exact steady-state cycles per image (`hw.accel.predict_interval`). "
+              "With DSPs allowed a DSP block counts as the LUTs it saved in this very design "
               "(LUTs without DSP minus LUTs with DSP, per DSP). Families without a place and "
               "route here use a nominal 100 MHz, marked.", "",
               "| family | | LUT | FF | DSP | BRAM | LUT eq. | Fmax MHz | images/s | "

@@ -78,7 +78,7 @@ async def accel_images(dut):
             got, last_edge = await _collect(dut, tb, n_log, bp, 4 * cfg["cycles"])
             ends.append(last_edge)
             _first_mismatch(dut, idx, want, got, mismatches)
-        intervals = [b - a for a, b in zip(ends, ends[1:])]
+        intervals = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     wall = time.time() - t0
     if cfg.get("report"):
         with open(cfg["report"], "w") as f:
