@@ -60,8 +60,7 @@ def test_accel_small_network(preset, backpressure, overlap):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overlap", [False, True])
-@pytest.mark.parametrize("arith", ["bm", "mac"])
+@pytest.mark.parametrize("arith,overlap", [("bm", False), ("bm", True), ("mac", True)])
 def test_accel_shipped_export(arith, overlap, mnist):
     """The shipped LeNet export on real MNIST test images, 16x16 array; with ``overlap`` (the
     ULX3S build) without back-pressure, so that the latency and the interval are checked."""
