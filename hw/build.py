@@ -151,7 +151,8 @@ XILINX_CELLS = {
     "LUT": re.compile(r"^LUT[1-6]$"),
     "CARRY4": re.compile(r"^CARRY4$"),
     "FF": re.compile(r"^FD[RSCP]E(_1)?$"),
-    "BRAM": re.compile(r"^RAMB(18|36)E1$"),
+    "RAMB36E1": re.compile(r"^RAMB36E1$"),
+    "RAMB18E1": re.compile(r"^RAMB18E1$"),
     "DSP": re.compile(r"^DSP48E1$"),
     "LUTRAM": re.compile(r"^RAM(32|64|128|256)[XM]"),
     "MUXF": re.compile(r"^MUXF[78]$"),
@@ -169,16 +170,32 @@ def _stat_cells(stat: dict) -> dict:
     return cells
 
 
+# what the Artix-7 parts of the Arty boards have (7 Series product table)
+XILINX_DEVICES = {
+    "xc7a35t": {"LUT": 20_800, "FF": 41_600, "BRAM": 50, "DSP": 90},
+    "xc7a100t": {"LUT": 63_400, "FF": 126_800, "BRAM": 135, "DSP": 240},
+}
+
+
 def xilinx_utilization(stat: dict) -> dict:
-    """LUT/CARRY4/FF/BRAM/DSP (and LUTRAM, MUXF) counts from Yosys ``stat -json``."""
+    """LUT/CARRY4/FF/BRAM/DSP (and LUTRAM, MUXF) counts from Yosys ``stat -json``. ``BRAM`` is
+    in 36 kbit blocks: a RAMB18E1 counts half."""
     cells = _stat_cells(stat)
     out = {k: 0 for k in XILINX_CELLS}
     for typ, n in cells.items():
         for group, pat in XILINX_CELLS.items():
             if pat.match(typ.lstrip("\\$")):
                 out[group] += n
+    bram = out["RAMB36E1"] + out["RAMB18E1"] / 2
+    out["BRAM"] = int(bram) if bram == int(bram) else bram
     out["cells_by_type"] = dict(sorted(cells.items()))
     return out
+
+
+def xilinx_capacity(device: str) -> dict:
+    """The part's LUT/FF/BRAM (36 kbit)/DSP totals, or ``{}`` for an unknown part."""
+    dev = str(device or "").lower()
+    return next((v for k, v in XILINX_DEVICES.items() if dev.startswith(k)), {})
 
 
 # -- running the platform's commands stage by stage --------------------------------------------
@@ -327,10 +344,18 @@ def render_markdown(rep: dict) -> str:
                 lines.append(f"| {k} | {v['used']} | {v['total']} | {v['percent']} |")
         lines += ["", "Resources with zero use are left out here; report.json has them all."]
     elif util:
-        lines += ["| cell group | count |", "|---|---:|"]
+        cap = rep.get("capacity") or {}
+        lines += ["| cell group | count | device total | % |", "|---|---:|---:|---:|"]
         for k, v in util.items():
             if not isinstance(v, dict):
-                lines.append(f"| {k} | {v} |")
+                total = cap.get(k)
+                pct = f"{100 * v / total:.0f}" if total else ""
+                name = "BRAM (36 kbit blocks)" if k == "BRAM" else k
+                lines.append(f"| {name} | {v} | {total or ''} | {pct} |")
+        over = [k for k, t in cap.items() if util.get(k, 0) > t]
+        if over:
+            lines += ["", f"**Does not fit this part** ({', '.join(over)} over its total); "
+                      "see `hw/boards.py` for the sizes that do."]
     else:
         lines.append("(none)")
     if rep.get("missing"):
@@ -496,6 +521,7 @@ def build(args) -> dict:
             rep["utilization"] = {k: v for k, v in xilinx_utilization(stat).items()
                                   if k != "cells_by_type"}
             rep["cells_by_type"] = xilinx_utilization(stat)["cells_by_type"]
+            rep["capacity"] = xilinx_capacity(device)
             products["top.json"] = workdir / "top.json"
             products["top.stat.json"] = workdir / "top.stat.json"
         products["yosys.log"] = logs[0]

@@ -199,6 +199,11 @@ def test_xilinx_utilization_groups():
         "MUXF7": 1, "IBUF": 2}}}}
     u = hwbuild.xilinx_utilization(stat)
     assert (u["LUT"], u["CARRY4"], u["FF"], u["BRAM"], u["DSP"], u["MUXF"]) == (5, 2, 8, 1, 3, 1)
+    stat["modules"]["\\top"]["num_cells_by_type"]["RAMB18E1"] = 3  # a RAMB18 is half a block
+    assert hwbuild.xilinx_utilization(stat)["BRAM"] == 2.5
+    assert hwbuild.xilinx_capacity("xc7a35ticsg324-1L")["BRAM"] == 50
+    assert hwbuild.xilinx_capacity("xc7a100ticsg324-1L")["LUT"] == 63_400
+    assert hwbuild.xilinx_capacity("xc7k325t") == {}
 
 
 def test_gowin_wrapper_translates_legacy_arguments():
