@@ -136,6 +136,13 @@ class NetPlan:
     overlap: bool = False
 
     @property
+    def w_pack(self) -> int:
+        """Weight columns per memory: two when a column is at most 1,024 codes deep, so that a
+        pair fills one 1024 x 18 block RAM (ECP5 DP16KD, Xilinx RAMB18, Gowin BSRAM) instead
+        of half-filling two."""
+        return 2 if self.w_depth <= 1024 and self.cols > 1 else 1
+
+    @property
     def array_layers(self) -> tuple[LayerPlan, ...]:
         """The layers the main array runs (all but the classifier when ``overlap``)."""
         return tuple(lp for lp in self.layers if lp.on_array)
@@ -498,11 +505,19 @@ class Accelerator(wiring.Component):
                 banks[b].append((mem.read_port(), mem.write_port()))
         w_init = self._weight_init()
         b_shape = signed(p.w_log_bits) if bm else signed(p.w_bits)
-        wmems = []
-        for c in range(C):
-            mem = Memory(shape=b_shape, depth=plan.w_depth, init=w_init[c])
-            m.submodules[f"wmem{c}"] = mem
+        wmems = []  # one read port per memory of ``w_pack`` columns
+        wcol = []  # per column: its memory's read port and its place in the word
+        pk = plan.w_pack
+        for k in range(math.ceil(C / pk)):
+            cs = list(range(k * pk, min(C, (k + 1) * pk)))
+            if pk == 1:
+                mem = Memory(shape=b_shape, depth=plan.w_depth, init=w_init[k])
+            else:
+                mem = Memory(shape=data.ArrayLayout(b_shape, len(cs)), depth=plan.w_depth,
+                             init=[[w_init[c][a] for c in cs] for a in range(len(w_init[k * pk]))])
+            m.submodules[f"wmem{k}"] = mem
             wmems.append(mem.read_port())
+            wcol += [(wmems[-1], j if pk > 1 else None) for j in range(len(cs))]
 
         # -- control -----------------------------------------------------------------------------
         state = Signal(range(5))
@@ -593,8 +608,8 @@ class Accelerator(wiring.Component):
                              arr.i.payload.a[j].zero.eq((wv.x == 0) if p.dx == 0 else 0)]
             else:
                 m.d.comb += arr.i.payload.a[j].eq(wv.x)
-        for c, rp in enumerate(wmems):
-            m.d.comb += arr.i.payload.b[c].eq(rp.data)
+        for c, (rp, j) in enumerate(wcol):
+            m.d.comb += arr.i.payload.b[c].eq(rp.data if j is None else rp.data[j])
         m.d.comb += arr.i.payload.last.eq(b_last)
 
         # window sums per lane, one register stage behind the array input (timing: the block

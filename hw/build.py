@@ -392,6 +392,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                     help="pipeline images: the classifier on its own engine beside the next "
                          "image's convolutions (default: the board's; on for ulx3s and arty_a7)")
+    ap.add_argument("--synth-opts", default="", metavar="OPTS",
+                    help="extra options for the Yosys synth_<family> command, after the board's "
+                         "(e.g. -nolutram to step around a Yosys bug)")
     ap.add_argument("--synth-only", action="store_true", help="stop after synthesis")
     ap.add_argument("--list-boards", action="store_true")
     ap.add_argument("--out-dir", type=Path, help="default bitstreams/<board>")
@@ -466,8 +469,9 @@ def build(args) -> dict:
         overrides["nextpnr_opts"] = f"--timing-allow-fail --freq {freq:g}"
     else:
         overrides["nextpnr_opts"] = "--timing-allow-fail"
-    if board.extra.get("synth_opts"):
-        overrides["synth_opts"] = board.extra["synth_opts"]
+    synth_opts = " ".join(o for o in (board.extra.get("synth_opts", ""), args.synth_opts) if o)
+    if synth_opts:
+        overrides["synth_opts"] = synth_opts
     plan = platform.prepare(PlatformTop(board, top, pll), "top", **overrides)
     shutil.rmtree(workdir, ignore_errors=True)
     plan.extract(workdir)
