@@ -238,6 +238,10 @@ def _run_stage(workdir: Path, prelude, command: str, idx: int, env: dict) -> Pat
         proc = subprocess.run(["sh", script.name], cwd=workdir, env=env, stdout=fh,
                               stderr=subprocess.STDOUT)
     dt = time.monotonic() - t0
+    rpt = workdir / "top.rpt"  # amaranth runs ``yosys -q -l top.rpt``: the log is there
+    if var == "YOSYS" and rpt.exists() and rpt.stat().st_mtime >= time.time() - dt - 1:
+        with open(logf, "a") as fh, open(rpt, errors="replace") as src:
+            shutil.copyfileobj(src, fh)
     if proc.returncode != 0:
         tail = "\n".join(logf.read_text(errors="replace").splitlines()[-25:])
         raise BuildError(f"{name} failed (exit {proc.returncode}) after {dt:.1f} s; "
