@@ -100,7 +100,8 @@ class XrayFixMixin:
                     read_verilog {{file}}
                 {% endfor %}
                 read_verilog {{name}}.v
-                synth_xilinx -flatten -abc9 -arch xc7 -top {{name}}
+                {% set opts = get_override("synth_opts")|options -%}
+                synth_xilinx -flatten -abc9 -arch xc7 {{opts}} -top {{name}}
                 tee -q -o {{name}}.stat.json stat -json
                 write_json {{name}}.json
             """,

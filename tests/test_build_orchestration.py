@@ -109,10 +109,13 @@ def test_xray_orchestration_chipdb_name_is_configurable(xray_env, monkeypatch):
     (db / "artix7" / "xc7a100tcsg324-1" / "part.yaml").write_text("")
     monkeypatch.setenv("XRAY_CHIPDB", "xc7a100t.bin")
     rc = hwbuild.main(["--board", "arty_a7", "--variant", "100T", "--core", "fixture",
-                       "--out-dir", str(tmp / "out"), "--work-dir", str(tmp / "work")])
+                       "--out-dir", str(tmp / "out"), "--work-dir", str(tmp / "work"),
+                       "--synth-opts=-nolutram"])
     assert rc == 0
     pnr = shlex.split(record.read_text().splitlines()[1])
     assert pnr[pnr.index("--chipdb") + 1] == f"{chipdb}/xc7a100t.bin"
+    # --synth-opts reaches the synthesis command, after the board's own options
+    assert "-nolutram" in (tmp / "work" / "top.ys").read_text()
 
 
 def test_xray_orchestration_missing_tools_named(tmp_path, monkeypatch, capsys):
