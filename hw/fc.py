@@ -1,7 +1,7 @@
 """The network's linear classifier on its own small engine, beside the main array.
 
 On the 16 x 16 array a linear layer is one pixel: one array row of sixteen does useful work, so
-the paper LeNet's ``Linear(5184, 10)`` takes 5,184 cycles of a 22,000-cycle image while using a
+the paper LeNet's ``Linear(5184, 10)`` takes 5,184 cycles of a 31,000-cycle image while using a
 sixteenth of the array. :class:`FCEngine` takes it off the array: a ``1 x n_out`` array of the
 same processing elements (:class:`hw.array.SystolicArray`), its own exp unit and
 requantization, and its own copy of its input map.
