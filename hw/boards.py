@@ -36,8 +36,10 @@ full; ``--array 4x4`` builds it. ``tang_primer_20k`` (GW2A-18, 828 kbit) does
 not fit the paper LeNet either (weights plus maps are over 1.1 Mbit); it defaults to the same
 variant.
 
-``arty_a7``: the paper LeNet on a 16 x 16 array (synthesis report; the 35T's 1.8 Mbit of block
-RAM is too small for the padded memories, the 100T's 4.9 Mbit is not).
+``arty_a7``: the paper LeNet on a 16 x 16 array, pipelined (synthesis report). The 35T's 50
+36-kbit block RAMs hold it with half a block to spare (49.5 used: the classifier's weights in the
+FC engine rather than padded into every column memory, weight columns paired); the 100T has
+135.
 
 Platform fixes
 --------------
