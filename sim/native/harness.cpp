@@ -77,95 +77,56 @@ int main(int argc, char** argv) {
     std::vector<std::vector<long>> bad;
     std::set<long> cycles, intervals;
     auto t0 = std::chrono::steady_clock::now();
+    // one loop for both modes: without "stream" image k+1's pixels wait for image k's logits
     const bool stream = argc > 3 && std::string(argv[3]) == "stream";
-    if (stream) {
-        const long total_px = (long)n_images * n_pixels;
-        auto pixel = [&](long k) {
-            return (uint8_t)buf[(size_t)(k / n_pixels) * (n_pixels + n_logits) + k % n_pixels];
-        };
-        long sent = 0, first = -1, progress = cycle, prev_end = -1;
-        int img = 0, got = 0, first_bad = 0;
-        top->I_PAYLOAD = pixel(0);
-        top->I_VALID = 1;
-        top->eval();
-        while (img < n_images) {
-            const bool in_fire = top->I_VALID && top->I_READY;
-            const bool out_fire = top->O_VALID && top->O_READY;
-            const int32_t out = (int32_t)top->O_PAYLOAD;
-            tick();
-            if (in_fire) {
-                if (first < 0) first = cycle;
-                if (++sent < total_px) {
-                    top->I_PAYLOAD = pixel(sent);
+    const long total_px = (long)n_images * n_pixels;
+    auto pixel = [&](long k) {
+        return (uint8_t)buf[(size_t)(k / n_pixels) * (n_pixels + n_logits) + k % n_pixels];
+    };
+    std::vector<long> first(n_images, -1);  // the edge that took each image's first pixel
+    long sent = 0, progress = cycle, prev_end = -1;
+    int img = 0, got = 0, first_bad = 0;
+    auto present = [&]() {  // drive the next pixel, if it may go in now
+        top->I_VALID = sent < total_px && (stream || sent < (long)(img + 1) * n_pixels);
+        if (top->I_VALID) top->I_PAYLOAD = pixel(sent);
+    };
+    present();
+    top->eval();
+    while (img < n_images) {
+        // sample the handshakes the coming edge will see
+        const bool in_fire = top->I_VALID && top->I_READY;
+        const bool out_fire = top->O_VALID && top->O_READY;
+        const int32_t out = (int32_t)top->O_PAYLOAD;
+        tick();
+        if (in_fire) {
+            if (sent % n_pixels == 0) first[sent / n_pixels] = cycle;
+            ++sent;
+        }
+        if (out_fire) {
+            const int32_t* want = &buf[(size_t)img * (n_pixels + n_logits) + n_pixels];
+            if (out != want[got] && !first_bad) {
+                bad.push_back({img, got, want[got], out});
+                first_bad = 1;
+            }
+            progress = cycle;
+            if (++got == n_logits) {
+                if (!stream || prev_end < 0) {
+                    cycles.insert(cycle - first[img] + 1);  // latency (stream: the first image)
                 } else {
-                    top->I_VALID = 0;
+                    intervals.insert(cycle - prev_end);
                 }
-            }
-            if (out_fire) {
-                const int32_t* want = &buf[(size_t)img * (n_pixels + n_logits) + n_pixels];
-                if (out != want[got] && !first_bad) {
-                    bad.push_back({img, got, want[got], out});
-                    first_bad = 1;
-                }
-                progress = cycle;
-                if (++got == n_logits) {
-                    if (prev_end < 0) {
-                        cycles.insert(cycle - first + 1);
-                    } else {
-                        intervals.insert(cycle - prev_end);
-                    }
-                    prev_end = cycle;
-                    got = 0;
-                    first_bad = 0;
-                    ++img;
-                }
-            }
-            top->eval();
-            if (cycle - progress > max_cycles) {
-                std::fprintf(stderr, "image %d: no result after %ld cycles\n", img, max_cycles);
-                return 3;
+                prev_end = cycle;
+                got = 0;
+                first_bad = 0;
+                ++img;
             }
         }
-    }
-    for (int img = 0; !stream && img < n_images; ++img) {
-        const int32_t* px = &buf[(size_t)img * (n_pixels + n_logits)];
-        const int32_t* want = px + n_pixels;
-        int sent = 0, got = 0;
-        long first = -1, last = -1, start = cycle;
-        int32_t first_bad = 0;
-        top->I_PAYLOAD = (uint8_t)px[0];
-        top->I_VALID = 1;
+        present();
         top->eval();
-        while (got < n_logits) {
-            // sample the handshakes the coming edge will see
-            const bool in_fire = top->I_VALID && top->I_READY;
-            const bool out_fire = top->O_VALID && top->O_READY;
-            const int32_t out = (int32_t)top->O_PAYLOAD;
-            tick();
-            if (in_fire) {
-                if (first < 0) first = cycle;
-                ++sent;
-                if (sent < n_pixels) {
-                    top->I_PAYLOAD = (uint8_t)px[sent];
-                } else {
-                    top->I_VALID = 0;
-                }
-            }
-            if (out_fire) {
-                if (out != want[got] && !first_bad) {
-                    bad.push_back({img, got, want[got], out});
-                    first_bad = 1;
-                }
-                ++got;
-                last = cycle;
-            }
-            top->eval();
-            if (cycle - start > max_cycles) {
-                std::fprintf(stderr, "image %d: no result after %ld cycles\n", img, max_cycles);
-                return 3;
-            }
+        if (cycle - progress > max_cycles) {
+            std::fprintf(stderr, "image %d: no result after %ld cycles\n", img, max_cycles);
+            return 3;
         }
-        cycles.insert(last - first + 1);
     }
     double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("{\"images\": %d, \"mismatches\": [", n_images);
