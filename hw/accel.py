@@ -459,8 +459,8 @@ class Accelerator(wiring.Component):
             ("wbase", lambda lp: lp.wbase, 24),
         ] + ([
             ("final", lambda lp: lp.feeds_fc, 1),
-            ("next_fc", lambda lp: lp is not layers[-1] and layers[layers.index(lp) + 1].feeds_fc,
-             1),
+            # the feeder is the last array layer: the one before it precedes it
+            ("next_fc", lambda lp: len(layers) > 1 and lp is layers[-2], 1),
         ] if overlap else []):
             # the layer table is a synchronous-read ROM (registered outputs, for timing): a
             # layer starts one cycle after ``layer`` changes (state PRE), when they are valid.
