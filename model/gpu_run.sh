@@ -7,6 +7,10 @@
 #   model/gpu_run.sh finetune INIT TEACHER   end-to-end KD fine-tunes of a layer-wise KD snapshot:
 #                             all six layers BM (two learning rates), and the classifier kept
 #                             classical
+#   model/gpu_run.sh rest INIT TEACHER   one call: the Table 1 and 2 cells not finished yet
+#                             (resumed from their checkpoints) beside three longer all-BM
+#                             fine-tunes of INIT (1.5-BM classifier with a slower anneal, a
+#                             4-branch classifier at two learning rates); under MPS when it starts
 #   model/gpu_run.sh table3   CIFAR-10 ResNet-22 Table 3 (schedule "gpu": the teacher with a
 #                             150 s budget, then the nine cells 8 at a time with 420 s each,
 #                             bfloat16 autocast; about 10 minutes on one H100)
@@ -72,6 +76,44 @@ finetune)
     grep -h "epoch\|done\|finetune from\|hard max" runs_ft_*.log
     pack finetune
     ;;
+rest)
+    init=$2 teacher=$3
+    nvidia-smi -L 2>/dev/null
+    # many small processes share the GPU far better under MPS than time-sliced; keep it only if
+    # a CUDA client works through it
+    if nvidia-cuda-mps-control -d 2>/dev/null; then
+        if "$PY" -c 'import torch; torch.ones(1, device="cuda").sum().item()' 2>/dev/null; then
+            echo "MPS: on"
+        else
+            echo quit | nvidia-cuda-mps-control; echo "MPS: off (client failed)"
+        fi
+    else
+        echo "MPS: off (no daemon)"
+    fi
+    t0=$(date +%s)
+    timeout "$BUDGET" "$PY" -m model.experiments table2 --device "$DEV" --jobs 3 \
+        --threads 1 > runs_table2.log 2>&1 &
+    timeout "$BUDGET" "$PY" -m model.experiments table1 --device "$DEV" --jobs 10 \
+        --threads 1 > runs_table1.log 2>&1 &
+    common="--method finetune --init $init --teacher $teacher --beta 0 --device $DEV --no-progress"
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_allbm_long --epochs 16 \
+        --last-op lse --last-max-epochs 4 --lr 5e-4 > runs_ft_allbm_long.log 2>&1 &
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_allbm_bm4_lr1e3 --epochs 14 \
+        --last-form bm4 --last-op lse --last-max-epochs 4 --lr 1e-3 > runs_ft_allbm_bm4_lr1e3.log 2>&1 &
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_allbm_bm4 --epochs 14 \
+        --last-form bm4 --last-op lse --last-max-epochs 4 --lr 5e-4 > runs_ft_allbm_bm4.log 2>&1 &
+    wait
+    pkill -f "model.train" 2>/dev/null; sleep 2  # cells a killed driver left running
+    echo "rest: $(( $(date +%s) - t0 )) s"
+    mkdir -p runs/logs && cp runs_table*.log runs_ft_*.log runs/logs/
+    grep -h "epoch\|done\|finetune from\|hard max" runs_ft_*.log
+    grep -h "done\|rc=" runs_table*.log | tail -30
+    if [ -n "${OUT:-}" ]; then
+        tar czf "$OUT/t1.tar.gz" runs/table1 && tar czf "$OUT/t2.tar.gz" runs/table2
+        tar czf "$OUT/ft.tar.gz" runs/ft_allbm_long runs/ft_allbm_bm4 runs/ft_allbm_bm4_lr1e3 runs/logs
+        ls -la "$OUT"
+    fi
+    ;;
 table3)
     nvidia-smi -L 2>/dev/null
     "$PY" -m model.experiments table3 --device "$DEV" --jobs "${JOBS3:-8}" \
@@ -84,7 +126,7 @@ table3)
     exit $rc
     ;;
 *)
-    echo "usage: $0 probe|tables|finetune INIT TEACHER|table3" >&2
+    echo "usage: $0 probe|tables|finetune INIT TEACHER|rest INIT TEACHER|table3" >&2
     exit 2
     ;;
 esac

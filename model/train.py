@@ -86,6 +86,7 @@ class TrainConfig:
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # finetune: layers left classical (e.g. 5: the classifier)
     last_form: str | None = None  # finetune: neuron of the classifier (default: --form)
+    head_init: str = "convert"  # finetune: classifier init, "convert" or "channel" (see below)
     first_method: str = "lwkd"  # two_stage: the LSE stage
     epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
     layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
@@ -858,6 +859,34 @@ def method_lwkd_full(run: Run, data):
     return student, res
 
 
+@torch.no_grad()
+def channel_head_init(layer: nn.Module, channels: int) -> None:
+    """Start a BM classifier as a per-class global pooling of the last feature map.
+
+    Class ``j`` reads channel ``j`` of the flattened ``(C, H, W)`` features at every position with
+    the branch weight ``w + dw = 1``, and every other feature with the floor weight: at alpha = 1
+    (LSE) the logit is the channel's sum, under the hard max its maximum. A max classifier cannot
+    inhibit (its correction is the same for every class), so it works when the convolutions make
+    channel ``j`` the detector of class ``j``; the dense start lets end-to-end training get there.
+    """
+    out, fan = layer.weight.shape[0], layer.weight.shape[-1]
+    if channels < out or fan % channels:
+        raise ValueError(
+            f"channel head init needs at least {out} feature channels, not {channels}"
+        )
+    per = fan // channels
+    w = torch.zeros(out, channels, per)
+    for j in range(out):
+        w[j, j] = 1.0
+    if isinstance(layer, BM15Layer):
+        dw = float(layer.dw)
+        pos = torch.where(w > 0, w, torch.full_like(w, layer.w_floor))
+        layer.weight.copy_((pos * 1.0 - dw).view_as(layer.weight))
+    else:  # 4-branch: the positive weights as above, no negative ones
+        layer.weight.copy_(w.view_as(layer.weight))
+    layer.bias.zero_()
+
+
 def method_finetune(run: Run, data):
     """End-to-end KD fine-tune of a whole student from ``--init`` (see the module docstring)."""
     cfg = run.cfg
@@ -874,6 +903,8 @@ def method_finetune(run: Run, data):
             layer = convert_layer(replace(cfg, form=cfg.last_form), student, i)
         else:
             layer = convert_layer(cfg, student, i)
+        if i == n - 1 and cfg.head_init == "channel":
+            channel_head_init(layer, student.cfg.widths[-1])
         if cfg.last_op and i == n - 1:
             layer.set_op(MaxOp(cfg.last_op, alpha=1.0))  # exact at alpha = 1: no refit
             smooth.append(layer)
@@ -975,6 +1006,12 @@ def parse_args(argv=None) -> TrainConfig:
         choices=("bm4", "bm15"),
         default=None,
         help="finetune: neuron of the classifier (default: --form)",
+    )
+    p.add_argument(
+        "--head-init",
+        choices=("convert", "channel"),
+        default=d.head_init,
+        help="finetune: classifier from the teacher's weights, or class j = pooled channel j",
     )
     p.add_argument("--first-method", choices=("kd", "lwkd"), default=d.first_method)
     p.add_argument("--epochs", type=int, default=d.epochs)

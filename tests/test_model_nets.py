@@ -121,3 +121,32 @@ def test_kd_loss_ignores_a_shift_common_to_all_logits():
     with torch.no_grad():
         student.layers[5].bias.add_(123.0)  # every logit up by the same amount
     assert float(f(student, x, y, None).detach()) == pytest.approx(base, rel=1e-5)
+
+
+@pytest.mark.parametrize("form", ["bm15", "bm4"])
+def test_channel_head_init_pools_one_channel_per_class(form):
+    """``--head-init channel``: under the hard max, class j's branch is the maximum of feature
+    channel j over every position (and under LSE at alpha = 1 its sum)."""
+    from model.maxops import MaxOp
+    from model.train import channel_head_init
+
+    net = create_net("lenet")
+    layer = net.convert_layer(5, form, op=MaxOp("max"))
+    channel_head_init(layer, 16)
+    feats = torch.rand(3, 16, 18, 18)
+    feats[:, :, 5:, :] = 0  # some silent positions, as after a ReLU
+    flat = feats.flatten(1)
+    if form == "bm15":
+        y, e, _ = layer(flat, return_parts=True)
+    else:
+        e = layer(flat) - layer.bias
+    want = feats.amax((2, 3))[:, :10]
+    assert torch.allclose(e, want, rtol=1e-3, atol=1e-4)
+    layer.set_op(MaxOp("lse", alpha=1.0))
+    e1 = layer(flat, return_parts=True)[1] if form == "bm15" else layer(flat) - layer.bias
+    own = feats.sum((2, 3))[:, :10]
+    if form == "bm15":  # the other channels at the floor weight
+        own = own + layer.w_floor * (flat.sum(1, keepdim=True) - own)
+    assert torch.allclose(e1, own, rtol=1e-4)
+    with pytest.raises(ValueError, match="at least 10 feature channels"):
+        channel_head_init(layer, 4)
