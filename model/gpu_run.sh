@@ -23,8 +23,22 @@ export BM_DATA_DIR="${BM_DATA_DIR:-.devdata}"
 DEV="${DEVICE:-cuda}"
 BUDGET="${BUDGET:-480}"          # seconds for the training jobs; they resume if rerun
 JOBS2="${JOBS2:-5}"
-JOBS1="${JOBS1:-4}"
+JOBS1="${JOBS1:-12}"  # under MPS (this session: 19 processes on one H100 at once)
 PY="${PYTHON:-python3}"
+
+# many small processes share the GPU far better under MPS than time-sliced; keep it only if a
+# CUDA client works through it
+mps() {
+    if nvidia-cuda-mps-control -d 2>/dev/null; then
+        if "$PY" -c 'import torch; torch.ones(1, device="cuda").sum().item()' 2>/dev/null; then
+            echo "MPS: on"
+        else
+            echo quit | nvidia-cuda-mps-control; echo "MPS: off (client failed)"
+        fi
+    else
+        echo "MPS: off (no daemon, or one already running)"
+    fi
+}
 
 pack() {
     [ -n "${OUT:-}" ] || return 0
@@ -48,6 +62,7 @@ probe)
     echo "probe: classical epoch $((t1 - t0)) s, lwkd at 1/10 data $((t2 - t1)) s"
     ;;
 tables)
+    mps
     timeout "$BUDGET" "$PY" -m model.experiments table2 --device "$DEV" --jobs "$JOBS2" \
         --threads 1 > runs_table2.log 2>&1 &
     p2=$!
@@ -79,17 +94,7 @@ finetune)
 rest)
     init=$2 teacher=$3
     nvidia-smi -L 2>/dev/null
-    # many small processes share the GPU far better under MPS than time-sliced; keep it only if
-    # a CUDA client works through it
-    if nvidia-cuda-mps-control -d 2>/dev/null; then
-        if "$PY" -c 'import torch; torch.ones(1, device="cuda").sum().item()' 2>/dev/null; then
-            echo "MPS: on"
-        else
-            echo quit | nvidia-cuda-mps-control; echo "MPS: off (client failed)"
-        fi
-    else
-        echo "MPS: off (no daemon)"
-    fi
+    mps
     t0=$(date +%s)
     timeout "$BUDGET" "$PY" -m model.experiments table2 --device "$DEV" --jobs 3 \
         --threads 1 > runs_table2.log 2>&1 &
