@@ -101,11 +101,11 @@ rest)
     timeout "$BUDGET" "$PY" -m model.experiments table1 --device "$DEV" --jobs 10 \
         --threads 1 > runs_table1.log 2>&1 &
     common="--method finetune --init $init --teacher $teacher --beta 0 --device $DEV --no-progress"
-    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_allbm_long --epochs 16 \
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/gpu/ft_allbm_long --epochs 16 \
         --last-op lse --last-max-epochs 4 --lr 5e-4 > runs_ft_allbm_long.log 2>&1 &
-    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_allbm_bm4_lr1e3 --epochs 14 \
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/gpu/ft_allbm_bm4_lr1e3 --epochs 14 \
         --last-form bm4 --last-op lse --last-max-epochs 4 --lr 1e-3 > runs_ft_allbm_bm4_lr1e3.log 2>&1 &
-    timeout "$BUDGET" "$PY" -m model.train $common --out runs/ft_allbm_bm4 --epochs 14 \
+    timeout "$BUDGET" "$PY" -m model.train $common --out runs/gpu/ft_allbm_bm4 --epochs 14 \
         --last-form bm4 --last-op lse --last-max-epochs 4 --lr 5e-4 > runs_ft_allbm_bm4.log 2>&1 &
     wait
     pkill -f "model.train" 2>/dev/null; sleep 2  # cells a killed driver left running
@@ -115,7 +115,7 @@ rest)
     grep -h "done\|rc=" runs_table*.log | tail -30
     if [ -n "${OUT:-}" ]; then
         tar czf "$OUT/t1.tar.gz" runs/table1 && tar czf "$OUT/t2.tar.gz" runs/table2
-        tar czf "$OUT/ft.tar.gz" runs/ft_allbm_long runs/ft_allbm_bm4 runs/ft_allbm_bm4_lr1e3 runs/logs
+        tar czf "$OUT/ft.tar.gz" runs/gpu/ft_allbm_long runs/gpu/ft_allbm_bm4 runs/gpu/ft_allbm_bm4_lr1e3 runs/logs
         ls -la "$OUT"
     fi
     ;;
