@@ -866,8 +866,9 @@ def channel_head_init(layer: nn.Module, channels: int) -> None:
     Class ``j`` reads channel ``j`` of the flattened ``(C, H, W)`` features at every position with
     the branch weight ``w + dw = 1``, and every other feature with the floor weight: at alpha = 1
     (LSE) the logit is the channel's sum, under the hard max its maximum. A max classifier cannot
-    inhibit (its correction is the same for every class), so it works when the convolutions make
-    channel ``j`` the detector of class ``j``; the dense start lets end-to-end training get there.
+    inhibit (its correction is the same for every class), so it can only work if the
+    convolutions make channel ``j`` the detector of class ``j``; this start asks end-to-end
+    training for exactly that (measured: README, "Training").
     """
     out, fan = layer.weight.shape[0], layer.weight.shape[-1]
     if channels < out or fan % channels:
