@@ -526,9 +526,10 @@ def build(args) -> dict:
         rep["status"] = "synthesis only" if args.synth_only else "incomplete: tools missing"
         if board.family == "xilinx":
             stat = json.loads((workdir / "top.stat.json").read_text())
-            rep["utilization"] = {k: v for k, v in xilinx_utilization(stat).items()
-                                  if k != "cells_by_type"}
-            rep["cells_by_type"] = xilinx_utilization(stat)["cells_by_type"]
+            util = xilinx_utilization(stat)
+            cells = util.pop("cells_by_type")
+            rep["utilization"] = util
+            rep["cells_by_type"] = cells
             rep["capacity"] = xilinx_capacity(device)
             products["top.json"] = workdir / "top.json"
             products["top.stat.json"] = workdir / "top.stat.json"

@@ -875,16 +875,12 @@ def channel_head_init(layer: nn.Module, channels: int) -> None:
         raise ValueError(
             f"channel head init needs at least {out} feature channels, not {channels}"
         )
-    per = fan // channels
-    w = torch.zeros(out, channels, per)
-    for j in range(out):
-        w[j, j] = 1.0
-    if isinstance(layer, BM15Layer):
-        dw = float(layer.dw)
-        pos = torch.where(w > 0, w, torch.full_like(w, layer.w_floor))
-        layer.weight.copy_((pos * 1.0 - dw).view_as(layer.weight))
-    else:  # 4-branch: the positive weights as above, no negative ones
-        layer.weight.copy_(w.view_as(layer.weight))
+    w = torch.zeros(out, channels, fan // channels)
+    w[torch.arange(out), torch.arange(out)] = 1.0
+    if isinstance(layer, BM15Layer):  # the branch weight is w + dw; the rest at the floor
+        w = w.clamp(min=layer.w_floor) - float(layer.dw)
+    # 4-branch: the positive weights as above, no negative ones
+    layer.weight.copy_(w.view_as(layer.weight))
     layer.bias.zero_()
 
 

@@ -1,13 +1,15 @@
 """Probe: a 1.5-BM hard-max classifier initialised as a per-class channel max
 (class j reads conv5 channel j at every position), all layers trained end to end.
 
-argv: EPOCHS LR SRC [DEVICE]   SRC: model.pt whose convs are kept (classical or BM)
+argv: EPOCHS LR SRC [DEVICE [TAG [GAIN]]]   SRC: model.pt whose convs are kept (classical or BM);
+GAIN: the starting branch weight of each class's own channel (default 1)
 """
-import sys, time, math, torch, torch.nn.functional as F
+import sys, time, math, torch
 sys.path.insert(0, '.')
+sys.path.insert(0, 'runs/exp')
 from model.train import load_model, TrainConfig, load_data, evaluate
 from model.maxops import MaxOp
-from model.layers import BM15Layer
+from probe_loop import kd_epoch
 torch.set_num_threads(1)
 EP = int(sys.argv[1]); LR = float(sys.argv[2]); SRC = sys.argv[3]
 dev = sys.argv[4] if len(sys.argv) > 4 else 'cpu'
@@ -35,14 +37,7 @@ opt = torch.optim.Adam(net.parameters(), lr=LR)
 nb = math.ceil(60000 / 128); total = EP * nb
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1, s / total))))
 for ep in range(EP):
-    perm = torch.randperm(60000, device=dev); tot = 0; t0 = time.time(); net.train()
-    for j in range(nb):
-        idx = perm[j*128:(j+1)*128]
-        xb = xtr[idx]
-        with torch.no_grad(): tl = teacher(xb)
-        out = net(xb)
-        loss = F.cross_entropy(out, ytr[idx]) + F.cross_entropy(out, F.softmax(tl, 1))
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step(); tot += float(loss.detach())
-    net.eval()
-    print(f'ep {ep} loss {tot/nb:.4f} acc {evaluate(net, xte, yte):.4f} {time.time()-t0:.0f}s corr_x {float(layer.corr_x):.4g}', flush=True)
+    t0 = time.time()
+    loss = kd_epoch(net, teacher, xtr, ytr, opt, sched)
+    print(f'ep {ep} loss {loss:.4f} acc {evaluate(net, xte, yte):.4f} {time.time()-t0:.0f}s corr_x {float(layer.corr_x):.4g}', flush=True)
 torch.save(net.state_dict(), f'runs/exp/chan_head_{tag}.pt')
