@@ -6,7 +6,8 @@ For each of the five convolutions and the classifier of the LeNet (MNIST, batch 
 times forward + backward (input and weight gradients) of the classical layer and of the 1.5-BM
 layer with the hard max (tropical-gemm) and with LSE (alpha = 2, float32; alpha = 16, float64),
 and prints the per-layer and whole-network ratios. Goals (issue 3): hard max <= 5x, LSE <= 3x.
-Timings are medians over ``--repeats`` runs after one warm-up; the machine's load shows in them.
+Timings are medians over ``--repeats`` runs after one warm-up, the variants of a layer taking
+turns within each repeat; the machine's load still shows in them.
 """
 
 from __future__ import annotations
@@ -49,17 +50,20 @@ def main(argv=None):
         "lse a=16 f64": MaxOp("lse", alpha=16.0),
     }
 
-    def timeit(layer, shape):
+    def timeit(mods, shape):
+        """Median seconds of each module; the modules take turns within every repeat, so that
+        a change in the machine's load hits them alike."""
         x = torch.rand(shape).requires_grad_(True)
-        ts = []
+        ts = {k: [] for k in mods}
         for r in range(args.repeats + 1):
-            layer.zero_grad(set_to_none=True)
-            x.grad = None
-            t0 = time.perf_counter()
-            layer(x).sum().backward()
-            if r:
-                ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
+            for k, layer in mods.items():
+                layer.zero_grad(set_to_none=True)
+                x.grad = None
+                t0 = time.perf_counter()
+                layer(x).sum().backward()
+                if r:
+                    ts[k].append(time.perf_counter() - t0)
+        return {k: statistics.median(v) for k, v in ts.items()}
 
     print(
         f"batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}; "
@@ -69,14 +73,15 @@ def main(argv=None):
     print(head)
     totals = {k: 0.0 for k in ("classical", *variants)}
     for layer, shape in layers:
-        t_c = timeit(layer, shape)
-        totals["classical"] += t_c
+        mods = {"classical": layer}
+        mods.update({k: convert(layer, "bm15", op=op) for k, op in variants.items()})
+        t = timeit(mods, shape)
+        for k in totals:
+            totals[k] += t[k]
+        t_c = t["classical"]
         row = f"{str(tuple(shape)):<26}{t_c:>11.4f}"
-        for k, op in variants.items():
-            bm = convert(layer, "bm15", op=op)
-            t = timeit(bm, shape)
-            totals[k] += t
-            row += f"{t:>13.4f} ({t / t_c:5.1f}x)"
+        for k in variants:
+            row += f"{t[k]:>13.4f} ({t[k] / t_c:5.1f}x)"
         print(row)
     row = f"{'whole LeNet':<26}{totals['classical']:>11.4f}"
     for k in variants:

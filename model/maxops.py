@@ -245,6 +245,102 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def _conv_backward(g, x, w, need_x: bool, need_w: bool):
+    """Input and weight gradients of :func:`_conv` (``x @ w.t()`` or a valid conv2d)."""
+    if x.dim() == 2:
+        return (g @ w if need_x else None), (g.t() @ x if need_w else None)
+    gx, gw, _ = torch.ops.aten.convolution_backward(
+        g, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False]
+    )
+    return gx, gw
+
+
+def _logpos(x):
+    """``ln x`` where ``x > 0``, else 0 (paired with a power that is 0 there)."""
+    return torch.where(x > 0, x, torch.ones_like(x)).log()
+
+
+class _SmoothBranch(torch.autograd.Function):
+    """A smooth branch of normalised ``un, vn`` (``<= 1``) at a fixed alpha, times ``scale``,
+    with a hand-written backward.
+
+    It computes what the generic path of :func:`branch` computes, with the same masks (an empty
+    window gives 0; a window whose sum of powers ``den < _DEN_MIN`` keeps its value but passes no
+    gradient), and keeps only the powers for the backward: ``a un^(a-1)`` is ``a pu / un``, not a
+    second ``pow``. S-morph convolves ``pu`` against ``pv`` and ``pv ln vn`` in one call. The
+    elementwise work, not the convolutions, dominated the generic path. ``scale`` (and the
+    normalisers behind it) carry no gradient, as in the generic path.
+    """
+
+    @staticmethod
+    def forward(ctx, un, vn, a: float, kind: str, scale):
+        pu, pv = un.pow(a), vn.pow(a)
+        lu = lv = pul = pvl = None
+        if kind == "smorph":
+            lu, lv = _logpos(un), _logpos(vn)
+            pul, pvl = pu * lu, pv * lv
+            den, num = _conv(pu, torch.cat([pv, pvl], 0)).split(vn.shape[0], 1)
+            num = num + _conv(pul, pv)
+        else:
+            den = _conv(pu, pv)
+            num = _conv(pu * un, pv * vn) if kind == "lmorph" else None
+        ok = den > 0
+        dens = torch.where(ok, den, torch.ones_like(den))
+        if kind == "lse":
+            r = dens.pow(1.0 / a)
+        elif kind == "lmorph":
+            r = num / dens
+        else:
+            r = torch.exp(num / dens)
+        out = torch.where(ok, r * scale, torch.zeros_like(r))
+        live = den >= (_DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32)
+        ctx.save_for_backward(un, vn, pu, pv, dens, num, out, live, scale, lu, lv, pul, pvl)
+        ctx.a, ctx.kind = a, kind
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        un, vn, pu, pv, dens, num, out, live, scale, lu, lv, pul, pvl = ctx.saved_tensors
+        a, kind = ctx.a, ctx.kind
+        need_u, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        zero = torch.zeros_like(g)
+        if kind == "lse":
+            gden = torch.where(live, g * out / (a * dens), zero)
+            gpu, gpv = _conv_backward(gden, pu, pv, need_u, need_v)
+            gx = {"u": (gpu, None), "v": (gpv, None)}
+        elif kind == "lmorph":  # r = num / den
+            gnum = torch.where(live, g * scale / dens, zero)
+            gden = torch.where(live, -g * out / dens, zero)
+            gpu, gpv = _conv_backward(gden, pu, pv, need_u, need_v)
+            gpu1, gpv1 = _conv_backward(gnum, pu * un, pv * vn, need_u, need_v)
+            gx = {"u": (gpu, gpu1), "v": (gpv, gpv1)}
+        else:  # r = exp(num / den)
+            gnum = torch.where(live, g * out / dens, zero)
+            gden = torch.where(live, -g * out * (num / dens) / dens, zero)  # dens^2 underflows
+            o = vn.shape[0]
+            gpu, gpvs = _conv_backward(
+                torch.cat([gden, gnum], 1), pu, torch.cat([pv, pvl], 0), need_u, need_v
+            )
+            gpul, gpv2 = _conv_backward(gnum, pul, pv, need_u, need_v)
+            gpv, gpvl = gpvs.split(o, 0) if need_v else (None, None)
+            gpv = gpv + gpv2 if need_v else None
+            gx = {"u": (gpu, gpul), "v": (gpv, gpvl)}
+
+        def through(x, p, lx, gp, g2):
+            # x^a: a p / x; x^(a+1) (lmorph): (a+1) p; x^a ln x (smorph): (p / x)(a ln x + 1)
+            xs = torch.where(x > 0, x, torch.ones_like(x))
+            d = gp * (a * p / xs)
+            if kind == "lmorph":
+                d = d + g2 * ((a + 1) * p)
+            elif kind == "smorph":
+                d = d + g2 * (p / xs) * (a * lx + 1)
+            return torch.where(x > 0, d, torch.zeros_like(x))
+
+        gu = through(un, pu, lu, *gx["u"]) if need_u else None
+        gv = through(vn, pv, lv, *gx["v"]) if need_v else None
+        return gu, gv, None, None, None
+
+
 def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     """``exp(op_i(ln u_i + ln v_oi))`` for inputs ``u >= 0`` and weights ``v >= 0``.
 
@@ -279,8 +375,14 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     mv = v.detach().amax(red_v, keepdim=True).clamp(min=tiny)
     scale = mu * mv.reshape((1, -1) + (1,) * (u.dim() - 2))
     un, vn = u / mu, v / mv
+    if not a.requires_grad:  # the fused path (a learnable alpha: the generic one below)
+        return _SmoothBranch.apply(un, vn, float(a), op.kind, scale).to(dtype)
     pu, pv = _safe_pow(un, a), _safe_pow(vn, a)
-    den = _conv(pu, pv)
+    if op.kind == "smorph":  # one convolution of pu against both pv and pv ln vn
+        o = v.shape[0]
+        den, num_v = _conv(pu, torch.cat([pv, _safe_xlogx_pow(vn, a)], 0)).split(o, 1)
+    else:
+        den = _conv(pu, pv)
     ok = den > 0
     # a window far below the sample's scale: ``den ** (1/a)`` has a gradient ``r / (a den)``
     # that overflows (then inf * 0 = NaN further back); such windows keep their value but pass
@@ -289,11 +391,13 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     dens = torch.where(ok, torch.where(tiny_den, den.detach(), den), torch.ones_like(den))
     if op.kind == "lse":
         r = dens ** (1 / a)
-    elif op.kind == "lmorph":
-        r = _conv(_safe_pow(un, a + 1), _safe_pow(vn, a + 1)) / dens
-    else:  # smorph: exp(sum z e^{az} / sum e^{az})
-        num = _conv(_safe_xlogx_pow(un, a), pv) + _conv(pu, _safe_xlogx_pow(vn, a))
-        r = torch.exp(num / dens)
+    else:
+        if op.kind == "lmorph":
+            num = _conv(_safe_pow(un, a + 1), _safe_pow(vn, a + 1))
+        else:  # smorph: exp(sum z e^{az} / sum e^{az})
+            num = _conv(_safe_xlogx_pow(un, a), pv) + num_v
+        num = torch.where(tiny_den, num.detach(), num)
+        r = num / dens if op.kind == "lmorph" else torch.exp(num / dens)
     out = torch.where(ok, r * scale, torch.zeros_like(r))
     return out.to(dtype)
 

@@ -243,3 +243,32 @@ def test_lse_far_below_the_sample_scale_has_finite_gradients():
     gu, gv = torch.autograd.grad(y.sum(), (u, v))
     assert torch.isfinite(gu).all() and torch.isfinite(gv).all()
     assert float(y[0, 0, 4, 4].detach()) < 2e-3  # floored window: the stated absolute bound
+
+
+@pytest.mark.parametrize("kind", ["lse", "smorph", "lmorph"])
+@pytest.mark.parametrize("geom", ["conv", "linear"])
+@pytest.mark.parametrize("alpha", [1.0, 2.5, 40.0])
+def test_fused_branch_matches_the_generic_path(kind, geom, alpha):
+    """The fused smooth branch (fixed alpha, hand-written backward) gives the generic autograd
+    path's values and input and weight gradients, empty and far-below-scale windows included."""
+    g = torch.Generator().manual_seed(9)
+    if geom == "conv":
+        u = torch.rand(3, 3, 7, 7, generator=g)
+        u[1] = 0
+        u[2, :, :3] *= 1e-4
+        v = torch.rand(5, 3, 3, 3, generator=g)
+        v[0, 1] = 0
+    else:
+        u = torch.rand(4, 12, generator=g)
+        u[1] = 0
+        u[2] *= 1e-4
+        v = torch.rand(5, 12, generator=g)
+    fixed, learnable = MaxOp(kind, alpha=alpha), MaxOp(kind, alpha=alpha, learnable=True)
+    outs = []
+    for op in (fixed, learnable):
+        uu, vv = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+        y = branch(uu, vv, op)
+        w = torch.linspace(-1, 1, y.numel()).view_as(y)
+        outs.append((y.detach(), *torch.autograd.grad((y * w).sum(), (uu, vv))))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-300)
