@@ -558,6 +558,20 @@ def refit_all(run: Run, student: LeNet, teacher: LeNet, data) -> None:
         h = student.run_layer(i, h)
 
 
+class _From(nn.Module):
+    """``net`` from layer ``start`` on: its input is the cached output of the frozen layers."""
+
+    def __init__(self, net: LeNet, start: int):
+        super().__init__()
+        self.net, self.start = net, start
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net.run(h, self.start)
+
+    def bm_layers(self):
+        return self.net.bm_layers()
+
+
 def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
     """Algorithm 1: convert layer i, fine-tune the whole net (frozen converted layers if freeze)."""
     cfg = run.cfg
@@ -574,19 +588,35 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
             for j in range(done):
                 net.layers[j].requires_grad_(False)
         run.log(f"resuming layerwise after {done} layers")
+    caches = (None, None)
     for i in range(done, len(net.layers)):
         convert_layer(cfg, net, i)
         if cfg.refit:
             refit_to(cfg, net, i, teacher, data[0][: cfg.refit_images], run.log)
-        acc0 = evaluate(net, data[2], data[3])
+        model, stage_data = net, data
+        if freeze:  # layers 0..i-1 are frozen: their outputs are computed once, not each epoch
+            t0 = time.time()
+            caches = tuple(
+                cache_inputs(net, i, x, cfg.cache_limit_gb, prev=c)
+                for x, c in zip((data[0], data[2]), caches, strict=True)
+            )
+            if caches[0] is not None and caches[1] is not None:
+                model = _From(net, i)
+                stage_data = (caches[0], data[1], caches[1], data[3])
+                run.log(
+                    f"layer {i}: cached inputs {tuple(caches[0].shape)} ({time.time() - t0:.0f}s)"
+                )
+            else:
+                caches = (None, None)
+        acc0 = evaluate(model, stage_data[2], stage_data[3])
         run.log(f"layer {i} converted: test acc before fine-tune {acc0:.4f}")
         params = [
             p for j, m in enumerate(net.layers) if not (freeze and j < i) for p in m.parameters()
         ]
         res = train_epochs(
             run,
-            net,
-            data,
+            model,
+            stage_data,
             epochs=cfg.epochs,
             lr=cfg.lr,
             tag=f"layer{i}",
@@ -872,9 +902,7 @@ def channel_head_init(layer: nn.Module, channels: int) -> None:
     """
     out, fan = layer.weight.shape[0], layer.weight.shape[-1]
     if channels < out or fan % channels:
-        raise ValueError(
-            f"channel head init needs at least {out} feature channels, not {channels}"
-        )
+        raise ValueError(f"channel head init needs at least {out} feature channels, not {channels}")
     w = torch.zeros(out, channels, fan // channels)
     w[torch.arange(out), torch.arange(out)] = 1.0
     if isinstance(layer, BM15Layer):  # the branch weight is w + dw; the rest at the floor

@@ -58,6 +58,29 @@ def test_lse_alpha1_equals_classical_signed_inputs(geom):
     torch.testing.assert_close(bm15(x), layer(x), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("geom", ["conv", "linear"])
+def test_bm4_equals_eq1_branch_by_branch(kind, geom):
+    """The layer stacks w+ over w- in one branch call; the result is eq. (1) with its four
+    branches computed one by one from the definition (signed inputs: all four are live)."""
+    layer = _conv() if geom == "conv" else _lin()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn((3, 3, 7, 7) if geom == "conv" else (3, 20), generator=g)
+    op = MaxOp(kind, alpha=3.0)
+    bm = convert(layer, "bm4", op=op).double()
+    w = layer.weight.detach()
+    parts = [t.clamp(min=0) for t in (x, -x)], [t.clamp(min=0) for t in (w, -w)]
+    (xp, xn), (wp, wn) = parts
+    ref = (
+        branch_naive(xp, wp, op)
+        - branch_naive(xp, wn, op)
+        - branch_naive(xn, wp, op)
+        + branch_naive(xn, wn, op)
+    )
+    ref = ref + layer.bias.detach().view((1, -1) + (1,) * (x.dim() - 2))
+    torch.testing.assert_close(bm(x), ref, rtol=1e-9, atol=1e-9)
+
+
 def test_bm15_dw_is_power_of_two_and_shifts_weights_positive():
     layer = _conv()
     bm = convert(layer, "bm15")

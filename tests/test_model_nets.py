@@ -107,6 +107,33 @@ def test_finetune_cli_tiny(tmp_path: Path, mnist_dir):
     assert load_model(k / "model.pt").forms == ("bm15",) * 5 + ("classical",)
 
 
+def test_layerwise_freeze_with_cached_inputs_matches_recomputing(
+    tmp_path: Path, mnist_dir, capsys
+):
+    """Layer-wise conversion with freezing computes the frozen layers' outputs once per stage;
+    the result is the run that recomputes them every batch (``--cache-limit-gb 0``)."""
+    from model.train import load_model, main
+
+    common = ["--train-limit", "192", "--test-limit", "96", "--no-progress", "--batch-size", "64"]
+    t = tmp_path / "cls"
+    main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
+    runs, logs = {}, {}
+    for name, limit in (("cached", "3"), ("recomputed", "0")):
+        capsys.readouterr()
+        out = tmp_path / name
+        runs[name] = main(["--method", "layerwise_freeze", "--teacher", str(t / "model.pt"),
+                           "--out", str(out), "--epochs", "1", "--form", "bm4", "--op", "lse",
+                           "--alpha", "1", "--alpha-end", "8", "--refit-images", "32",
+                           "--cache-limit-gb", limit, *common])
+        logs[name] = capsys.readouterr().out
+    assert "layer 4: cached inputs (192, 16, 20, 20)" in logs["cached"]
+    assert "cached inputs" not in logs["recomputed"]
+    assert runs["cached"]["per_layer_accuracy"] == runs["recomputed"]["per_layer_accuracy"]
+    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in runs)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
 def test_kd_loss_ignores_a_shift_common_to_all_logits():
     """The 1.5-BM classifier's window-sum term moves every logit alike; KD must not see it."""
     from model.train import TrainConfig, kd_loss_fn
