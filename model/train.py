@@ -38,6 +38,7 @@ import math
 import os
 import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -162,6 +163,7 @@ class Run:
         self.dir = Path(cfg.out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.t0 = time.time()
+        self.prior: list[dict] = []  # the earlier segments of a resumed run (from the checkpoint)
         (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
     def log(self, msg: str) -> None:
@@ -173,12 +175,20 @@ class Run:
 
     def load_ckpt(self):
         if self.ckpt_path.exists():
-            return torch.load(self.ckpt_path, weights_only=False, map_location=self.cfg.device)
+            ck = torch.load(self.ckpt_path, weights_only=False, map_location=self.cfg.device)
+            self.prior = list(ck.get("segments", []))
+            return ck
         return None
+
+    def segments(self) -> list[dict]:
+        """Wall time per segment of the run, this one last: ``[{device, wall_s}]``. A segment
+        counts up to its last checkpoint; the work an interruption lost is not counted."""
+        now = {"device": self.cfg.device, "wall_s": round(time.time() - self.t0, 1)}
+        return [*self.prior, now]
 
     def save_ckpt(self, state: dict) -> None:
         tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        torch.save({**state, "segments": self.segments()}, tmp)
         os.replace(tmp, self.ckpt_path)
 
     def progress(self, it, total, desc):
@@ -380,14 +390,15 @@ def train_epochs(
     if state is not None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + hash(tag) % 1000)
+    # crc32, not hash(): str hashes change from process to process, and a resumed run must
+    # see the batch order of the run it continues
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 1000)
     acc = None
     for ep in range(epochs):
-        gen_state = gen.get_state()
+        # a fresh order each epoch; the epochs a resumed run skips draw theirs too
         order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
         if ep < start_epoch:
             continue
-        gen.set_state(gen_state)
         net.train()
         tot, nb = 0.0, 0
         t0 = time.time()
@@ -1076,7 +1087,6 @@ def main(argv=None) -> dict:
     run = Run(cfg)
     run.log(f"{cfg.method}: {json.dumps(asdict(cfg))}")
     data = load_data(cfg)
-    t0 = time.time()
     if cfg.method == "classical":
         net, res = method_classical(run, data)
     elif cfg.method == "direct":
@@ -1096,7 +1106,8 @@ def main(argv=None) -> dict:
     res.update(
         method=cfg.method,
         forms=list(net.forms),
-        wall_s=round(time.time() - t0, 1),
+        wall_s=round(sum(seg["wall_s"] for seg in run.segments()), 1),
+        segments=run.segments(),
         test_images=len(data[2]),
         command="python -m model.train " + " ".join(sys.argv[1:] if argv is None else argv),
     )

@@ -134,6 +134,44 @@ def test_layerwise_freeze_with_cached_inputs_matches_recomputing(
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+def test_interrupted_run_resumes_to_the_same_weights(
+    tmp_path: Path, mnist_dir, monkeypatch, capsys
+):
+    """A run stopped after its first epoch's checkpoint and started again with the same command
+    ends with the weights of the run that was never stopped, and counts both segments' time."""
+    from model import train
+    from model.train import load_model, main
+
+    common = ["--train-limit", "256", "--test-limit", "64", "--no-progress", "--batch-size", "64",
+              "--method", "classical", "--epochs", "2"]
+    main(["--out", str(tmp_path / "whole"), *common])
+
+    class Stop(Exception):
+        pass
+
+    save = train.Run.save_ckpt
+
+    def save_then_stop(self, state):
+        save(self, state)
+        raise Stop
+
+    monkeypatch.setattr(train.Run, "save_ckpt", save_then_stop)
+    with pytest.raises(Stop):
+        main(["--out", str(tmp_path / "cut"), *common])
+    monkeypatch.setattr(train.Run, "save_ckpt", save)
+    assert not (tmp_path / "cut" / "result.json").exists()
+    capsys.readouterr()
+    res = main(["--out", str(tmp_path / "cut"), *common])
+    assert "resuming classical at epoch 1" in capsys.readouterr().out
+    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in ("whole", "cut"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    saved = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert len(saved["segments"]) == 2 and all(s["wall_s"] > 0 for s in saved["segments"])
+    assert saved["wall_s"] == pytest.approx(sum(s["wall_s"] for s in saved["segments"]), abs=0.2)
+    assert res["accuracy"] == saved["accuracy"]
+
+
 def test_kd_loss_ignores_a_shift_common_to_all_logits():
     """The 1.5-BM classifier's window-sum term moves every logit alike; KD must not see it."""
     from model.train import TrainConfig, kd_loss_fn
