@@ -43,7 +43,8 @@ mps() {
 pack() {
     [ -n "${OUT:-}" ] || return 0
     tar czf "$OUT/runs_$1.tar.gz" --exclude='ckpt.pt' --exclude='*.tmp' runs/ 2>/dev/null
-    [ "${KEEP_CKPT:-0}" = 1 ] && tar czf "$OUT/ckpt_$1.tar.gz" $(find runs -name ckpt.pt)
+    # the checkpoints of unfinished cells come back too (commit them: runs/ is git-ignored)
+    [ "${KEEP_CKPT:-1}" = 1 ] && tar czf "$OUT/ckpt_$1.tar.gz" $(find runs -name ckpt.pt)
     ls -la "$OUT"
 }
 
@@ -67,8 +68,10 @@ tables)
         --threads 1 > runs_table2.log 2>&1 &
     p2=$!
     sleep 60  # table 2's teacher first: it is table 1's too
-    mkdir -p runs/table1/classical
-    [ -f runs/table2/classical/result.json ] && cp runs/table2/classical/* runs/table1/classical/
+    # Table 1 keeps its own teacher once it has one (runs/table1/classical/model.pt, in git)
+    if [ ! -f runs/table1/classical/model.pt ] && [ -f runs/table2/classical/model.pt ]; then
+        mkdir -p runs/table1/classical && cp runs/table2/classical/* runs/table1/classical/
+    fi
     timeout "$((BUDGET - 60))" "$PY" -m model.experiments table1 --device "$DEV" \
         --jobs "$JOBS1" --threads 1 > runs_table1.log 2>&1 &
     p1=$!

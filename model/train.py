@@ -590,20 +590,26 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
     net = copy.deepcopy(teacher)
     ck = run.load_ckpt()
     done = ck["layers_done"] if ck is not None and "layers_done" in ck else 0
+    mid = ck.get("stage_epoch", 0) if ck is not None else 0  # epochs of stage `done` trained
     accs = ck.get("accs", []) if ck is not None else []
-    for i in range(done):
+    for i in range(done + (1 if mid else 0)):
         convert_layer(cfg, net, i)
-    if done:
+    if done or mid:
         net.load_state_dict(ck["net"])
         if freeze:
             for j in range(done):
                 net.layers[j].requires_grad_(False)
-        run.log(f"resuming layerwise after {done} layers")
+        run.log(
+            f"resuming layerwise after {done} layers"
+            + (f", {mid} epoch(s) into the next" if mid else "")
+        )
     caches = (None, None)
     for i in range(done, len(net.layers)):
-        convert_layer(cfg, net, i)
-        if cfg.refit:
-            refit_to(cfg, net, i, teacher, data[0][: cfg.refit_images], run.log)
+        resume = i == done and mid > 0  # converted and refitted already: its state is loaded
+        if not resume:
+            convert_layer(cfg, net, i)
+            if cfg.refit:
+                refit_to(cfg, net, i, teacher, data[0][: cfg.refit_images], run.log)
         model, stage_data = net, data
         if freeze:  # layers 0..i-1 are frozen: their outputs are computed once, not each epoch
             t0 = time.time()
@@ -624,6 +630,12 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
         params = [
             p for j, m in enumerate(net.layers) if not (freeze and j < i) for p in m.parameters()
         ]
+
+        def on_epoch(ep, st, i=i):  # a checkpoint inside the stage too (its last: below)
+            if ep < cfg.epochs:
+                state = {"net": net.state_dict(), "opt_state": st, "accs": accs}
+                run.save_ckpt({"layers_done": i, "stage_epoch": ep, **state})
+
         res = train_epochs(
             run,
             model,
@@ -633,6 +645,9 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
             tag=f"layer{i}",
             loss_fn=ce_loss,
             params=params,
+            state=ck["opt_state"] if resume else None,
+            start_epoch=mid if resume else 0,
+            on_epoch=on_epoch,
             alpha_sched=alpha_schedule(cfg, net, [net.layers[i]]),
         )
         if freeze:

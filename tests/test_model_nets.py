@@ -172,6 +172,47 @@ def test_interrupted_run_resumes_to_the_same_weights(
     assert res["accuracy"] == saved["accuracy"]
 
 
+def test_layerwise_stopped_inside_a_stage_resumes_to_the_same_weights(
+    tmp_path: Path, mnist_dir, monkeypatch, capsys
+):
+    """Layer-wise conversion checkpoints each epoch of a stage; a run stopped after the first
+    epoch of the second stage ends like the run that was never stopped."""
+    from model import train
+    from model.train import load_model, main
+
+    small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    main(["--method", "classical", "--out", str(tmp_path / "t"), "--epochs", "1", *small])
+    common = ["--method", "layerwise", "--teacher", str(tmp_path / "t" / "model.pt"),
+              "--epochs", "2", "--form", "bm4", "--op", "lse", "--alpha", "1",
+              "--alpha-end", "8", "--refit-images", "32", *small]
+    main(["--out", str(tmp_path / "whole"), *common])
+
+    class Stop(Exception):
+        pass
+
+    save, calls = train.Run.save_ckpt, []
+
+    def save_then_stop(self, state):
+        save(self, state)
+        calls.append(state)
+        if len(calls) == 3:  # stage 0: epoch 1, stage end; stage 1: epoch 1
+            assert state["layers_done"] == 1 and state["stage_epoch"] == 1
+            raise Stop
+
+    monkeypatch.setattr(train.Run, "save_ckpt", save_then_stop)
+    with pytest.raises(Stop):
+        main(["--out", str(tmp_path / "cut"), *common])
+    monkeypatch.setattr(train.Run, "save_ckpt", save)
+    capsys.readouterr()
+    res = main(["--out", str(tmp_path / "cut"), *common])
+    assert "resuming layerwise after 1 layers, 1 epoch(s) into the next" in capsys.readouterr().out
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert res["per_layer_accuracy"] == whole["per_layer_accuracy"]
+    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in ("whole", "cut"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
 def test_kd_loss_ignores_a_shift_common_to_all_logits():
     """The 1.5-BM classifier's window-sum term moves every logit alike; KD must not see it."""
     from model.train import TrainConfig, kd_loss_fn
