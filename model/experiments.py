@@ -372,6 +372,8 @@ def main(argv=None) -> list[dict]:
             "wall_s": res.get("wall_s"),
             "device": run_cfg.get("device", "cpu") if res else None,
         }
+        if not res and (out / "ckpt.pt").exists():  # started: rerunning the command resumes it
+            entry["status"] = "unfinished (checkpoint)"
         if t3:
             entry.update(
                 data=res.get("data"),
@@ -483,7 +485,7 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
         if e is None:
             return "-"
         a = e["accuracy"]
-        ours = f"{a:.4f}" if a is not None else "not run"
+        ours = f"{a:.4f}" if a is not None else e.get("status", "not run")
         return f"{ours} / {e['paper']:.4f}"
 
     by = {(e["row"], e["method"]): e for e in entries}

@@ -40,3 +40,11 @@ def test_table2_two_cells_in_parallel(tmp_path: Path, mnist_dir):
     assert saved == json.loads(json.dumps(entries))
     md = (tmp_path / "res" / "table2.md").read_text()
     assert "| 1.5-BM MAX |" in md and "not run" in md
+    # a started cell (a checkpoint, no result) is told apart from one never started
+    (tmp_path / "runs" / "table2" / "max_kd").mkdir(parents=True)
+    (tmp_path / "runs" / "table2" / "max_kd" / "ckpt.pt").write_bytes(b"")
+    by = {(e["row"], e["method"]): e for e in main(["table2", "--collect", *common])}
+    assert by[("1.5-BM MAX", "kd")]["status"] == "unfinished (checkpoint)"
+    assert "status" not in by[("1.5-BM MAX", "lwkd")]
+    assert "| 1.5-BM MAX | 0." in (tmp_path / "res" / "table2.md").read_text()
+    assert "unfinished (checkpoint) / 0.9786" in (tmp_path / "res" / "table2.md").read_text()
