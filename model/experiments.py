@@ -374,6 +374,11 @@ def main(argv=None) -> list[dict]:
         }
         if not res and (out / "ckpt.pt").exists():  # started: rerunning the command resumes it
             entry["status"] = "unfinished (checkpoint)"
+        log = out / "train.log"
+        starts = log.read_text().count('{"method": ') if log.exists() else 0
+        if res and "segments" not in res and starts > 1:
+            # a result from before the runs summed their segments: wall_s is the last one's
+            entry["last_segment_only"] = True
         if t3:
             entry.update(
                 data=res.get("data"),
@@ -454,6 +459,12 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
         raise SystemExit(f"{len(failed)} cell(s) failed: {', '.join(failed)}")
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def write_results(table: str, entries: list[dict], results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{table}.json").write_text(json.dumps(entries, indent=2) + "\n")
@@ -475,7 +486,9 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
     lines = [
         f"# {spec['title']}",
         "",
-        f"{what} Commands in the JSON beside this file.",
+        f"{what} In brackets: the training wall time of the cell and where it ran (its last "
+        "part, for a cell resumed before runs summed their parts). Commands in the JSON beside "
+        "this file.",
         "",
         "| | " + " | ".join(cols) + " |",
         "|---" * (len(cols) + 1) + "|",
@@ -486,7 +499,11 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
             return "-"
         a = e["accuracy"]
         ours = f"{a:.4f}" if a is not None else e.get("status", "not run")
-        return f"{ours} / {e['paper']:.4f}"
+        took = ""
+        if a is not None and e.get("wall_s"):
+            part = "last segment " if e.get("last_segment_only") else ""
+            took = f" ({part}{_duration(e['wall_s'])}, {e.get('device') or 'cpu'})"
+        return f"{ours} / {e['paper']:.4f}{took}"
 
     by = {(e["row"], e["method"]): e for e in entries}
     cls = by.get(("classical reference", "classical"))
