@@ -501,7 +501,7 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
         ours = f"{a:.4f}" if a is not None else e.get("status", "not run")
         took = ""
         if a is not None and e.get("wall_s"):
-            part = "last segment " if e.get("last_segment_only") else ""
+            part = "last part " if e.get("last_segment_only") else ""
             took = f" ({part}{_duration(e['wall_s'])}, {e.get('device') or 'cpu'})"
         return f"{ours} / {e['paper']:.4f}{took}"
 

@@ -1118,11 +1118,12 @@ def main(argv=None) -> dict:
         net, res = method_two_stage(run, data)
     net.eval()
     res["accuracy"] = evaluate(net, data[2], data[3])
+    segments = run.segments()
     res.update(
         method=cfg.method,
         forms=list(net.forms),
-        wall_s=round(sum(seg["wall_s"] for seg in run.segments()), 1),
-        segments=run.segments(),
+        wall_s=round(sum(seg["wall_s"] for seg in segments), 1),
+        segments=segments,
         test_images=len(data[2]),
         command="python -m model.train " + " ".join(sys.argv[1:] if argv is None else argv),
     )
