@@ -372,6 +372,12 @@ def main(argv=None) -> list[dict]:
             "wall_s": res.get("wall_s"),
             "device": run_cfg.get("device", "cpu") if res else None,
         }
+        seg_time: dict[str, float] = {}
+        for seg in res.get("segments") or []:
+            seg_time[seg["device"]] = seg_time.get(seg["device"], 0.0) + seg["wall_s"]
+        if len(seg_time) > 1:  # resumed on another device: say where each part ran
+            entry["device"] = " + ".join(seg_time)
+            entry["wall_s_by_device"] = {d: round(t, 1) for d, t in seg_time.items()}
         if not res and (out / "ckpt.pt").exists():  # started: rerunning the command resumes it
             entry["status"] = "unfinished (checkpoint)"
         log = out / "train.log"
@@ -502,7 +508,13 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
         took = ""
         if a is not None and e.get("wall_s"):
             part = "last part " if e.get("last_segment_only") else ""
-            took = f" ({part}{_duration(e['wall_s'])}, {e.get('device') or 'cpu'})"
+            split = e.get("wall_s_by_device")
+            where = (
+                ", ".join(f"{d} {_duration(t)}" for d, t in split.items())
+                if split
+                else e.get("device") or "cpu"
+            )
+            took = f" ({part}{_duration(e['wall_s'])}{': ' if split else ', '}{where})"
         return f"{ours} / {e['paper']:.4f}{took}"
 
     by = {(e["row"], e["method"]): e for e in entries}
@@ -513,7 +525,7 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
     for row in spec["rows"]:
         lines.append(f"| {row} | " + " | ".join(fmt(by.get((row, c))) for c in cols) + " |")
     total = sum(e.get("wall_s") or 0 for e in entries)
-    devices = sorted({e["device"] for e in entries if e.get("device")})
+    devices = sorted({d for e in entries if e.get("device") for d in e["device"].split(" + ")})
     lines += [
         "",
         f"Schedule: {entries[0]['schedule'] if entries else '-'}; total training wall time "

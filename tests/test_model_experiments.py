@@ -48,3 +48,16 @@ def test_table2_two_cells_in_parallel(tmp_path: Path, mnist_dir):
     assert "status" not in by[("1.5-BM MAX", "lwkd")]
     assert "| 1.5-BM MAX | 0." in (tmp_path / "res" / "table2.md").read_text()
     assert "unfinished (checkpoint) / 0.9786" in (tmp_path / "res" / "table2.md").read_text()
+    # a cell resumed on another device: the table says how long each part ran where
+    done = tmp_path / "runs" / "table2" / "max_kd"
+    (done / "result.json").write_text(json.dumps({
+        "accuracy": 0.5, "wall_s": 3700.0,
+        "segments": [{"device": "cpu", "wall_s": 3600.0}, {"device": "cuda", "wall_s": 100.0}],
+    }))
+    (done / "config.json").write_text(json.dumps({"device": "cuda"}))
+    by = {(e["row"], e["method"]): e for e in main(["table2", "--collect", *common])}
+    assert by[("1.5-BM MAX", "kd")]["device"] == "cpu + cuda"
+    assert by[("1.5-BM MAX", "kd")]["wall_s_by_device"] == {"cpu": 3600.0, "cuda": 100.0}
+    md = (tmp_path / "res" / "table2.md").read_text()
+    assert "0.5000 / 0.9786 (62 min: cpu 60 min, cuda 2 min)" in md
+    assert "device: cpu, cuda)" in md
