@@ -525,7 +525,9 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
     for row in spec["rows"]:
         lines.append(f"| {row} | " + " | ".join(fmt(by.get((row, c))) for c in cols) + " |")
     total = sum(e.get("wall_s") or 0 for e in entries)
-    devices = sorted({d for e in entries if e.get("device") for d in e["device"].split(" + ")})
+    devices = sorted(
+        {d for e in entries if e.get("device") for d in e.get("wall_s_by_device") or [e["device"]]}
+    )
     lines += [
         "",
         f"Schedule: {entries[0]['schedule'] if entries else '-'}; total training wall time "

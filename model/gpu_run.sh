@@ -40,6 +40,12 @@ mps() {
     fi
 }
 
+# the model.train processes a timed-out or killed driver left running ([m]: the pattern must
+# not match a shell whose own command line names the module)
+stop_cells() {
+    pkill -f "[m]odel.train --out" 2>/dev/null; sleep 2
+}
+
 pack() {
     [ -n "${OUT:-}" ] || return 0
     tar czf "$OUT/runs_$1.tar.gz" --exclude='ckpt.pt' --exclude='*.tmp' runs/ 2>/dev/null
@@ -76,7 +82,7 @@ tables)
         --jobs "$JOBS1" --threads 1 > runs_table1.log 2>&1 &
     p1=$!
     wait $p2 $p1
-    pkill -f "[m]odel.train --out" 2>/dev/null; sleep 2  # cells a timed-out driver left running
+    stop_cells
     cat runs_table2.log runs_table1.log
     mkdir -p runs/logs && cp runs_table*.log runs/logs/
     pack tables
@@ -112,8 +118,7 @@ rest)
     timeout "$BUDGET" "$PY" -m model.train $common --out runs/gpu/ft_allbm_bm4 --epochs 14 \
         --last-form bm4 --last-op lse --last-max-epochs 4 --lr 5e-4 > runs_ft_allbm_bm4.log 2>&1 &
     wait
-    pkill -f "[m]odel.train --out" 2>/dev/null; sleep 2  # cells a killed driver left running
-    # ([m]: the pattern must not match a shell whose own command line names the module)
+    stop_cells
     echo "rest: $(( $(date +%s) - t0 )) s"
     mkdir -p runs/logs && cp runs_table*.log runs_ft_*.log runs/logs/
     grep -h "epoch\|done\|finetune from\|hard max" runs_ft_*.log
