@@ -17,6 +17,10 @@ An uncompressed ``.npz`` (a zip of ``.npy`` arrays, loaded with ``allow_pickle=F
 ``layer<i>.w``
     Layer ``i``'s weights, shape ``LayerSpec.weight_shape``: signed log codes ``Lw`` for BM,
     signed ``w_bits`` integers for MAC. Stored as ``int32``.
+``layer<i>.sign`` (only for a layer whose ``neuron`` is ``lns`` or ``bm2``, the classifier heads)
+    One sign bit per weight (0: positive, 1: negative), shape ``LayerSpec.weight_shape``, stored
+    as ``int8``. The head an export carries is its last layer's ``neuron``
+    (:attr:`NetworkExport.head`).
 ``layer<i>.bias``
     Layer ``i``'s integer bias, shape ``(out_ch,)``, in accumulator units. Stored as ``int64``.
 ``aux.<name>`` (optional)
@@ -97,6 +101,11 @@ class NetworkExport:
     def arith(self) -> str:
         return "bm" if isinstance(self.params, BMParams) else "mac"
 
+    @property
+    def head(self) -> str:
+        """The classifier's neuron: ``"bm15"``, ``"lns"`` or ``"bm2"`` (BM), ``"mac"`` (MAC)."""
+        return self.layers[-1].neuron if self.arith == "bm" else "mac"
+
     def codes(self, images) -> np.ndarray:
         """uint8 images ``(N, H, W)`` or ``(N, C, H, W)`` -> input codes ``(N, C, H, W)``."""
         x = np.asarray(images)
@@ -120,6 +129,8 @@ class NetworkExport:
         for i, t in enumerate(self.tensors):
             out[f"layer{i}.w"] = np.ascontiguousarray(np.asarray(t["w"]), dtype=np.int32)
             out[f"layer{i}.bias"] = np.ascontiguousarray(np.asarray(t["bias"]), dtype=np.int64)
+            if self.layers[i].signed_weights:
+                out[f"layer{i}.sign"] = np.ascontiguousarray(np.asarray(t["sign"]), dtype=np.int8)
         for name, a in self.aux.items():
             out[f"aux.{name}"] = np.ascontiguousarray(np.asarray(a))
         return out
@@ -216,6 +227,26 @@ def validate(exp: NetworkExport) -> None:
         if not spec.out_shift < 63:
             raise ValueError(f"{where}: out_shift {spec.out_shift} must be below 63")
         w64 = w.astype(np.int64)
+        if spec.signed_weights:
+            if not isinstance(p, BMParams):
+                raise ValueError(f"{where}: a MAC layer has no {spec.neuron!r} neuron")
+            if i != len(exp.layers) - 1:
+                raise ValueError(
+                    f"{where}: the {spec.neuron!r} neuron is built only as the classifier (the"
+                    " last layer)"
+                )
+            if spec.c_shift != 0:
+                raise ValueError(f"{where}: a {spec.neuron!r} head has no c_shift")
+            sg = t.get("sign")
+            if sg is None:
+                raise ValueError(f"{where}: a {spec.neuron!r} head needs a sign per weight")
+            sg = np.asarray(sg)
+            if not np.issubdtype(sg.dtype, np.integer) or sg.shape != spec.weight_shape:
+                raise ValueError(f"{where}: sign must be integer of shape {spec.weight_shape}")
+            if sg.size and (sg.min() < 0 or sg.max() > 1):
+                raise ValueError(f"{where}: weight signs must be 0 or 1")
+        elif "sign" in t and t["sign"] is not None:
+            raise ValueError(f"{where}: a {spec.neuron!r} layer has no weight signs")
         if isinstance(p, BMParams):
             if w64.min() < p.w_log_min or w64.max() > p.w_log_max:
                 raise ValueError(
@@ -320,10 +351,13 @@ def load_export(path) -> NetworkExport:
         params = params_from_dict(meta["params"])
         layers = tuple(LayerSpec(**d) for d in meta["layers"])
         tensors = []
-        for i in range(len(layers)):
-            tensors.append({"w": arrays[f"layer{i}.w"], "bias": arrays[f"layer{i}.bias"]})
+        for i, spec in enumerate(layers):
+            t = {"w": arrays[f"layer{i}.w"], "bias": arrays[f"layer{i}.bias"]}
+            if spec.signed_weights:
+                t["sign"] = arrays[f"layer{i}.sign"]
+            tensors.append(t)
         aux = {k[4:]: v for k, v in arrays.items() if k.startswith("aux.")}
-        extra = set(arrays) - {f"layer{i}.{k}" for i in range(len(layers)) for k in ("w", "bias")}
+        extra = set(arrays) - {f"layer{i}.{k}" for i in range(len(layers)) for k in tensors[i]}
         extra -= {f"aux.{k}" for k in aux}
         if extra:
             raise ValueError(f"unexpected members {sorted(extra)}")

@@ -16,11 +16,19 @@ __all__ = [
     "BMParams",
     "MACParams",
     "LayerSpec",
+    "NEURONS",
+    "SIGNED_NEURONS",
     "PRESETS",
     "log_table",
     "exp_table",
     "params_from_dict",
 ]
+
+
+NEURONS = ("bm15", "lns", "bm2")
+"""Integer BM neuron types of a layer (:attr:`LayerSpec.neuron`)."""
+SIGNED_NEURONS = ("lns", "bm2")
+"""Neurons whose weights carry a sign bit (stored as the export's ``layer<i>.sign``)."""
 
 
 def _clog2(n: int) -> int:
@@ -241,6 +249,13 @@ class LayerSpec:
         Saturate at zero and ``a_max`` (an activation) or, when false, output a signed logit.
     pool : int
         Max-pool size after the activation (1 for none).
+    neuron : str
+        BM only: the layer's neuron (:data:`NEURONS`). ``"bm15"``: the 1.5-branch max neuron of
+        every convolution. The classifier (the last, linear layer) may instead be ``"lns"``, the
+        log-domain sum (the 1.5-BM neuron's classical limit: signed terms ``2**(Lx + Lw)`` added
+        in a wide accumulator), or ``"bm2"``, the 2-branch max (``max x v+ - max x v-``). Both
+        take a per-weight sign; see :mod:`model.reference`. A MAC layer keeps ``"bm15"``, which
+        it ignores.
     """
 
     kind: str
@@ -251,13 +266,20 @@ class LayerSpec:
     out_shift: int = 0
     relu: bool = True
     pool: int = 1
+    neuron: str = "bm15"
 
     def __post_init__(self):
+        if self.neuron not in NEURONS:
+            raise ValueError(
+                f"unknown neuron {self.neuron!r}: the datapath builds {', '.join(NEURONS)}"
+            )
         if self.kind not in ("conv", "linear"):
             raise ValueError(f"kind must be 'conv' or 'linear', not {self.kind!r}")
         for name in ("in_ch", "out_ch", "k", "pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)!r}")
+        if self.neuron != "bm15" and self.kind != "linear":
+            raise ValueError(f"a {self.neuron!r} neuron is a linear layer, not {self.kind!r}")
         if self.kind == "linear" and self.k != 1:
             raise ValueError(f"a linear layer has k = 1, not {self.k!r}")
         if self.c_shift < 0 or self.out_shift < 0:
@@ -275,6 +297,11 @@ class LayerSpec:
         if self.kind == "conv":
             return (self.out_ch, self.in_ch, self.k, self.k)
         return (self.out_ch, self.in_ch)
+
+    @property
+    def signed_weights(self) -> bool:
+        """The layer stores a sign per weight beside its log code (``lns`` and ``bm2``)."""
+        return self.neuron in SIGNED_NEURONS
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,6 +37,34 @@ Activations are unsigned codes ``x`` in ``0 .. 2**a_bits - 1``. A float activati
 
 The network's predicted class is the index of the first maximal logit.
 
+The classifier heads (``LayerSpec.neuron``; linear layers only)
+-------------------------------------------------------------
+The convolutions are always the 1.5-branch neuron above (``neuron = "bm15"``). The classifier
+may be one of two other neurons on the same log and exp units. Both store per weight a sign
+``s_ci`` (0: positive, 1: negative; the export's ``layer<i>.sign``) beside a signed
+``w_log_bits`` magnitude code ``Lw_ci = round(2**f * log2(|w_ci| * k))``, clamped to the code
+range (a zero weight takes the most negative code). There is no window-sum correction
+(``c_shift`` is 0).
+
+* ``lns``, the log-domain sum: the 1.5-BM neuron at its classical limit (the max replaced by
+  the sum), ``z_c = sum_i w_ci x_i + b_c``, with no multiplier:
+
+  1. each term ``T_ci = EXP(Lx_i + Lw_ci)``: the exp unit of step 4 (floor shift, saturating
+     to ``exp_bits``), 0 when ``x_i``'s zero flag is set;
+  2. ``acc_c = bias_c + sum_i (-1)**s_ci * T_ci``, exact in a signed accumulator of
+     :func:`lns_acc_bits` bits (``fan_in * (2**exp_bits - 1) + 2**(bias_bits - 1)`` fits, so it
+     never overflows or saturates);
+  3. requantization as in step 6, to a signed ``acc_bits`` logit.
+
+* ``bm2``, the 2-branch max (all-morphological): ``z_c = max_i x_i v+_ci - max_i x_i v-_ci +
+  b_c`` with ``v+ = max(w, 0)``, ``v- = max(-w, 0)`` (the 4-branch neuron on inputs >= 0):
+
+  1. ``M+_c = max (Lx_i + Lw_ci)`` over the inputs with ``s_ci = 0`` and the zero flag clear,
+     ``M-_c`` likewise over ``s_ci = 1``; an empty branch is flagged;
+  2. ``acc_c = EXP(M+_c) - EXP(M-_c) + bias_c`` (a flagged branch's exp is 0), exact in
+     :func:`bm2_acc_bits` bits;
+  3. requantization as in step 6.
+
 Integer MAC baseline (``p`` is a :class:`model.params.MACParams`)
 -----------------------------------------------------------------
 ``acc = sum_i x_i * w_i + bias[c]`` with unsigned ``a_bits`` activations and signed ``w_bits``
@@ -59,9 +87,13 @@ __all__ = [
     "ref_maxpool",
     "im2col",
     "ref_bm_layer",
+    "ref_lns_acc",
+    "ref_bm2_acc",
     "ref_mac_layer",
     "ref_network",
     "bm_acc_bits",
+    "lns_acc_bits",
+    "bm2_acc_bits",
     "mac_acc_bits",
     "predict",
 ]
@@ -211,17 +243,71 @@ def _layer_output(p, spec: LayerSpec, acc, hw):
     return y[0]
 
 
-def ref_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, *, return_acc: bool = False):
-    """One integer 1.5-BM layer: codes in, codes (or logits) out."""
+def _check_sign(spec: LayerSpec, sign) -> np.ndarray:
+    if sign is None:
+        raise ValueError(f"a {spec.neuron!r} layer needs a sign per weight")
+    sign = _as_int(sign).reshape(spec.out_ch, spec.fan_in)
+    if np.any((sign < 0) | (sign > 1)):
+        raise ValueError("weight signs must be 0 or 1")
+    return sign
+
+
+def ref_lns_acc(p: BMParams, lx, zx, lw, sign, bias):
+    """``lns`` head: ``acc[..., c] = bias[c] + sum_i (-1)**sign[c, i] * EXP(lx_i + lw[c, i])``.
+
+    ``lx``, ``zx``: ``(..., n)`` log codes and zero flags; ``lw``, ``sign``: ``(C, n)``."""
+    lx, lw, sign = _as_int(lx), _as_int(lw), _as_int(sign)
+    zx = np.asarray(zx, dtype=bool)
+    if np.any((lw < p.w_log_min) | (lw > p.w_log_max)):
+        raise ValueError(f"weight log codes must be in {p.w_log_min}..{p.w_log_max}")
+    flat_lx = lx.reshape(-1, lx.shape[-1])
+    flat_zx = zx.reshape(-1, zx.shape[-1])
+    acc = np.empty((flat_lx.shape[0], lw.shape[0]), dtype=np.int64)
+    sgn = 1 - 2 * sign  # +1 / -1
+    for r in range(flat_lx.shape[0]):
+        t = ref_exp(p, flat_lx[r][None, :] + lw, np.broadcast_to(flat_zx[r], lw.shape))
+        acc[r] = (sgn * t).sum(axis=1)
+    acc = acc + _as_int(bias)
+    return acc.reshape(lx.shape[:-1] + (lw.shape[0],))
+
+
+def ref_bm2_acc(p: BMParams, lx, zx, lw, sign, bias):
+    """``bm2`` head: ``acc = EXP(M+) - EXP(M-) + bias``, ``M+`` (``M-``) the max-plus branch
+    over the weights of sign 0 (1); see the module documentation."""
+    sign = np.asarray(sign).astype(bool)
+    zx = np.asarray(zx, dtype=bool)
+    out = []
+    for neg in (False, True):
+        # a weight of the other sign is excluded as if its input were flagged
+        mask = zx[..., None, :] | (sign != neg)
+        lxm = _as_int(lx)[..., None, :] + _as_int(lw)
+        big = np.int64(-(1 << 40))
+        mm = np.where(mask, big, lxm).max(axis=-1)
+        zm = mm < big // 2
+        out.append(ref_exp(p, np.where(zm, 0, mm), zm))
+    return out[0] - out[1] + _as_int(bias)
+
+
+def ref_bm_layer(
+    p: BMParams, spec: LayerSpec, x, lw, bias, *, sign=None, return_acc: bool = False
+):
+    """One integer BM layer (``spec.neuron``): codes in, codes (or logits) out."""
     cols, hw = _layer_input(spec, x)
     if np.any((cols < 0) | (cols > p.a_max)):
         raise ValueError(f"activation codes must be in 0..{p.a_max}")
     lw = _as_int(lw).reshape(spec.out_ch, spec.fan_in)
     lx, zx = ref_log(p, cols)
-    m, zm = ref_branch(p, lx, zx, lw)
-    e = ref_exp(p, m, zm)
-    s = ref_window_sum(cols)
-    acc = ref_correction(p, e, s, bias, spec.c_shift)
+    if spec.neuron == "lns":
+        acc = ref_lns_acc(p, lx, zx, lw, _check_sign(spec, sign), bias)
+    elif spec.neuron == "bm2":
+        if np.any((lw < p.w_log_min) | (lw > p.w_log_max)):
+            raise ValueError(f"weight log codes must be in {p.w_log_min}..{p.w_log_max}")
+        acc = ref_bm2_acc(p, lx, zx, lw, _check_sign(spec, sign), bias)
+    else:
+        m, zm = ref_branch(p, lx, zx, lw)
+        e = ref_exp(p, m, zm)
+        s = ref_window_sum(cols)
+        acc = ref_correction(p, e, s, bias, spec.c_shift)
     y = _layer_output(p, spec, acc, hw)
     return (y, acc) if return_acc else y
 
@@ -249,11 +335,14 @@ def ref_network(p, layers, tensors, image, *, trace: bool = False):
     (log codes for BM, int weights for MAC) and ``"bias"``. Returns the logits, or with
     ``trace`` the list of every layer's output.
     """
-    layer_fn = ref_bm_layer if isinstance(p, BMParams) else ref_mac_layer
+    bm = isinstance(p, BMParams)
     x = _as_int(image)
     outs = []
     for spec, t in zip(layers, tensors, strict=True):
-        x = layer_fn(p, spec, x, t["w"], t["bias"])
+        if bm:
+            x = ref_bm_layer(p, spec, x, t["w"], t["bias"], sign=t.get("sign"))
+        else:
+            x = ref_mac_layer(p, spec, x, t["w"], t["bias"])
         outs.append(x)
     return outs if trace else x
 
@@ -268,6 +357,19 @@ def bm_acc_bits(p: BMParams, spec: LayerSpec) -> int:
     s_max = spec.fan_in * p.a_max << spec.c_shift
     bound = max(p.exp_max, s_max) + (1 << (p.bias_bits - 1))
     return bound.bit_length() + 2
+
+
+def lns_acc_bits(p: BMParams, spec: LayerSpec) -> int:
+    """Signed width of the ``lns`` head's accumulator: ``fan_in`` terms of up to ``exp_max``
+    either sign, plus the bias, exactly."""
+    bound = spec.fan_in * p.exp_max + (1 << (p.bias_bits - 1))
+    return bound.bit_length() + 1
+
+
+def bm2_acc_bits(p: BMParams, spec: LayerSpec) -> int:
+    """Signed width of the ``bm2`` head's ``EXP(M+) - EXP(M-) + bias``, exactly."""
+    bound = p.exp_max + (1 << (p.bias_bits - 1))
+    return bound.bit_length() + 1
 
 
 def mac_acc_bits(p: MACParams, spec: LayerSpec) -> int:
@@ -317,7 +419,34 @@ def window_sums(x, k: int):
     return s
 
 
-def _batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias):
+def _batch_head(p: BMParams, spec: LayerSpec, lx, zx, lw, sign, bias):
+    """The ``lns`` and ``bm2`` heads over a batch: the exp unit tabulated over every branch
+    sum ``Lx + Lw`` that can occur, then looked up."""
+    sign = _check_sign(spec, sign).astype(bool)
+    lx = lx.reshape(lx.shape[0], -1)
+    zx = zx.reshape(zx.shape[0], -1)
+    lo = int(lw.min()) + 0
+    hi = int(lx.max(initial=0)) + int(lw.max())
+    e_tab = ref_exp(p, np.arange(min(lo, 0), max(hi, 0) + 1))
+    off = -min(lo, 0)
+    acc = np.empty((lx.shape[0], spec.out_ch), dtype=np.int64)
+    for o in range(spec.out_ch):
+        m = lx + lw[o]  # (B, n)
+        if spec.neuron == "lns":
+            t = np.where(zx, 0, e_tab[m + off])
+            acc[:, o] = np.where(sign[o], -t, t).sum(axis=1)
+        else:
+            big = np.int64(-(1 << 40))
+            e = []
+            for neg in (False, True):
+                mm = np.where(zx | (sign[o] != neg), big, m).max(axis=1)
+                zm = mm < big // 2
+                e.append(np.where(zm, 0, e_tab[np.where(zm, 0, mm) + off]))
+            acc[:, o] = e[0] - e[1]
+    return acc + _as_int(bias)
+
+
+def _batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, sign=None):
     lw = _as_int(lw).reshape(spec.out_ch, spec.fan_in)
     if np.any((lw < p.w_log_min) | (lw > p.w_log_max)):
         raise ValueError(f"weight log codes must be in {p.w_log_min}..{p.w_log_max}")
@@ -325,6 +454,8 @@ def _batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias):
     codes = np.arange(p.a_max + 1)
     lx_tab, zx_tab = ref_log(p, codes)
     lx, zx = lx_tab[x], zx_tab[x]
+    if spec.neuron != "bm15":
+        return _batch_head(p, spec, lx, zx, lw, sign, bias)
     dtype, neg = _maxplus_dtype(p)
     lxm = np.where(zx, neg, lx).astype(dtype)
     if spec.kind == "conv":
@@ -394,8 +525,10 @@ def ref_network_batch(p, layers, tensors, images, *, trace: bool = False):
             raise ValueError(f"linear layer expects {spec.in_ch} inputs, not {x[0].size}")
         if np.any((x < 0) | (x > p.a_max)):
             raise ValueError(f"activation codes must be in 0..{p.a_max}")
-        fn = _batch_bm_layer if bm else _batch_mac_layer
-        acc = fn(p, spec, x, t["w"], t["bias"])
+        if bm:
+            acc = _batch_bm_layer(p, spec, x, t["w"], t["bias"], t.get("sign"))
+        else:
+            acc = _batch_mac_layer(p, spec, x, t["w"], t["bias"])
         y = ref_requant(p, acc, spec.out_shift, spec.relu)
         if spec.kind == "conv":
             y = y.transpose(0, 3, 1, 2)

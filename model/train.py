@@ -110,6 +110,10 @@ class TrainConfig:
     train_limit: int = 0  # 0: whole training set
     test_limit: int = 0  # 0: whole test set
     cache_limit_gb: float = 3.0
+    augment: bool = False  # random shifts (up to shift_px) and rotations (up to rot_deg)
+    shift_px: float = 2.0
+    rot_deg: float = 10.0
+    label_smoothing: float = 0.0  # of the cross-entropy against the labels
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -141,6 +145,23 @@ def batches(n: int, bs: int, gen: torch.Generator | None, device="cpu"):
     idx = idx.to(device)
     for i in range(0, n, bs):
         yield idx[i : i + bs]
+
+
+@torch.no_grad()
+def augment_batch(x: torch.Tensor, gen: torch.Generator, shift_px: float, rot_deg: float):
+    """Random rotation (uniform in +-``rot_deg``) and shift (uniform in +-``shift_px`` pixels)
+    of each image of ``x`` (N, C, H, W), bilinear, zeros outside; drawn from ``gen``."""
+    n, _, h, w = x.shape
+    r = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rot_deg)
+    t = (torch.rand(n, 2, generator=gen) * 2 - 1) * shift_px
+    cos, sin = torch.cos(r), torch.sin(r)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    theta[:, 0, 2] = t[:, 0] * 2 / w  # affine_grid works in [-1, 1] coordinates
+    theta[:, 1, 2] = t[:, 1] * 2 / h
+    theta = theta.to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 @torch.no_grad()
@@ -379,8 +400,13 @@ def train_epochs(
     start_epoch: int = 0,
     on_epoch=None,
     alpha_sched=None,
+    augment: bool = False,
 ) -> dict:
-    """Adam + cosine over ``epochs``; ``loss_fn(net, xb, yb, idx)``; evaluates after each epoch."""
+    """Adam + cosine over ``epochs``; ``loss_fn(net, xb, yb, idx)``; evaluates after each epoch.
+
+    ``augment``: each batch is randomly shifted and rotated (:func:`augment_batch`, the config's
+    ``shift_px`` and ``rot_deg``); only for loss functions that read the images, not ``idx``.
+    """
     cfg = run.cfg
     xtr, ytr, xte, yte = data
     params = [p for p in (params if params is not None else net.parameters()) if p.requires_grad]
@@ -393,19 +419,24 @@ def train_epochs(
     # crc32, not hash(): str hashes change from process to process, and a resumed run must
     # see the batch order of the run it continues
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 1000)
+    agen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + zlib.crc32(tag.encode()) % 1000)
     acc = None
     for ep in range(epochs):
         # a fresh order each epoch; the epochs a resumed run skips draw theirs too
         order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
         if ep < start_epoch:
             continue
+        agen.manual_seed(cfg.seed * 7919 + 1 + ep + zlib.crc32(tag.encode()) % 1000)
         net.train()
         tot, nb = 0.0, 0
         t0 = time.time()
         for j, idx in enumerate(run.progress(order, len(order), f"{tag} ep{ep + 1}/{epochs}")):
             if alpha_sched is not None:
                 alpha_sched((ep + j / len(order)) / epochs)
-            loss = loss_fn(net, xtr[idx], ytr[idx], idx)
+            xb = xtr[idx]
+            if augment:
+                xb = augment_batch(xb, agen, cfg.shift_px, cfg.rot_deg)
+            loss = loss_fn(net, xb, ytr[idx], idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -442,6 +473,17 @@ def freeze_alpha(net: LeNet) -> None:
 
 def ce_loss(net, xb, yb, idx):
     return F.cross_entropy(net(xb), yb)
+
+
+def ce_loss_fn(cfg: TrainConfig):
+    """Cross-entropy against the labels, with the config's label smoothing."""
+    if not cfg.label_smoothing:
+        return ce_loss
+
+    def f(net, xb, yb, idx):
+        return F.cross_entropy(net(xb), yb, label_smoothing=cfg.label_smoothing)
+
+    return f
 
 
 def centred(logits: torch.Tensor) -> torch.Tensor:
@@ -508,6 +550,7 @@ def run_simple(
         start_epoch=start,
         on_epoch=on_epoch,
         alpha_sched=sched,
+        augment=cfg.augment,
     )
 
 
@@ -528,7 +571,9 @@ def alpha_schedule(cfg: TrainConfig, net: LeNet, layers=None):
 def method_classical(run: Run, data) -> tuple[LeNet, dict]:
     cfg = run.cfg
     net = create_net(cfg.net).to(cfg.device)
-    res = run_simple(run, data, net, ce_loss, epochs=cfg.epochs, tag="classical", lr=cfg.lr)
+    res = run_simple(
+        run, data, net, ce_loss_fn(cfg), epochs=cfg.epochs, tag="classical", lr=cfg.lr
+    )
     return net, res
 
 
@@ -1086,6 +1131,12 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--train-limit", type=int, default=0)
     p.add_argument("--test-limit", type=int, default=0)
     p.add_argument("--cache-limit-gb", type=float, default=d.cache_limit_gb)
+    p.add_argument(
+        "--augment", action="store_true", help="random shifts and rotations of training images"
+    )
+    p.add_argument("--shift-px", type=float, default=d.shift_px)
+    p.add_argument("--rot-deg", type=float, default=d.rot_deg)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = vars(p.parse_args(argv))
     a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))
