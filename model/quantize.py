@@ -327,8 +327,18 @@ def quantize_bm(
     wmax_code = 2.0 ** (p.w_log_max / (1 << p.log_frac))
     for li, (st, s) in enumerate(zip(stages, stats, strict=True)):
         m = st.module
+        last = li == len(stages) - 1
+        if last and head_neuron(st) != "bm15":
+            spec, t, inf = _quantize_head(p, st, s, sigma, codes, log_offset=log_offset)
+            layers.append(spec)
+            tensors.append(t)
+            info.append(inf)
+            break
         if not isinstance(m, BM15Layer):
-            raise QuantizeError(f"layer {li} is {type(m).__name__}, not a 1.5-BM layer")
+            raise QuantizeError(
+                f"layer {li} is {type(m).__name__}, not a 1.5-BM layer"
+                + ("" if last else " (only the classifier may be lns or bm2)")
+            )
         if m.op.kind != "max":
             raise QuantizeError(f"layer {li} uses {m.op.kind!r}: the integer datapath is hard max")
         kind, cin, cout, k = st.geometry
@@ -406,6 +416,111 @@ def quantize_bm(
         if not last:
             sigma = 2.0**out_shift / a_acc
     return layers, tensors, info
+
+
+def head_neuron(st: Stage) -> str:
+    """The integer neuron of a float classifier: a classical ``nn.Linear`` is the ``lns`` head
+    (the log-domain sum computes ``sum w x`` exactly up to the log and exp tables), a 4-branch
+    linear layer with the hard max is ``bm2`` (on inputs >= 0 only its two positive-input
+    branches are nonzero), a 1.5-branch one is ``bm15``."""
+    m = st.module
+    if isinstance(m, BM15Layer):
+        return "bm15"
+    if isinstance(m, BMLayer) and st.geometry[0] == "linear":
+        if m.op.kind != "max":
+            raise QuantizeError(f"the bm2 classifier uses {m.op.kind!r}: the datapath is hard max")
+        return "bm2"
+    if isinstance(m, nn.Linear):
+        return "lns"
+    raise QuantizeError(f"no integer classifier head for {type(m).__name__}")
+
+
+def _head_terms(p: BMParams, spec: LayerSpec, codes, lw, sign):
+    """Integer ``sum_i T_ci`` (lns) or the two branch exps summed (bm2) with every sign
+    positive and no bias: the magnitude the head computes, for the log-offset gain."""
+    from .reference import _batch_bm_layer
+
+    pos = np.zeros_like(sign)
+    bias0 = np.zeros(spec.out_ch, dtype=np.int64)
+    if spec.neuron == "lns":
+        return _batch_bm_layer(p, spec, codes, lw, bias0, pos).astype(np.float64)
+    # bm2: EXP(M+) + EXP(M-), each branch alone (the other sign's codes pushed to the floor)
+    total = 0.0
+    for neg in (0, 1):
+        lw_b = np.where(sign == neg, lw, p.w_log_min)
+        total = total + _batch_bm_layer(p, spec, codes, lw_b, bias0, pos).astype(np.float64)
+    return total
+
+
+def _quantize_head(
+    p: BMParams, st: Stage, s: LayerStats, sigma: float, codes, *, log_offset: bool = True
+):
+    """The ``lns`` or ``bm2`` classifier (see :mod:`model.reference`) from a float ``Linear``
+    or 4-branch linear layer reading codes of scale ``sigma``.
+
+    Weights become a sign and the log code ``Lw = round(2**f * log2(|w| * k))``. ``k`` is the
+    largest power of two for which the largest possible term, ``a_max * max|w| * k``, stays
+    below half of ``exp_max`` (no term can saturate) and the log codes and the bias fit their
+    widths. The accumulator stands for the float logit times ``A = k / sigma``. With
+    ``log_offset``, each class's codes are offset by the measured gain of its integer terms
+    against the float products on the calibration codes (the log unit truncates).
+    """
+    neuron = head_neuron(st)
+    m = st.module
+    kind, cin, cout, k = st.geometry
+    w = m.weight.detach().double().numpy().reshape(cout, -1)
+    b = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(cout)
+    wabs = np.abs(w)
+    f = 1 << p.log_frac
+    q = math.floor(math.log2((p.exp_max / 2) / (p.a_max * max(float(wabs.max()), 1e-30))))
+    q = min(q, math.floor(p.w_log_max / f - math.log2(max(float(wabs.max()), 1e-30))) - 1)
+    b_max = float(np.abs(b).max(initial=0))
+    while q > -60 and b_max * 2.0**q / sigma * 2 >= 2 ** (p.bias_bits - 1):
+        q -= 1
+    kk = 2.0**q
+    a_acc = kk / sigma
+    spec = LayerSpec("linear", cin, cout, 1, c_shift=0, out_shift=0, relu=False, neuron=neuron)
+    sign = (w < 0).astype(np.int64)
+
+    def codes_for(gain):
+        mag = np.maximum(wabs * kk / gain[:, None], 1e-300)
+        return np.clip(np.floor(f * np.log2(mag) + 0.5), p.w_log_min, p.w_log_max).astype(np.int64)
+
+    gain = np.ones(cout)
+    lw = codes_for(gain)
+    if log_offset and codes is not None:
+        flat = codes.reshape(len(codes), -1).astype(np.float64)
+        for _ in range(2):
+            got = _head_terms(p, spec, codes, lw, sign).sum(0)
+            if neuron == "lns":
+                want = (flat @ (wabs * kk).T).sum(0)
+            else:
+                x3 = flat[:, None, :]
+                wp, wn = np.where(w > 0, wabs, 0) * kk, np.where(w < 0, wabs, 0) * kk
+                want = ((x3 * wp).max(-1) + (x3 * wn).max(-1)).sum(0)
+            g = np.where((want > 0) & (got > 0), got / np.maximum(want, 1e-300), 1.0)
+            gain = gain * g
+            lw = codes_for(gain)
+    bias = np.floor(b * a_acc + 0.5).astype(np.int64)
+    bound = (s.z_absmax * 2 + float(np.abs(b).max(initial=0))) * a_acc * 2
+    spec = LayerSpec(
+        "linear",
+        cin,
+        cout,
+        1,
+        c_shift=0,
+        out_shift=_last_shift(bound, p.acc_bits),
+        relu=False,
+        neuron=neuron,
+    )
+    info = {
+        "sigma_in": sigma,
+        "acc_scale": a_acc,
+        "k": kk,
+        "neuron": neuron,
+        "log_offset_gain": [float(v) for v in gain],
+    }
+    return spec, {"w": lw, "bias": bias, "sign": sign}, info
 
 
 # -- MAC -----------------------------------------------------------------------------------------
@@ -525,6 +640,19 @@ def _fq_forward(stages, spec_layers, infos, p: BMParams, x: torch.Tensor) -> tor
             x = x.flatten(1)
         codes = _fq_codes(x, sigma, p.a_max)
         u = _LogUnitSTE.apply(codes, table) * sigma
+        if spec.neuron != "bm15":  # the lns / bm2 classifier: signed log-coded weights
+            gain = torch.tensor(inf["log_offset_gain"], dtype=m.weight.dtype)[:, None]
+            lw = _RoundSTE.apply((1 << p.log_frac) * torch.log2(m.weight.abs() * kk / gain))
+            lw = lw.clamp(p.w_log_min, p.w_log_max)
+            wq = torch.sign(m.weight) * 2.0 ** (lw / (1 << p.log_frac)) / kk
+            if spec.neuron == "lns":
+                x = F.linear(u, wq, m.bias)
+            else:
+                o = wq.shape[0]
+                wpn = torch.cat([wq.clamp(min=0), (-wq).clamp(min=0)], 0)
+                bp = branch(u, wpn, m.op)
+                x = bp[:, :o] - bp[:, o:] + m.bias
+            continue
         lw = _RoundSTE.apply((1 << p.log_frac) * torch.log2(m.w_pos() * kk))
         lw = lw.clamp(p.w_log_min, p.w_log_max)
         wq = 2.0 ** (lw / (1 << p.log_frac)) / kk

@@ -288,9 +288,7 @@ def ref_bm2_acc(p: BMParams, lx, zx, lw, sign, bias):
     return out[0] - out[1] + _as_int(bias)
 
 
-def ref_bm_layer(
-    p: BMParams, spec: LayerSpec, x, lw, bias, *, sign=None, return_acc: bool = False
-):
+def ref_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, *, sign=None, return_acc: bool = False):
     """One integer BM layer (``spec.neuron``): codes in, codes (or logits) out."""
     cols, hw = _layer_input(spec, x)
     if np.any((cols < 0) | (cols > p.a_max)):
@@ -491,7 +489,9 @@ def _batch_mac_layer(p: MACParams, spec: LayerSpec, x, w, bias):
         xf = np.ascontiguousarray(x, dtype=np.float64)
         s = xf.strides
         view = np.lib.stride_tricks.as_strided(
-            xf, shape=(bsz, ho, wo, c, k, k), strides=(s[0], s[2], s[3], s[1], s[2], s[3]),
+            xf,
+            shape=(bsz, ho, wo, c, k, k),
+            strides=(s[0], s[2], s[3], s[1], s[2], s[3]),
             writeable=False,
         )
         acc = np.empty((bsz, ho, wo, spec.out_ch), dtype=np.int64)

@@ -114,6 +114,8 @@ class TrainConfig:
     shift_px: float = 2.0
     rot_deg: float = 10.0
     label_smoothing: float = 0.0  # of the cross-entropy against the labels
+    kd_temp: float = 0.0  # layerwise: > 0 adds logit KD against the teacher at this temperature
+    kd_weight: float = 1.0  # weight of the logit KD term (times kd_temp**2)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -486,6 +488,28 @@ def ce_loss_fn(cfg: TrainConfig):
     return f
 
 
+def logit_kd_loss_fn(cfg: TrainConfig, teacher: LeNet):
+    """``CE(y_s, y) + kd_weight * T**2 * KL(softmax(y_t / T) || softmax(y_s / T))``: the
+    student's cross-entropy (with the config's label smoothing) plus logit distillation from the
+    teacher at temperature ``T = kd_temp`` (Hinton et al.), on the same (augmented) batch."""
+    t_ = cfg.kd_temp
+
+    def f(net, xb, yb, idx):
+        with torch.no_grad():
+            tl = teacher(xb)
+        sl = net(xb)
+        ce = F.cross_entropy(sl, yb, label_smoothing=cfg.label_smoothing)
+        kl = F.kl_div(
+            F.log_softmax(sl / t_, 1),
+            F.log_softmax(tl / t_, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        return ce + cfg.kd_weight * t_ * t_ * kl
+
+    return f
+
+
 def centred(logits: torch.Tensor) -> torch.Tensor:
     """Logits minus their mean over the classes.
 
@@ -571,9 +595,7 @@ def alpha_schedule(cfg: TrainConfig, net: LeNet, layers=None):
 def method_classical(run: Run, data) -> tuple[LeNet, dict]:
     cfg = run.cfg
     net = create_net(cfg.net).to(cfg.device)
-    res = run_simple(
-        run, data, net, ce_loss_fn(cfg), epochs=cfg.epochs, tag="classical", lr=cfg.lr
-    )
+    res = run_simple(run, data, net, ce_loss_fn(cfg), epochs=cfg.epochs, tag="classical", lr=cfg.lr)
     return net, res
 
 
@@ -632,13 +654,17 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
     """Algorithm 1: convert layer i, fine-tune the whole net (frozen converted layers if freeze)."""
     cfg = run.cfg
     teacher = load_teacher(cfg)
+    teacher.eval()
     net = copy.deepcopy(teacher)
     ck = run.load_ckpt()
     done = ck["layers_done"] if ck is not None and "layers_done" in ck else 0
+    todo = [i for i in range(len(net.layers)) if i not in cfg.keep]  # layers to convert
+    loss_fn = logit_kd_loss_fn(cfg, teacher) if cfg.kd_temp > 0 else ce_loss_fn(cfg)
     mid = ck.get("stage_epoch", 0) if ck is not None else 0  # epochs of stage `done` trained
     accs = ck.get("accs", []) if ck is not None else []
-    for i in range(done + (1 if mid else 0)):
-        convert_layer(cfg, net, i)
+    for i in range(min(len(net.layers), done + (1 if mid else 0))):
+        if i in todo:
+            convert_layer(cfg, net, i)
     if done or mid:
         net.load_state_dict(ck["net"])
         if freeze:
@@ -650,6 +676,8 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
         )
     caches = (None, None)
     for i in range(done, len(net.layers)):
+        if i not in todo:
+            continue
         resume = i == done and mid > 0  # converted and refitted already: its state is loaded
         if not resume:
             convert_layer(cfg, net, i)
@@ -688,18 +716,61 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
             epochs=cfg.epochs,
             lr=cfg.lr,
             tag=f"layer{i}",
-            loss_fn=ce_loss,
+            loss_fn=loss_fn,
             params=params,
             state=ck["opt_state"] if resume else None,
             start_epoch=mid if resume else 0,
             on_epoch=on_epoch,
             alpha_sched=alpha_schedule(cfg, net, [net.layers[i]]),
+            augment=cfg.augment and model is net,
         )
         if freeze:
             net.layers[i].requires_grad_(False)
         accs.append(res["accuracy"])
         run.save_ckpt({"layers_done": i + 1, "net": net.state_dict(), "accs": accs})
-    return net, {"accuracy": accs[-1], "per_layer_accuracy": accs}
+        torch.save(net_to_dict(net), run.dir / f"after_layer{i}.pt")
+    res = {"accuracy": accs[-1] if accs else None, "per_layer_accuracy": accs}
+    if cfg.final_epochs and not freeze:
+        res["accuracy_before_final"] = res["accuracy"]
+        res.update(
+            layerwise_final(run, net, data, loss_fn, ck if ck and "final_epoch" in ck else None)
+        )
+    return net, res
+
+
+def layerwise_final(run: Run, net: LeNet, data, loss_fn, ck) -> dict:
+    """``--final-epochs`` of whole-network training at ``--final-lr`` after the last conversion
+    (resumable: its checkpoints carry ``layers_done`` = every layer and ``final_epoch``)."""
+    cfg = run.cfg
+    n = len(net.layers)
+    start = ck.get("final_epoch", 0) if ck is not None else 0
+    if start >= cfg.final_epochs:
+        return {"accuracy": evaluate(net, data[2], data[3])}
+
+    def on_epoch(ep, st):
+        run.save_ckpt(
+            {
+                "layers_done": n,
+                "final_epoch": ep,
+                "net": net.state_dict(),
+                "opt_state": st,
+                "accs": ck.get("accs", []) if ck else [],
+            }
+        )
+
+    return train_epochs(
+        run,
+        net,
+        data,
+        epochs=cfg.final_epochs,
+        lr=cfg.final_lr,
+        tag="final",
+        loss_fn=loss_fn,
+        state=ck["opt_state"] if ck is not None and start else None,
+        start_epoch=start,
+        on_epoch=on_epoch,
+        augment=cfg.augment,
+    )
 
 
 # -- layer-wise KD (section 4.2) ----------------------------------------------------------------
@@ -1137,6 +1208,13 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--shift-px", type=float, default=d.shift_px)
     p.add_argument("--rot-deg", type=float, default=d.rot_deg)
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument(
+        "--kd-temp",
+        type=float,
+        default=d.kd_temp,
+        help="layerwise: logit KD against the teacher at this temperature (0: off)",
+    )
+    p.add_argument("--kd-weight", type=float, default=d.kd_weight)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = vars(p.parse_args(argv))
     a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))
