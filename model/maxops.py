@@ -74,6 +74,7 @@ class MaxOp(nn.Module):
         alpha_min: float = 1.0,
     ):
         super().__init__()
+        self.grad_alpha = 0.0  # "max" in training: > 0 takes the backward of LSE at this alpha
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         self.kind = kind
@@ -362,7 +363,14 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
         with torch.autocast(u.device.type, enabled=False):
             return branch(_full(u), _full(v), op)
     if op.kind == "max":
-        return maxtimes_conv(u, v)
+        hard = maxtimes_conv(u, v)
+        ga = getattr(op, "grad_alpha", 0.0)
+        if ga and torch.is_grad_enabled() and (u.requires_grad or v.requires_grad):
+            # hard max forward, the LSE's gradient at alpha = grad_alpha backward (training only:
+            # the value is the hard max's exactly, so the integer datapath is unchanged)
+            soft = branch(u, v, MaxOp("lse", alpha=ga))
+            return hard + (soft - soft.detach())
+        return hard
     dtype = u.dtype
     a = op.alpha
     if float(a.detach()) > _F64_ALPHA and dtype != torch.float64:

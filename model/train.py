@@ -116,6 +116,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the cross-entropy against the labels
     kd_temp: float = 0.0  # layerwise: > 0 adds logit KD against the teacher at this temperature
     kd_weight: float = 1.0  # weight of the logit KD term (times kd_temp**2)
+    grad_alpha: float = 0.0  # > 0: hard-max layers train with the LSE's backward at this alpha
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -263,7 +264,9 @@ def make_op(cfg: TrainConfig, kind: str | None = None, alpha: float | None = Non
 
 
 def convert_layer(cfg: TrainConfig, net: LeNet, i: int, src: nn.Module | None = None):
-    kw = {"op": make_op(cfg)}
+    op = make_op(cfg)
+    op.grad_alpha = cfg.grad_alpha
+    kw = {"op": op}
     if cfg.form == "bm15":
         kw.update(dx=cfg.dx, learn_corr=cfg.learn_corr)
     return net.convert_layer(i, cfg.form, src=src, **kw)
@@ -1215,6 +1218,12 @@ def parse_args(argv=None) -> TrainConfig:
         help="layerwise: logit KD against the teacher at this temperature (0: off)",
     )
     p.add_argument("--kd-weight", type=float, default=d.kd_weight)
+    p.add_argument(
+        "--grad-alpha",
+        type=float,
+        default=d.grad_alpha,
+        help="hard max forward, the backward of LSE at this alpha (0: off)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = vars(p.parse_args(argv))
     a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))

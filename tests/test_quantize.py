@@ -29,12 +29,18 @@ def images(n=64, hw=12, seed=0):
     return x.astype(np.uint8)
 
 
-def small_net(form: str, seed: int = 0):
+def small_net(form: str, seed: int = 0, head: str = "bm15"):
+    """A tiny LeNet; ``form`` "bm15" converts the convolutions, and the classifier too unless
+    ``head`` is "lns" (kept classical) or "bm2" (a 4-branch hard-max layer)."""
     torch.manual_seed(seed)
     net = create_net("lenet", in_hw=12, widths=(4, 4), forms=("classical",) * 3)
     if form == "bm15":
-        for i in range(3):
+        for i in range(2):
             net.convert_layer(i, "bm15", learn_corr=True)
+        if head == "bm15":
+            net.convert_layer(2, "bm15", learn_corr=True)
+        elif head == "bm2":
+            net.convert_layer(2, "bm4", op=MaxOp("max"))
     return net.eval()
 
 
@@ -80,6 +86,35 @@ def test_bm_ptq_tracks_float(tmp_path, log_offset):
     assert corr > 0.99, corr
     save_export(tmp_path / "b.npz", exp)
     assert load_export(tmp_path / "b.npz").checksum
+
+
+@pytest.mark.parametrize("head", ["lns", "bm2"])
+def test_head_ptq_tracks_float(tmp_path, head):
+    net = small_net("bm15", head=head)
+    st = stages_of(net)
+    x = images(128)
+    exp = quantize(st, x[:64], PRESETS["bm8"], preset="bm8")
+    assert exp.head == head and exp.layers[-1].c_shift == 0
+    fl = float_logits(st, x[64:])
+    il = int_logits(exp, x[64:]) * dequant_last(exp)
+    corr = np.corrcoef(il.ravel(), fl.ravel())[0, 1]
+    assert corr > 0.99, corr
+    save_export(tmp_path / "h.npz", exp)
+    assert load_export(tmp_path / "h.npz").head == head
+
+
+@pytest.mark.parametrize("head", ["lns", "bm2"])
+def test_head_fake_quant_matches_reference(head):
+    net = small_net("bm15", head=head)
+    st = stages_of(net)
+    x = images(96)
+    p = PRESETS["bm8"]
+    exp = quantize(st, x[:64], p, preset="bm8", log_offset=False)
+    with torch.no_grad():
+        fq = _fq_forward(st, exp.layers, exp.metadata["layer_scales"], p, to_float_input(x[64:]))
+    il = int_logits(exp, x[64:]) * dequant_last(exp)
+    rel = np.abs(fq.numpy() - il).max() / np.abs(il).max()
+    assert rel < 0.02, rel
 
 
 def test_fake_quant_forward_matches_reference():
