@@ -47,6 +47,16 @@ another 784 cycles. With ``overlap``:
 Each image's cycles are then the copy and the array layers only (:func:`predict_interval`);
 its latency is longer (:func:`predict_image_cycles`).
 
+Classifier heads (``LayerSpec.neuron`` of the last layer)
+---------------------------------------------------------
+``bm15`` runs as above. The signed heads ``lns`` and ``bm2`` (:mod:`model.reference`, "The
+classifier heads"; the export's ``layer<i>.sign``) always run on :class:`hw.fc.FCEngine`,
+which builds them; without ``overlap`` the feeder still writes into the engine's buffer, the
+engine runs after it, and the next image is loaded when its logits have left (the cycle model
+covers both forms). :func:`plan_network` refuses, with a ``ValueError`` naming the layer, a
+neuron the hardware does not build, a signed neuron before the last layer, a signed head on
+MAC params, and a signed head with no layer before it.
+
 Members
 -------
 i : In(stream.Signature(unsigned(8)))
@@ -74,7 +84,7 @@ from model.params import BMParams, MACParams
 
 from ._util import check_count, rom
 from .array import SystolicArray, predict_cycles
-from .fc import FCEngine, fc_cycles
+from .fc import FC_HEADS, FCEngine, fc_cycles
 from .requant import Requant, window_sum_bits
 
 __all__ = ["LayerPlan", "NetPlan", "plan_network", "predict_image_cycles", "predict_interval",
@@ -109,8 +119,9 @@ class LayerPlan:
     dst: int  # buffer written (unused by the last layer)
     wbase: int  # weight address of the first group
     group0: int  # index of the first group in the group table
-    on_array: bool = True  # False: the last layer, run by the FC engine (``NetPlan.overlap``)
+    on_array: bool = True  # False: the last layer, run by the FC engine (``NetPlan.fc_head``)
     feeds_fc: bool = False  # its output goes to the FC engine's buffer
+    neuron: str = "bm15"  # the layer's neuron (``LayerSpec.neuron``; lns and bm2 on the FC engine)
 
     @property
     def fan_in(self) -> int:
@@ -144,8 +155,19 @@ class NetPlan:
 
     @property
     def array_layers(self) -> tuple[LayerPlan, ...]:
-        """The layers the main array runs (all but the classifier when ``overlap``)."""
+        """The layers the main array runs (all but the classifier when :attr:`fc_head`)."""
         return tuple(lp for lp in self.layers if lp.on_array)
+
+    @property
+    def fc_head(self) -> bool:
+        """The classifier runs on the FC engine (:class:`hw.fc.FCEngine`): with ``overlap``,
+        and always for a signed head (``lns``, ``bm2``)."""
+        return not self.layers[-1].on_array
+
+    @property
+    def head(self) -> str:
+        """The classifier's neuron (:data:`hw.fc.FC_HEADS`)."""
+        return self.layers[-1].neuron
 
     @property
     def load_words(self) -> int:
@@ -186,6 +208,13 @@ def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, 
     convolution) runs on its own engine (:class:`hw.fc.FCEngine`) beside the next image's first
     layers, and the image is staged while the previous one computes and copied in ``cols``
     pixels per cycle (single-channel images).
+
+    The classifier's neuron (``layers[-1].neuron``) picks the head: ``bm15`` runs on the main
+    array (or on the FC engine with ``overlap``); ``lns`` and ``bm2`` always run on the FC
+    engine, which then also serves a plan without ``overlap`` (the engine runs after the
+    feeder layer, and the next image waits for its logits). A head the hardware does not
+    build, a signed neuron before the last layer, or a signed head on MAC params raises
+    ``ValueError``.
     """
     check_count("rows", rows)
     check_count("cols", cols)
@@ -196,12 +225,14 @@ def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, 
     if not layers:
         raise ValueError("the network has no layers")
     c, h, w = c0, h0, w0 = input_shape
-    if overlap:
-        if len(layers) < 2 or layers[-1].kind != "linear":
-            raise ValueError("overlap needs a network that ends in a linear layer after at "
-                             "least one other layer")
-        if c != 1:
-            raise ValueError(f"overlap stages single-channel images, not {c} channels")
+    head = _check_heads(params, layers)
+    fc_head = overlap or head != "bm15"
+    if fc_head and (len(layers) < 2 or layers[-1].kind != "linear"):
+        why = f"a {head!r} head (on the FC engine)" if head != "bm15" else "overlap"
+        raise ValueError(f"{why} needs a network that ends in a linear layer after at least "
+                         "one other layer")
+    if overlap and c != 1:
+        raise ValueError(f"overlap stages single-channel images, not {c} channels")
     plans, groups = [], [(-1, 0, cols if overlap else 1)]
     hwp = _pad_plane(h * w, rows)
     sizes = [[c * hwp], []]  # words stored in each buffer, per map
@@ -227,12 +258,13 @@ def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, 
         if last == spec.relu:
             raise ValueError(f"layer {idx}: only the last layer may (and must) output logits")
         hwp_out = _pad_plane(ho * wo, rows)
-        on_array = not (overlap and last)
-        feeds_fc = overlap and idx == len(layers) - 2
+        on_array = not (fc_head and last)
+        feeds_fc = fc_head and idx == len(layers) - 2
         lp = LayerPlan(cin=c, k=k, h_in=h, w_in=w, hwp_in=hwp, cout=spec.out_ch, h_out=ho,
                        w_out=wo, hwp_out=hwp_out, c_shift=spec.c_shift, out_shift=spec.out_shift,
                        relu=spec.relu, last=last, src=src, dst=1 - src, wbase=wbase,
-                       group0=len(groups), on_array=on_array, feeds_fc=feeds_fc)
+                       group0=len(groups), on_array=on_array, feeds_fc=feeds_fc,
+                       neuron=spec.neuron)
         plans.append(lp)
         if on_array:
             for g in range(math.ceil(spec.out_ch / cols)):
@@ -254,6 +286,22 @@ def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, 
                    buf_depth=depth, w_depth=w_depth, overlap=overlap)
 
 
+def _check_heads(params, layers) -> str:
+    """The classifier's neuron, when the hardware builds it; else ``ValueError``."""
+    for idx, spec in enumerate(layers):
+        neuron = getattr(spec, "neuron", "bm15")
+        if neuron not in FC_HEADS:
+            raise ValueError(f"layer {idx}: the accelerator builds the neurons "
+                             f"{', '.join(FC_HEADS)}, not {neuron!r}")
+        if neuron != "bm15" and idx != len(layers) - 1:
+            raise ValueError(f"layer {idx}: a {neuron!r} neuron is built only as the classifier "
+                             "(the last layer)")
+        if neuron != "bm15" and not isinstance(params, BMParams):
+            raise ValueError(f"layer {idx}: a {neuron!r} head needs BM params, not "
+                             f"{type(params).__name__}")
+    return getattr(layers[-1], "neuron", "bm15")
+
+
 def _layer_cycles(plan: NetPlan, lp: LayerPlan) -> int:
     """:func:`hw.array.predict_cycles` of one layer on the main array."""
     return predict_cycles(plan.rows, plan.cols, fan_in=lp.fan_in,
@@ -268,7 +316,7 @@ def _array_body(plan: NetPlan) -> int:
 
 def _fc_cycles(plan: NetPlan) -> int:
     lp = plan.layers[-1]
-    return fc_cycles(plan.params, lp.fan_in, lp.cout)
+    return fc_cycles(plan.params, lp.fan_in, lp.cout, lp.neuron)
 
 
 def predict_image_cycles(plan: NetPlan) -> int:
@@ -280,10 +328,12 @@ def predict_image_cycles(plan: NetPlan) -> int:
     Per layer the array needs :func:`hw.array.predict_cycles` (first beat in to last row out,
     fill and drain included); after it the last row takes ``POST_BM`` or ``POST_MAC`` cycles
     through the exp, requantization and log units and the write-back before the next layer's
-    first beat. Without ``overlap`` the last layer ends when its logits (the first row of its
-    last tile) leave. With it, the image streams into the staging memory (one cycle a pixel),
-    is copied in ``load_words`` rows, the array layers run, and the FC engine takes
-    :func:`hw.fc.fc_cycles`.
+    first beat. Without ``overlap`` the image streams in one pixel a cycle through the log unit
+    and the write stage (``LOAD_BM``, ``LOAD_MAC`` after the last pixel), and the last layer
+    ends when its logits (the first row of its last tile) leave; with a signed head the array
+    layers run instead, then the FC engine (:func:`hw.fc.fc_cycles`). With ``overlap``, the
+    image streams into the staging memory (one cycle a pixel), is copied in ``load_words``
+    rows, the array layers run, and the FC engine takes :func:`hw.fc.fc_cycles`.
     """
     R, C = plan.rows, plan.cols
     bm = isinstance(plan.params, BMParams)
@@ -291,6 +341,8 @@ def predict_image_cycles(plan: NetPlan) -> int:
         return (plan.n_pixels + plan.load_words + (COPY_BM if bm else COPY_MAC)
                 + _array_body(plan) + _fc_cycles(plan))
     total = plan.n_pixels + (LOAD_BM if bm else LOAD_MAC)
+    if plan.fc_head:
+        return total + _array_body(plan) + _fc_cycles(plan)
     for lp in plan.layers:
         a = _layer_cycles(plan, lp)
         if lp.last:
@@ -308,14 +360,17 @@ def predict_interval(plan: NetPlan) -> int:
 
     Without ``overlap`` an image starts when the previous one has left: after the logits, the
     other ``rows - 1`` rows of the last tile drain (they wait while the logits leave), and the
-    state machine takes two cycles, so the interval is the latency plus ``rows + 1``. With it
+    state machine takes two cycles, so the interval is the latency plus ``rows + 1``. With a
+    signed head on the FC engine nothing drains: the next image's first pixel is taken two
+    cycles after the last logit (the engine's ``busy`` register, the state change), so the
+    interval is the latency plus 1. With ``overlap``
     the main array runs back to back: the copy of the staged image and the array layers. The FC
     engine runs beside them; it only sets the pace when it takes longer than the layers before
     the feeder (the feeder waits for it).
     """
     bm = isinstance(plan.params, BMParams)
     if not plan.overlap:
-        return predict_image_cycles(plan) + plan.rows + 1
+        return predict_image_cycles(plan) + (1 if plan.fc_head else plan.rows + 1)
     main = plan.load_words + (COPY_BM if bm else COPY_MAC) + _array_body(plan)
     feeder = plan.array_layers[-1]
     post = POST_BM if bm else POST_MAC
@@ -325,8 +380,9 @@ def predict_interval(plan: NetPlan) -> int:
 
 # pipeline latencies around the array, in cycles (see predict_image_cycles)
 POST_BM, POST_MAC = 10, 6  # 9 and 5 through the units, 1 for the registered layer table
-LOAD_BM, LOAD_MAC = 1, 1  # the registered layer table
-LAST_BM, LAST_MAC = 9, 5
+# without overlap: the last pixel through the log unit (BM), the write and the layer table
+LOAD_BM, LOAD_MAC = 3, 1
+LAST_BM, LAST_MAC = 7, 5  # the last layer's logits: the exp unit (BM), requantization, capture
 COPY_BM, COPY_MAC = 4, 2  # overlap: the staging read, the log unit, the write and the table
 FC_GAP = 1  # overlap: the FC engine's busy low to the feeder layer's first beat
 
@@ -410,6 +466,7 @@ class Accelerator(wiring.Component):
         layers, groups = plan.array_layers, plan.groups
         n_layers = len(layers)
         overlap = plan.overlap
+        fc_head = plan.fc_head  # the classifier on the FC engine (with ``overlap``, or signed)
 
         # -- the array and the units after it ----------------------------------------------------
         m.submodules.array = arr = SystolicArray(p, rows=R, cols=C)
@@ -461,7 +518,7 @@ class Accelerator(wiring.Component):
             ("final", lambda lp: lp.feeds_fc, 1),
             # the feeder is the last array layer: the one before it precedes it
             ("next_fc", lambda lp: len(layers) > 1 and lp is layers[-2], 1),
-        ] if overlap else []):
+        ] if fc_head else []):
             # the layer table is a synchronous-read ROM (registered outputs, for timing): a
             # layer starts one cycle after ``layer`` changes (state PRE), when they are valid.
             # A clocked read also keeps simulators that never evaluate a combinational block
@@ -525,7 +582,7 @@ class Accelerator(wiring.Component):
         npix = Signal(range(plan.n_pixels + 1))
         staged = Signal()  # ``overlap``: a whole image waits in the staging memory
         loading = Signal()  # ``overlap``: the copied image's rows are being written
-        if overlap:
+        if fc_head:
             busy_fc = Signal()
             m.d.comb += self.busy.eq((state != LOAD) | (npix != 0) | staged | busy_fc)
             # (``busy_fc`` includes the start pulse: no low cycle before the engine's ``busy``)
@@ -762,12 +819,12 @@ class Accelerator(wiring.Component):
         wr_valid = Signal()  # a row is presented this cycle (always accepted)
         wr_lx = [Signal(p.lx_bits if bm else 1, name=f"wr_lx{c}") for c in range(C)]
 
-        # logit serializer (without ``overlap``: the last layer runs on the array)
+        # logit serializer (without the FC engine: the last layer runs on the array)
         logits = Signal(data.ArrayLayout(signed(rq.out_bits), C))
         n_out = Signal(range(C + 1))
         n_send = Signal(range(C + 1))  # valid logits in the captured row (its group's columns)
         sending = Signal()
-        if not overlap:
+        if not fc_head:
             m.d.comb += [self.o.valid.eq(sending)]
             with m.Switch(n_out):
                 for c in range(C):
@@ -817,6 +874,7 @@ class Accelerator(wiring.Component):
                         m.d.sync += spos.eq(spos + 1)
             # the copy: word ``cw`` is read in state LOAD and presented a cycle later
             cw = Signal(range(n_words + 1))
+            cw_q = Signal(24)  # ``cw * C``, the word's first pixel, counted up (no multiplier)
             lv = Signal()
             l_q = Signal(24)
             l_adv = Signal()
@@ -835,9 +893,10 @@ class Accelerator(wiring.Component):
             with m.If(l_adv):
                 m.d.sync += lv.eq(copy_issue)
                 with m.If(copy_issue):
-                    m.d.sync += [l_q.eq(cw * C), cw.eq(cw + 1)]
+                    m.d.sync += [l_q.eq(cw_q), cw.eq(cw + 1), cw_q.eq(cw_q + C)]
                     with m.If(cw == n_words - 1):
-                        m.d.sync += [cw.eq(0), staged.eq(0), loading.eq(1), state.eq(WAIT)]
+                        m.d.sync += [cw.eq(0), cw_q.eq(0), staged.eq(0), loading.eq(1),
+                                     state.eq(WAIT)]
         else:
             m.d.comb += [
                 load_active.eq(state == LOAD),
@@ -913,7 +972,7 @@ class Accelerator(wiring.Component):
         w_dst = group_field(wr.gi, lambda r: r[2], 1, "w_dst")
         w_base = [group_field(wr.gi, lambda r, c=c: r[3][c], addr_bits + 1, f"w_base{c}")
                   for c in range(C)]
-        if overlap:
+        if fc_head:
             # the feeder's rows go to the FC engine's buffer instead (one word per row)
             fc_lp, feeder = plan.layers[-1], layers[-1]
             n_pix = feeder.h_out * feeder.w_out
@@ -924,7 +983,8 @@ class Accelerator(wiring.Component):
             t = self.tensors[-1]
             m.submodules.fc = fc = FCEngine(
                 p, word, n_ch=feeder.cout, n_pix=n_pix, cols=C, weight=t["w"], bias=t["bias"],
-                c_shift=fc_lp.c_shift, out_shift=fc_lp.out_shift)
+                c_shift=fc_lp.c_shift, out_shift=fc_lp.out_shift, neuron=fc_lp.neuron,
+                sign=t.get("sign") if fc_lp.neuron != "bm15" else None)
             wiring.connect(m, wiring.flipped(self.o), fc.o)
             m.d.comb += busy_fc.eq(fc.busy | fc.start)
             m.d.sync += [fc.wr_en.eq(wr_valid & wr.valid & w_fc),
@@ -945,7 +1005,7 @@ class Accelerator(wiring.Component):
                         if bm:
                             m.d.comb += wword.lx.eq(wr_lx[c])
             en = wr_valid & wr.valid & (cb < w_ncol)
-            if overlap:
+            if fc_head:
                 en = en & ~w_fc
             # one register stage before the bank (timing): the write lands a cycle later, still
             # before the next layer's first read (that waits for the retirement count, which
@@ -989,6 +1049,17 @@ class Accelerator(wiring.Component):
                 with m.Case(PRE):
                     m.d.sync += state.eq(RUN)
             return m
+        if fc_head:
+            # without ``overlap`` the engine runs after the feeder layer; the next image is
+            # loaded when its logits have left
+            fc_start = Signal()
+            m.d.comb += fc.start.eq(fc_start)
+            m.d.sync += fc_start.eq(0)
+            out_done = ~busy_fc
+            done_layer = L["final"]
+        else:
+            out_done = ~sending
+            done_layer = L["last"]
         with m.Switch(state):
             with m.Case(LOAD):
                 with m.If(load_take & (npix == plan.n_pixels - 1)):
@@ -1001,14 +1072,16 @@ class Accelerator(wiring.Component):
                     with m.If(npix != 0):
                         m.d.sync += [npix.eq(0), layer.eq(0), state.eq(PRE), gi.eq(1),
                                      gbase.eq(0), wptr.eq(0), grp.eq(0)]
-                    with m.Elif(L["last"]):
+                    with m.Elif(done_layer):
                         m.d.sync += state.eq(OUT)
+                        if fc_head:
+                            m.d.sync += fc_start.eq(1)
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), state.eq(PRE), gi.eq(gi + 1),
                                      grp.eq(0)]
             with m.Case(PRE):
                 m.d.sync += state.eq(RUN)
             with m.Case(OUT):
-                with m.If(~sending):
+                with m.If(out_done):
                     m.d.sync += state.eq(LOAD)
         return m

@@ -51,7 +51,8 @@ Platform fixes
   database name is configurable (default ``<part>.bin``, openXC7's naming, instead of
   ``<device>.bin``) and nextpnr-xilinx keeps its log (``--log top.tim``). Synthesis is a Yosys
   script (``top.ys``) so that ``--synth-only`` runs exactly the synthesis of the full flow, and
-  it also writes ``top.stat.json`` (cell counts) for the utilization report.
+  it also writes ``top.stat.json`` (cell counts) for the utilization report, and
+  ``top.rtl_stat.json`` (the cells as read) for the multiplier check of :mod:`hw.build`.
 """
 
 import os
@@ -102,6 +103,7 @@ class XrayFixMixin:
                     read_verilog {{file}}
                 {% endfor %}
                 read_verilog {{name}}.v
+                tee -q -o {{name}}.rtl_stat.json stat -json
                 {% set opts = get_override("synth_opts")|options -%}
                 synth_xilinx -flatten -abc9 -arch xc7 {{opts}} -top {{name}}
                 tee -q -o {{name}}.stat.json stat -json

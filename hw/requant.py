@@ -106,7 +106,8 @@ class Requant(wiring.Component):
     BM (``ref_correction`` then ``ref_requant``)::
 
         acc = E - (S << c_shift) + bias          exact
-    MAC::
+    MAC, and any arithmetic with ``sum_bits`` (the BM classifier heads, whose sums are made
+    before the unit)::
 
         acc = acc_in + bias                      exact
 
@@ -124,6 +125,12 @@ class Requant(wiring.Component):
         BM only: most codes in a window (the width of ``S``, :func:`window_sum_bits`).
     relu : bool or None
         Fix ``relu`` at elaboration (no ``relu`` port); ``None`` (default) makes it a port.
+    sum_bits : int or None
+        Take a finished signed sum ``acc_in`` of ``sum_bits`` bits instead of the arithmetic's
+        own input: the ``{acc, bias}`` form for either arithmetic, ``acc_in + bias`` computed in
+        ``sum_bits`` bits. The caller guarantees that it fits (the heads' widths
+        :func:`model.reference.lns_acc_bits` and :func:`model.reference.bm2_acc_bits` hold
+        the sum with the bias). ``None`` (default): the BM or MAC input above.
 
     Members
     -------
@@ -132,23 +139,38 @@ class Requant(wiring.Component):
         bias: ArrayLayout(signed(bias_bits), lanes)}``.
         MAC: ``{acc: ArrayLayout(signed(acc_bits), lanes),
         bias: ArrayLayout(signed(bias_bits), lanes)}``.
+        With ``sum_bits``: ``{acc: ArrayLayout(signed(sum_bits), lanes),
+        bias: ArrayLayout(signed(bias_bits), lanes)}``.
     o : Out(stream.Signature(ArrayLayout(signed(max(acc_bits, a_bits + 1)), lanes)))
         Codes (``relu``) or logits, :attr:`latency` cycles after the beat was taken.
     c_shift : In(range(max_c_shift + 1))
-        BM only. Held constant while a layer streams, like the two below.
+        BM only (not with ``sum_bits``). Held constant while a layer streams, like the two below.
     out_shift : In(range(64))
     relu : In(1)
     """
 
     def __init__(self, params, *, lanes: int = 1, max_fan_in: int = 5184,
-                 relu: bool | None = None):
+                 relu: bool | None = None, sum_bits: int | None = None):
         self.params = check_params(params, block="Requant")
         self.static_relu = relu
         self.lanes = check_count("lanes", lanes)
         self.max_fan_in = check_count("max_fan_in", max_fan_in)
+        if sum_bits is not None and (check_count("sum_bits", sum_bits, 2) < params.bias_bits):
+            raise ValueError(
+                f"sum_bits must be >= bias_bits ({params.bias_bits}), not {sum_bits!r}")
+        self.sum_bits = sum_bits
         p = params
-        self.bm = isinstance(p, BMParams)
-        if self.bm:
+        # the BM correction input (E and S), or a finished sum (MAC, or ``sum_bits``)
+        self.bm = isinstance(p, BMParams) and sum_bits is None
+        if sum_bits is not None:
+            layout = data.StructLayout(
+                {
+                    "acc": data.ArrayLayout(signed(sum_bits), lanes),
+                    "bias": data.ArrayLayout(signed(p.bias_bits), lanes),
+                }
+            )
+            self.corr_bits = sum_bits
+        elif self.bm:
             self.s_bits = window_sum_bits(p, max_fan_in)
             layout = data.StructLayout(
                 {

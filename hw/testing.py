@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["StreamRun", "run_stream"]
+__all__ = ["StreamRun", "fc_buffer_words", "run_stream"]
 
 
 @dataclass
@@ -84,3 +84,28 @@ def run_stream(
     sim.add_testbench(testbench)
     sim.run()
     return res
+
+
+def fc_buffer_words(params, x, cols: int) -> list[int]:
+    """The FC engine's buffer (:class:`hw.fc.FCEngine`) for a ``(n_ch, n_pix)`` code map, as
+    the feeder writes it: word ``g * n_pix + q`` holds channels ``g * cols ..`` of pixel ``q``,
+    lane ``c`` in bits ``c * w ..`` of the word (``w`` the stored activation's width: the code,
+    then for BM its log code from :func:`model.reference.ref_log`); missing channels are 0."""
+    from model.params import BMParams
+    from model.reference import ref_log
+
+    x = np.asarray(x, dtype=np.int64)
+    n_ch, n_pix = x.shape
+    bm = isinstance(params, BMParams)
+    lx = ref_log(params, x)[0] if bm else np.zeros_like(x)
+    width = params.a_bits + (params.lx_bits if bm else 0)
+    words = []
+    for g in range(-(-n_ch // cols)):
+        for q in range(n_pix):
+            word = 0
+            for c in range(min(cols, n_ch - g * cols)):
+                ch = g * cols + c
+                lane = int(x[ch, q]) | (int(lx[ch, q]) << params.a_bits if bm else 0)
+                word |= lane << (c * width)
+            words.append(word)
+    return words

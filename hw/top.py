@@ -33,7 +33,7 @@ for real work, or :class:`FixtureCore`, a test fixture that is not a neural netw
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -208,7 +208,9 @@ class BoardTop(wiring.Component):
                 with m.If(have_word):
                     m.d.comb += [
                         utx.i.valid.eq(1),
-                        utx.i.payload.eq(word.word_select(byte_idx, 8)),
+                        # byte ``byte_idx``: a shift by ``byte_idx << 3`` (``word_select``
+                        # would multiply the index by 8)
+                        utx.i.payload.eq((word >> Cat(Const(0, 3), byte_idx))[:8]),
                     ]
                     with m.If(utx.i.ready):
                         m.d.sync += byte_idx.eq(byte_idx + 1)

@@ -152,6 +152,9 @@ class BM4Layer(BMLayer):
 class BM15Layer(BMLayer):
     """1.5-branch BM neuron (section 3 of the paper, corrections read as sums).
 
+    (With ``corr_channels`` the coefficient of ``sum x`` is per output channel,
+    ``corr_x * 2**e_c``: see :meth:`corr`.)
+
     ``y = B(x + dx, w_pos) - corr_x * sum_i x_i - corr_w * sum_i w_i - n*dx*dw + bias``
 
     with ``w_pos = clamp(w + dw, min=dw * w_floor)``. At ``corr_x = dw``, ``corr_w = dx`` and LSE
@@ -194,6 +197,7 @@ class BM15Layer(BMLayer):
         dx: float = 0.0,
         dw: float = 1.0,
         learn_corr: bool = False,
+        corr_channels: bool = False,
         w_floor: float = 2.0**-12,
         stride: int = 1,
         padding: int = 0,
@@ -213,10 +217,29 @@ class BM15Layer(BMLayer):
         else:
             self.register_buffer("corr_x", cx)
             self.register_buffer("corr_w", cw)
+        # per output channel: corr_x * 2**(CORR_LOG_SCALE * corr_log[c]), integer exponents after
+        # snap_corr (one shift each); the scale lets Adam move an exponent by ~1 in a few hundred
+        # steps
+        self.corr_log = nn.Parameter(torch.zeros(out_ch)) if corr_channels else None
+
+    CORR_LOG_SCALE = 16.0
 
     def w_pos(self) -> torch.Tensor:
         """The positive weights ``w + dw`` of the branch, clamped."""
         return (self.weight + self.dw).clamp(min=float(self.dw) * self.w_floor)
+
+    def corr(self) -> torch.Tensor:
+        """The correction coefficient: ``corr_x``, or per channel ``corr_x * 2**corr_log``
+        (shaped to broadcast over the output)."""
+        if self.corr_log is None:
+            return self.corr_x
+        return self._bias_shape(self.corr_x * torch.exp2(self.corr_exponents()))
+
+    def corr_exponents(self) -> torch.Tensor:
+        """Per-channel log2 offsets of the correction from ``corr_x`` (zeros without them)."""
+        if self.corr_log is None:
+            return torch.zeros(self.out_ch, device=self.weight.device)
+        return self.CORR_LOG_SCALE * self.corr_log
 
     def folded_bias(self) -> torch.Tensor:
         red = tuple(range(1, self.weight.dim()))
@@ -227,7 +250,7 @@ class BM15Layer(BMLayer):
         x = self.prep(x)  # padding is zeros of x, before the shift dx
         e = self.post(branch(x + self.dx, self.w_pos(), self.op))
         s = self.post(self.window_sum(x))
-        y = e - self.corr_x * s + self._bias_shape(self.folded_bias())
+        y = e - self.corr() * s + self._bias_shape(self.folded_bias())
         return (y, e, s) if return_parts else y
 
     def set_dw(self, dw: float) -> None:
@@ -241,8 +264,12 @@ class BM15Layer(BMLayer):
         with torch.no_grad():
             v = pow2_round(max(float(self.corr_x.detach()), 1e-30))
             self.corr_x.fill_(v)
+            if self.corr_log is not None:
+                self.corr_log.copy_(self.corr_exponents().round() / self.CORR_LOG_SCALE)
         if freeze and isinstance(self.corr_x, nn.Parameter):
             self.corr_x.requires_grad_(False)
+        if freeze and self.corr_log is not None:
+            self.corr_log.requires_grad_(False)
         return v
 
     def extra_repr(self) -> str:
@@ -316,6 +343,7 @@ def convert(
     dx: float = 0.0,
     dw: float | None = None,
     learn_corr: bool = False,
+    corr_channels: bool = False,
     dw_margin: float = 1.0,
 ) -> nn.Module:
     """Convert a trained layer to ``form`` ("classical", "bm4" or "bm15"), keeping weights.
@@ -338,7 +366,18 @@ def convert(
         if dw is None:
             neg = float((-w).max().clamp(min=1e-8))
             dw = pow2_ceil(neg * dw_margin * (1 + 1e-6))
-        new = BM15Layer(kind, cin, cout, k, op, dx=dx, dw=dw, learn_corr=learn_corr, **geo)
+        new = BM15Layer(
+            kind,
+            cin,
+            cout,
+            k,
+            op,
+            dx=dx,
+            dw=dw,
+            learn_corr=learn_corr,
+            corr_channels=corr_channels,
+            **geo,
+        )
         bias = b
     else:
         raise ValueError(f"form must be 'classical', 'bm4' or 'bm15', not {form!r}")

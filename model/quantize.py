@@ -347,6 +347,10 @@ def quantize_bm(
         cx = float(m.corr_x.detach())
         if not cx > 0:
             raise QuantizeError(f"layer {li}: corr_x must be > 0 for a shift, not {cx}")
+        if bool(m.corr_exponents().detach().ne(0).any()):
+            raise QuantizeError(
+                f"layer {li}: per-channel corrections (--corr-channels) are not in the datapath"
+            )
         last = li == len(stages) - 1
         d = None
         if not last:

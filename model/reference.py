@@ -423,7 +423,7 @@ def _batch_head(p: BMParams, spec: LayerSpec, lx, zx, lw, sign, bias):
     sign = _check_sign(spec, sign).astype(bool)
     lx = lx.reshape(lx.shape[0], -1)
     zx = zx.reshape(zx.shape[0], -1)
-    lo = int(lw.min()) + 0
+    lo = int(lw.min())
     hi = int(lx.max(initial=0)) + int(lw.max())
     e_tab = ref_exp(p, np.arange(min(lo, 0), max(hi, 0) + 1))
     off = -min(lo, 0)

@@ -117,6 +117,8 @@ class TrainConfig:
     kd_temp: float = 0.0  # layerwise: > 0 adds logit KD against the teacher at this temperature
     kd_weight: float = 1.0  # weight of the logit KD term (times kd_temp**2)
     grad_alpha: float = 0.0  # > 0: hard-max layers train with the LSE's backward at this alpha
+    corr_channels: bool = False  # bm15: one power-of-two correction per output channel
+    kd_norm: bool = False  # lwkd: each layer's feature MSE divided by the teacher layer's variance
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -239,6 +241,11 @@ def net_from_dict(d: dict, *, strict: bool = False) -> LeNet:
     for m, op in zip(net.layers, d.get("layer_ops") or [None] * len(net.layers), strict=True):
         if op is not None:
             m.set_op(MaxOp(op[0], alpha=op[1]))
+    for key, v in d["state_dict"].items():  # per-channel corrections (--corr-channels)
+        if key.endswith(".corr_log"):
+            layer = net.get_submodule(key.rsplit(".", 1)[0])
+            if getattr(layer, "corr_log", None) is None:
+                layer.corr_log = nn.Parameter(torch.zeros_like(v))
     net.load_state_dict(d["state_dict"], strict=strict)
     return net
 
@@ -268,7 +275,7 @@ def convert_layer(cfg: TrainConfig, net: LeNet, i: int, src: nn.Module | None = 
     op.grad_alpha = cfg.grad_alpha
     kw = {"op": op}
     if cfg.form == "bm15":
-        kw.update(dx=cfg.dx, learn_corr=cfg.learn_corr)
+        kw.update(dx=cfg.dx, learn_corr=cfg.learn_corr, corr_channels=cfg.corr_channels)
     return net.convert_layer(i, cfg.form, src=src, **kw)
 
 
@@ -940,6 +947,8 @@ def _lwkd_stage(
                 loss = cfg.last_beta * F.mse_loss(centred(hs), centred(ht))
             else:
                 loss = cfg.beta * F.mse_loss(hs, ht)
+                if cfg.kd_norm:  # per layer: comparable across layers and against the CE
+                    loss = loss / ht.var().clamp(min=1e-8)
             out1 = tutor.run(hs, k + 1)
             out2 = tutor.run(ht, k + 1)
             loss = loss + cfg.ce_weight * (F.cross_entropy(out1, yb) + F.cross_entropy(out2, yb))
@@ -988,12 +997,15 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
     if ck is not None and ck.get("tag") == tag:
         stage, ep0, opt_state, accs = ck["stage"], ck["epoch"], ck["opt_state"], ck["accs"]
         for i in range(stage + (1 if ep0 > 0 else 0)):
-            convert_layer(cfg, student, i)
+            if i not in cfg.keep:
+                convert_layer(cfg, student, i)
         student.load_state_dict(ck["student"])
         tutor.load_state_dict(ck["tutor"])
         run.log(f"resuming {tag} at layer {stage} epoch {ep0}")
     caches = (None, None)  # inputs of the previous stage's layer, reused incrementally
     for k in range(stage, n):
+        if k in cfg.keep:
+            continue
         caches = _lwkd_stage(
             run,
             data,
@@ -1007,6 +1019,9 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
             tag=tag,
         )
         ep0, opt_state = 0, None
+    last = max(i for i in range(n) if i not in cfg.keep)
+    for i in range(last + 1, n):  # kept layers after the last conversion: the tutor's tail
+        student.layers[i] = copy.deepcopy(tutor.layers[i])
     student.requires_grad_(True)
     result = {"accuracy": accs[-1], "per_layer_accuracy": accs}
     run.log(f"{tag}: per-layer student-path accuracy {[round(a, 4) for a in accs]}")
@@ -1104,7 +1119,9 @@ def method_finetune(run: Run, data):
         run,
         data,
         student,
-        kd_loss_fn(cfg, teacher, layers=cfg.beta > 0),
+        logit_kd_loss_fn(cfg, teacher)
+        if cfg.kd_temp > 0
+        else kd_loss_fn(cfg, teacher, layers=cfg.beta > 0),
         epochs=cfg.epochs,
         tag="finetune",
         lr=cfg.lr,
@@ -1223,6 +1240,16 @@ def parse_args(argv=None) -> TrainConfig:
         type=float,
         default=d.grad_alpha,
         help="hard max forward, the backward of LSE at this alpha (0: off)",
+    )
+    p.add_argument(
+        "--corr-channels",
+        action="store_true",
+        help="bm15: the window-sum correction per output channel (a shift each)",
+    )
+    p.add_argument(
+        "--kd-norm",
+        action="store_true",
+        help="lwkd: divide each layer's feature MSE by the teacher layer's variance",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = vars(p.parse_args(argv))

@@ -25,7 +25,9 @@ def lenet_layers() -> list[LayerSpec]:
 
 
 def random_tensors(p, layers, seed: int = 0) -> list[dict]:
-    """Seeded random integer tensors inside the contract's ranges."""
+    """Seeded random integer tensors inside the contract's ranges; a signed head (``lns``,
+    ``bm2``) also gets a random sign per weight (drawn after the other layers' tensors, so a
+    network's ``bm15`` tensors do not depend on its head)."""
     rng = np.random.default_rng(seed)
     out = []
     for s in layers:
@@ -36,4 +38,7 @@ def random_tensors(p, layers, seed: int = 0) -> list[dict]:
             w = rng.integers(p.w_min, p.w_max + 1, s.weight_shape)
             b = rng.integers(-3000, 3000, s.out_ch)
         out.append({"w": w, "bias": b})
+    for s, t in zip(layers, out, strict=True):
+        if s.signed_weights:
+            t["sign"] = rng.integers(0, 2, s.weight_shape)
     return out

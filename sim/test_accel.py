@@ -36,10 +36,13 @@ def _run(plan, layers, tensors, images, tag, *, backpressure=0.0):
                tag=tag)
 
 
-def _small_net(p):
+def _small_net(p, head="bm15"):
+    """Conv-conv-linear on 12x12 images; the classifier's neuron is ``head`` (a signed head:
+    random signs, no ``c_shift``)."""
     layers = [LayerSpec("conv", 1, 6, 3, c_shift=2, out_shift=7),
               LayerSpec("conv", 6, 5, 3, c_shift=2, out_shift=8),
-              LayerSpec("linear", 5 * 8 * 8, 4, c_shift=2, out_shift=5, relu=False)]
+              LayerSpec("linear", 5 * 8 * 8, 4, c_shift=2 if head == "bm15" else 0,
+                        out_shift=5, relu=False, neuron=head)]
     return layers, random_tensors(p, layers, seed=3)
 
 
@@ -57,6 +60,21 @@ def test_accel_small_network(preset, backpressure, overlap):
     images[0][:40] = 0  # all-zero windows: the BM zero flag
     _run(plan, layers, tensors, images, tag=f"small-{preset}-{backpressure}-{int(overlap)}",
          backpressure=backpressure)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("head", ["lns", "bm2"])
+def test_accel_signed_head(head, overlap):
+    """The ``lns`` and ``bm2`` classifiers (on the FC engine) in the small network: every logit
+    against the reference, images one at a time (latency) and back to back (interval)."""
+    p = PRESETS["bm8"]
+    layers, tensors = _small_net(p, head)
+    plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4, overlap=overlap)
+    assert plan.fc_head and plan.head == head
+    rng = np.random.default_rng(6)
+    images = [rng.integers(0, 256, 144) for _ in range(3)]
+    images[0][:40] = 0  # all-zero windows: the BM zero flag
+    _run(plan, layers, tensors, images, tag=f"head-{head}-{int(overlap)}")
 
 
 @pytest.mark.slow

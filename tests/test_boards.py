@@ -104,3 +104,25 @@ def test_accel_with_spram_banks_equals_reference(monkeypatch):
     got, cycles = rtl_accel(Accelerator(plan, tensors), images)
     assert got == [ref_network(p, layers, tensors, im).tolist() for im in images]
     assert cycles == [predict_image_cycles(plan)] * 2
+
+
+@pytest.mark.parametrize("head", ["lns", "bm2"])
+def test_random_export_with_a_signed_head(head, tmp_path):
+    """``--head``: the classifier's neuron and a seeded sign per weight; the convolutions'
+    tensors are those of the bm15 export with the same seed."""
+    import numpy as np
+
+    from model.export import load_export
+    from sim.random_export import main
+
+    out = tmp_path / "x.npz"
+    assert main(["--net", "lenet-w4", "--head", head, "--seed", "3", "--out", str(out)]) == 0
+    got = load_export(out)
+    assert got.head == head and got.layers[-1].c_shift == 0
+    sign = got.tensors[-1]["sign"]
+    assert sign.shape == got.layers[-1].weight_shape and set(np.unique(sign)) == {0, 1}
+    plain = random_export("bm", seed=3, net="lenet-w4")
+    for a, b in zip(plain.tensors, got.tensors, strict=True):
+        assert (a["w"] == b["w"]).all() and (a["bias"] == b["bias"]).all()
+    with pytest.raises(ValueError, match="BM classifier"):
+        random_export("mac", net="lenet-w4", head=head)

@@ -255,3 +255,59 @@ def test_fpga_end_to_end_ulx3s_fixture(tmp_path):
     assert rep["timing_met"] and rep["fmax_mhz"] >= 25
     assert (out / "ulx3s.bit").stat().st_size > 100_000
     assert rep["utilization"]["TRELLIS_COMB"]["used"] > 0
+
+
+def _write_export_with_head(path, head, *, layers=None):
+    """A random ``lenet-w4`` export whose classifier's neuron is ``head`` (written past the
+    checks of ``save_export``, with a valid checksum, as another tool might)."""
+    import numpy as np
+
+    from model.export import compute_checksum
+    from sim.random_export import random_export
+
+    exp = random_export("bm", seed=1, net="lenet-w4", head="lns")
+    meta, arrays = exp.meta(), exp.arrays()
+    if layers is not None:
+        meta["layers"] = layers(meta["layers"], arrays)
+    meta["layers"][-1]["neuron"] = head
+    payload = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+               "checksum": np.frombuffer(compute_checksum(meta, arrays).encode(), dtype=np.uint8),
+               **arrays}
+    np.savez(path, **payload)
+    return path
+
+
+def _only_classifier(layers, arrays):
+    """Keep the classifier alone, on the image (no layer before it)."""
+    import numpy as np
+
+    last = dict(layers[-1], in_ch=28 * 28)
+    n = len(layers) - 1
+    for k in list(arrays):
+        if not k.startswith(f"layer{n}."):
+            del arrays[k]
+    for k in ("w", "bias", "sign"):
+        a = arrays.pop(f"layer{n}.{k}")
+        arrays[f"layer0.{k}"] = (np.zeros((a.shape[0], 28 * 28), a.dtype) if k != "bias"
+                                 else a)
+    return [last]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("unknown", "invalid export: unknown neuron 'bm4': the datapath builds bm15, lns, bm2"),
+    ("no_feeder", "a 'lns' head (on the FC engine) needs a network that ends in a linear "
+                  "layer after at least one other layer"),
+])
+def test_unbuildable_head_is_refused(case, message, tmp_path, capsys):
+    """An export whose head the hardware cannot build: exit 2 and one line naming why."""
+    path = tmp_path / "x.npz"
+    if case == "unknown":
+        _write_export_with_head(path, "bm4")
+    else:
+        _write_export_with_head(path, "lns", layers=_only_classifier)
+    rc = hwbuild.main(["--board", "ulx3s", "--weights", str(path), "--synth-only",
+                       "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
+    assert rc == hwbuild.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hw.build: ") and message in err[0], err
+    assert not (tmp_path / "o").exists()

@@ -9,15 +9,16 @@ from model.params import PRESETS, BMParams, LayerSpec
 from model.reference import ref_network
 
 
-def random_net(p, rng, *, in_hw=8, widths=(5, 3), n_out=4):
-    """A conv-conv-linear network with random integer tensors in the contract's ranges."""
+def random_net(p, rng, *, in_hw=8, widths=(5, 3), n_out=4, head="bm15"):
+    """A conv-conv-linear network with random integer tensors in the contract's ranges; the
+    classifier's neuron is ``head`` (a signed head: random signs, no ``c_shift``)."""
     layers, c, hw = [], 1, in_hw
     for w in widths:
         layers.append(LayerSpec("conv", c, w, 3, c_shift=2, out_shift=6 + len(layers),
                                 relu=True))
         c, hw = w, hw - 2
-    layers.append(LayerSpec("linear", c * hw * hw, n_out, 1, c_shift=2, out_shift=4,
-                            relu=False))
+    layers.append(LayerSpec("linear", c * hw * hw, n_out, 1, c_shift=0 if head != "bm15" else 2,
+                            out_shift=4, relu=False, neuron=head))
     tensors = []
     for s in layers:
         if isinstance(p, BMParams):
@@ -27,6 +28,8 @@ def random_net(p, rng, *, in_hw=8, widths=(5, 3), n_out=4):
             w = rng.integers(p.w_min, p.w_max + 1, size=s.weight_shape)
             b = rng.integers(-3000, 3000, size=s.out_ch)
         tensors.append({"w": w, "bias": b})
+        if s.signed_weights:
+            tensors[-1]["sign"] = rng.integers(0, 2, size=s.weight_shape)
     return layers, tensors
 
 
@@ -111,6 +114,21 @@ def test_accel_equals_reference(preset, rows, cols):
     assert cycles == [predict_image_cycles(plan)] * len(images)
 
 
+def assert_runs_as_modelled(p, layers, tensors, plan, images):
+    """Every logit equal to the reference, one image at a time and back to back; the latency
+    and the interval equal to the cycle model."""
+    from hw.accel import predict_interval
+
+    want = [ref_network(p, layers, tensors, im).tolist() for im in images]
+    got, latency = rtl_accel(Accelerator(plan, tensors), images)
+    assert got == want
+    assert latency == [predict_image_cycles(plan)] * len(images)
+    ends = []
+    got, _ = rtl_accel(Accelerator(plan, tensors), images, stream=True, ends=ends)
+    assert got == want
+    assert list(np.diff(ends)) == [predict_interval(plan)] * (len(images) - 1)
+
+
 @pytest.mark.parametrize("preset,rows,cols,widths,overlap", [
     ("bm8", 4, 4, (5, 3), True), ("mac8", 4, 4, (5, 3), True),
     ("bm4", 4, 2, (5, 3), True),  # the feeder's 3 channels in two words (2 + 1)
@@ -127,16 +145,82 @@ def test_accel_streamed_images(preset, rows, cols, widths, overlap):
     plan = plan_network(p, layers, (1, 8, 8), rows=rows, cols=cols, overlap=overlap)
     images = [rng.integers(0, p.a_max + 1, size=(1, 8, 8)) for _ in range(3)]
     images[0][0, :4] = 0
-    want = [ref_network(p, layers, tensors, im).tolist() for im in images]
-    got, latency = rtl_accel(Accelerator(plan, tensors), images)
-    assert got == want
-    assert latency == [predict_image_cycles(plan)] * 3
-    ends = []
-    got, _ = rtl_accel(Accelerator(plan, tensors), images, stream=True, ends=ends)
-    assert got == want
-    assert list(np.diff(ends)) == [predict_interval(plan)] * 2
+    assert_runs_as_modelled(p, layers, tensors, plan, images)
     if overlap and widths != (5,):
         assert predict_interval(plan) < predict_image_cycles(plan)
+
+
+@pytest.mark.parametrize("head", ["lns", "bm2"])
+@pytest.mark.parametrize("preset,rows,cols,widths,overlap", [
+    ("bm8", 4, 4, (5, 3), False), ("bm8", 4, 4, (5, 3), True),
+    ("bm4", 4, 2, (5, 3), False),  # the feeder's 3 channels in two words (2 + 1)
+    ("bm8", 8, 4, (5,), False)])
+def test_accel_signed_heads(head, preset, rows, cols, widths, overlap):
+    """The ``lns`` and ``bm2`` classifiers on the FC engine, with and without ``overlap``:
+    every logit equal to the reference, one image at a time and back to back, the latency and
+    the interval equal to the cycle model."""
+    p = PRESETS[preset]
+    rng = np.random.default_rng(rows * 10 + cols)
+    layers, tensors = random_net(p, rng, widths=widths, head=head)
+    plan = plan_network(p, layers, (1, 8, 8), rows=rows, cols=cols, overlap=overlap)
+    assert plan.fc_head and plan.head == head
+    images = [rng.integers(0, p.a_max + 1, size=(1, 8, 8)) for _ in range(3)]
+    images[0][0, :4] = 0
+    images[1][:] = 0  # every classifier input zero: lns sums nothing, bm2's branches are empty
+    assert_runs_as_modelled(p, layers, tensors, plan, images)
+
+
+def test_accel_signed_head_backpressure():
+    p = PRESETS["bm8"]
+    rng = np.random.default_rng(13)
+    layers, tensors = random_net(p, rng, n_out=3, head="lns")
+    dut = Accelerator(plan_network(p, layers, (1, 8, 8), rows=4, cols=4), tensors)
+    images = [rng.integers(0, 256, size=(1, 8, 8)) for _ in range(2)]
+    got, _ = rtl_accel(dut, images, p_ready=0.3, seed=3)
+    assert got == [ref_network(p, layers, tensors, im).tolist() for im in images]
+
+
+def test_unbuildable_heads_are_rejected():
+    """Heads the hardware cannot build: each a ``ValueError`` with one clear line."""
+    from dataclasses import replace
+
+    p = PRESETS["bm8"]
+    rng = np.random.default_rng(0)
+    layers, _ = random_net(p, rng, head="lns")
+    # a neuron the contract may grow before the hardware does (LayerSpec itself refuses
+    # unknown names, so this one is forced past it)
+    future = replace(layers[-1])
+    object.__setattr__(future, "neuron", "bm4")
+    with pytest.raises(ValueError, match=r"^layer 2: the accelerator builds the neurons "
+                                         r"bm15, lns, bm2, not 'bm4'$"):
+        plan_network(p, [*layers[:-1], future], (1, 8, 8), rows=4, cols=4)
+    with pytest.raises(ValueError, match="^layer 0: a 'bm2' neuron is built only as the "):
+        plan_network(p, [LayerSpec("linear", 64, 8, neuron="bm2"),
+                         LayerSpec("linear", 8, 3, relu=False)], (1, 8, 8), rows=4, cols=4)
+    with pytest.raises(ValueError, match="'lns' head needs BM params, not MACParams"):
+        plan_network(PRESETS["mac8"], layers, (1, 8, 8), rows=4, cols=4)
+    # the FC engine reads the map of the layer before the classifier: there must be one
+    with pytest.raises(ValueError, match=r"a 'bm2' head \(on the FC engine\) needs a network"):
+        plan_network(p, [LayerSpec("linear", 64, 3, relu=False, neuron="bm2")], (1, 8, 8),
+                     rows=4, cols=4)
+
+
+def test_accel_from_export_takes_the_head(tmp_path):
+    """``from_export``: the head and its signs come from the export file (``--head``)."""
+    from amaranth.hdl import Fragment
+
+    from model.export import load_export, save_export
+    from sim.random_export import random_export
+
+    for head in ("lns", "bm2"):
+        exp = load_export(save_export(tmp_path / f"{head}.npz",
+                                      random_export("bm", seed=2, net="lenet-w4n1", head=head))
+                          and tmp_path / f"{head}.npz")
+        assert exp.head == head and "sign" in exp.tensors[-1]
+        acc = Accelerator.from_export(exp, rows=2, cols=2)
+        assert acc.plan.fc_head and acc.plan.head == head
+        assert acc.plan.overlap is False
+        Fragment.get(acc, None)  # elaborates, with the signs in the engine's weight memories
 
 
 def test_accel_overlap_backpressure():
@@ -195,3 +279,17 @@ def test_lenet_plan_cycles():
     assert piped.ops == plan.ops
     assert predict_interval(piped) / piped.ideal_cycles <= 1.15
     assert predict_interval(piped) < predict_interval(plan)
+    # the signed heads: the same convolutions, the classifier on the FC engine (5,203 cycles,
+    # beside the next image's convolutions with overlap, after them without)
+    from dataclasses import replace
+
+    from hw.fc import fc_cycles
+
+    for head in ("lns", "bm2"):
+        hl = [*layers[:-1], replace(layers[-1], neuron=head)]
+        assert fc_cycles(p, 5184, 10, head) == 5203
+        hp = plan_network(p, hl, (1, 28, 28), overlap=True)
+        assert predict_interval(hp) == predict_interval(piped)  # the engine is not the pace
+        assert predict_image_cycles(hp) == predict_image_cycles(piped) - 2
+        flat = plan_network(p, hl, (1, 28, 28))
+        assert flat.fc_head and predict_interval(flat) < predict_interval(plan)

@@ -60,14 +60,16 @@ def rtl_requant(
     relu: bool,
     c_shift: int = 0,
     max_fan_in: int = 5184,
+    sum_bits: int | None = None,
     seed=0,
     p_valid=1.0,
     p_ready=1.0,
 ):
-    """``items``: BM ``(e (lanes,), s, bias (lanes,))`` or MAC ``(acc (lanes,), bias)``."""
-    dut = Requant(p, lanes=lanes, max_fan_in=max_fan_in)
+    """``items``: BM ``(e (lanes,), s, bias (lanes,))``, or MAC (or any with ``sum_bits``)
+    ``(acc (lanes,), bias)``."""
+    dut = Requant(p, lanes=lanes, max_fan_in=max_fan_in, sum_bits=sum_bits)
     setup = [(dut.out_shift, out_shift), (dut.relu, int(relu))]
-    if isinstance(p, BMParams):
+    if isinstance(p, BMParams) and sum_bits is None:
         setup.append((dut.c_shift, c_shift))
         beats = [
             {"e": [int(v) for v in e], "s": int(s), "bias": [int(v) for v in b]}
@@ -153,6 +155,33 @@ def test_requant_mac(name, lanes, out_shift, relu, seed):
         p_valid=0.8,
         p_ready=0.7,
     )
+    np.testing.assert_array_equal(got, ref_requant(p, acc + bias, out_shift, relu))
+
+
+@pytest.mark.parametrize("neuron", ["lns", "bm2"])
+@HYP
+@given(
+    out_shift=st.sampled_from([0, 1, 9, 17, 40, 63]),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_requant_head_sums(neuron, out_shift, relu, seed):
+    """The ``sum_bits`` form that the classifier heads use: a finished signed sum (as wide as
+    ``lns_acc_bits`` of the paper classifier) plus the bias, then the same requantization."""
+    from hw.fc import head_acc_bits
+
+    p = PRESETS["bm8"]
+    width = head_acc_bits(p, 5184, 10, neuron)
+    rng = np.random.default_rng(seed)
+    n, lanes = 24, 3
+    blim = 1 << (p.bias_bits - 1)
+    lim = (1 << (width - 1)) - blim  # the sum without the bias stays inside this
+    acc = rng.integers(-lim, lim, size=(n, lanes)) >> rng.integers(0, width, size=(n, 1))
+    bias = rng.integers(-blim, blim, size=(n, lanes))
+    acc[0], bias[0] = lim - 1, blim - 1  # the extremes
+    acc[1], bias[1] = -lim, -blim
+    got, _ = rtl_requant(p, list(zip(acc, bias, strict=True)), lanes=lanes, out_shift=out_shift,
+                         relu=relu, sum_bits=width, seed=seed, p_valid=0.8, p_ready=0.7)
     np.testing.assert_array_equal(got, ref_requant(p, acc + bias, out_shift, relu))
 
 

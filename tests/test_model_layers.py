@@ -226,6 +226,22 @@ def test_snap_corr_and_folded_bias():
     torch.testing.assert_close(bm(x), ref)
 
 
+def test_corr_channels_snap_to_integer_exponents():
+    """Per-channel corrections: ``corr_x * 2**e_c`` per output channel, ``e_c`` integers after
+    :meth:`snap_corr`, the forward exactly the formula with one coefficient per channel."""
+    bm = convert(_conv(), "bm15", dx=0.0, corr_channels=True).double()
+    with torch.no_grad():
+        bm.corr_log.copy_(torch.tensor([0.1, -0.07, 0.2, 0.0, -0.3]))
+    bm.snap_corr()
+    e = bm.corr_exponents()
+    assert torch.equal(e, e.round()) and e.tolist() == [2.0, -1.0, 3.0, 0.0, -5.0]
+    assert not bm.corr_log.requires_grad
+    x = _relu_input((2, 3, 8, 8))
+    c = (bm.corr_x * 2.0**e).view(1, -1, 1, 1)
+    ref = branch(x, bm.w_pos(), bm.op) - c * bm.window_sum(x) + bm.folded_bias().view(1, -1, 1, 1)
+    torch.testing.assert_close(bm(x), ref)
+
+
 def test_convert_forms():
     layer = _lin()
     assert isinstance(convert(layer, "bm15"), BM15Layer)

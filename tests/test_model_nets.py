@@ -84,6 +84,36 @@ def test_train_cli_tiny(tmp_path: Path, mnist_dir):
         assert c == 2.0 ** round(torch.log2(torch.tensor(c)).item())
 
 
+def test_lwkd_keep_and_kd_norm_and_corr_channels(tmp_path: Path, mnist_dir):
+    """``lwkd --keep 5`` converts the convolutions only, the classifier is the tutor's fine-tuned
+    one (the student path it was measured on); ``--corr-channels`` survives save and load, and
+    ``finetune --kd-temp`` trains from that model."""
+    from model.train import load_model, main
+
+    common = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    t = tmp_path / "cls"
+    main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
+    s = tmp_path / "lwkd"
+    res = main(["--method", "lwkd", "--teacher", str(t / "model.pt"), "--out", str(s),
+                "--layer-epochs", "1", "--refit-images", "64", "--keep", "5", "--kd-norm",
+                "--corr-channels", *common])
+    assert len(res["per_layer_accuracy"]) == 5
+    net = load_model(s / "model.pt")
+    assert net.forms == ("bm15",) * 5 + ("classical",)
+    assert all(m.corr_log is not None for m in net.layers[:5])
+    x = torch.rand(3, 1, 28, 28)
+    ck = torch.load(s / "ckpt.pt", weights_only=False)
+    tutor_fc = ck["tutor"]["layers.5.weight"]
+    assert torch.equal(net.layers[5].weight, tutor_fc)
+    assert torch.isfinite(net(x)).all()
+    f = tmp_path / "ft"
+    res = main(["--method", "finetune", "--init", str(s / "model.pt"), "--teacher",
+                str(t / "model.pt"), "--out", str(f), "--epochs", "1", "--keep", "5",
+                "--kd-temp", "4", "--augment", *common])
+    assert 0 <= res["accuracy"] <= 1
+    assert load_model(f / "model.pt").forms == ("bm15",) * 5 + ("classical",)
+
+
 def test_finetune_cli_tiny(tmp_path: Path, mnist_dir):
     """``finetune`` converts the remaining layers (classifier through LSE, or kept classical)
     and trains the whole student; the classifier ends with the hard max."""
