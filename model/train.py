@@ -32,6 +32,7 @@ Pixels are scaled as ``x = pixel / 256``, so the integer input scale is ``2**-8`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -119,6 +120,7 @@ class TrainConfig:
     grad_alpha: float = 0.0  # > 0: hard-max layers train with the LSE's backward at this alpha
     corr_channels: bool = False  # bm15: one power-of-two correction per output channel
     kd_norm: bool = False  # lwkd: each layer's feature MSE divided by the teacher layer's variance
+    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -433,6 +435,9 @@ def train_epochs(
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 1000)
     agen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + zlib.crc32(tag.encode()) % 1000)
     acc = None
+    ema = WeightEMA(params, cfg.ema) if cfg.ema > 0 else None
+    if ema is not None and state is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
     for ep in range(epochs):
         # a fresh order each epoch; the epochs a resumed run skips draw theirs too
         order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
@@ -453,19 +458,73 @@ def train_epochs(
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update()
             tot += float(loss.detach())
             nb += 1
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"{tag}: loss is {float(loss.detach())} at epoch {ep + 1}")
         net.eval()
-        acc = evaluate(net, xte, yte)
+        if ema is None:
+            acc = evaluate(net, xte, yte)
+            note = ""
+        else:
+            with ema.swapped():
+                acc = evaluate(net, xte, yte)
+            note = f" (EMA {cfg.ema:g}; raw weights {evaluate(net, xte, yte):.4f})"
         run.log(
             f"{tag} epoch {ep + 1}/{epochs}: loss {tot / max(nb, 1):.4f} test acc "
-            f"{acc:.4f} ({time.time() - t0:.0f}s) {alphas(net)}"
+            f"{acc:.4f}{note} ({time.time() - t0:.0f}s) {alphas(net)}"
         )
         if on_epoch is not None:
-            on_epoch(ep + 1, {"opt": opt.state_dict(), "sched": sched.state_dict()})
+            st = {"opt": opt.state_dict(), "sched": sched.state_dict()}
+            if ema is not None:
+                st["ema"] = ema.state_dict()
+            on_epoch(ep + 1, st)
+    if ema is not None:
+        ema.copy_to_params()  # the averaged weights are the result
     return {"accuracy": acc}
+
+
+class WeightEMA:
+    """Exponential moving average of trained parameters: ``a <- d * a + (1 - d) * p`` after
+    each optimiser step. :meth:`swapped` evaluates with the average in place of the weights."""
+
+    def __init__(self, params, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), not {decay!r}")
+        self.params = list(params)
+        self.decay = float(decay)
+        self.avg = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for a, p in zip(self.avg, self.params):
+            a.lerp_(p.detach(), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        saved = [p.detach().clone() for p in self.params]
+        self.copy_to_params()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved):
+                    p.copy_(s)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for a, p in zip(self.avg, self.params):
+            p.copy_(a)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [a.clone() for a in self.avg]
+
+    def load_state_dict(self, avg: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for a, s in zip(self.avg, avg):
+                a.copy_(s)
 
 
 def alphas(net: LeNet) -> str:
@@ -956,6 +1015,8 @@ def _lwkd_stage(
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update()
             tot += float(loss.detach())
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"layer {k}: loss {float(loss.detach())}")
@@ -1250,6 +1311,9 @@ def parse_args(argv=None) -> TrainConfig:
         "--kd-norm",
         action="store_true",
         help="lwkd: divide each layer's feature MSE by the teacher layer's variance",
+    )
+    p.add_argument(
+        "--ema", type=float, default=d.ema, help="keep an EMA of the weights (decay, e.g. 0.999)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     a = vars(p.parse_args(argv))

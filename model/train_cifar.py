@@ -140,7 +140,11 @@ class Dist:
             dist.barrier()
 
     def close(self) -> None:
+        # every rank reaches this point before any tears the group down: a rank that destroys its
+        # gloo group while a peer still has work in flight can abort (SIGABRT, "terminate called
+        # without an active exception"), which CI met once under load
         if self.on and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
