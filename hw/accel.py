@@ -391,7 +391,7 @@ UP5K_SPRAMS = 4
 TFIFO_DEPTH = 8
 
 
-def _use_spram(platform, width: int, depths, rows: int) -> bool:
+def use_spram(platform, width: int, depths, rows: int) -> bool:
     """On an iCE40 UltraPlus the feature-map banks go to SPRAM when all ``2 * rows`` fit (the
     chip has four 16384 x 16 SPRAMs); block RAM then holds the weights. Elsewhere, and in
     simulation, the banks are ``amaranth.lib.memory`` memories (block RAM)."""
@@ -547,7 +547,7 @@ class Accelerator(wiring.Component):
 
         # -- memories ----------------------------------------------------------------------------
         banks = [[], []]
-        spram = _use_spram(platform, word.size, plan.buf_depth, R)
+        spram = use_spram(platform, word.size, plan.buf_depth, R)
         for b in range(2):
             for j in range(R):
                 if spram:

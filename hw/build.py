@@ -166,7 +166,7 @@ XILINX_CELLS = {
 }
 
 
-def _stat_cells(stat: dict) -> dict:
+def stat_cells(stat: dict) -> dict:
     mods = stat.get("modules", {})
     cells = {}
     for mod in mods.values():
@@ -192,7 +192,7 @@ class MultiplierFound(AssertionError):
 def multiplier_cells(stat: dict) -> dict:
     """``{cell type: count}`` of the multiplier cells (:data:`MULTIPLIER_CELLS`) in Yosys
     ``stat -json`` output; a hierarchical statistic counts each module once."""
-    return {t: n for t, n in sorted(_stat_cells(stat).items())
+    return {t: n for t, n in sorted(stat_cells(stat).items())
             if n and MULTIPLIER_CELLS.fullmatch(t.lstrip("\\"))}
 
 
@@ -214,7 +214,7 @@ XILINX_DEVICES = {
 def xilinx_utilization(stat: dict) -> dict:
     """LUT/CARRY4/FF/BRAM/DSP (and LUTRAM, MUXF) counts from Yosys ``stat -json``. ``BRAM`` is
     in 36 kbit blocks: a RAMB18E1 counts half."""
-    cells = _stat_cells(stat)
+    cells = stat_cells(stat)
     out = {k: 0 for k in XILINX_CELLS}
     for typ, n in cells.items():
         for group, pat in XILINX_CELLS.items():
@@ -326,7 +326,7 @@ def publish(out_dir: Path, files: dict) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10)
@@ -494,6 +494,17 @@ def build(args) -> dict:
              else f"{freq:g} MHz (board clock)")
     log(f"hw.build: {board.name} {variant} ({device}), {args.core} core, {clock}, {stages}")
     log(f"  work dir: {workdir}")
+    env = setup_tool_env(dict(os.environ))
+    missing = []
+    if board.family == "xilinx" and not args.synth_only:
+        # checked before anything runs: without them the flow stops after synthesis
+        missing = _missing_xray(platform, env)
+        if missing:
+            log("  the openXC7 place-and-route tools are missing:")
+            for m in missing:
+                log(f"    - {m}")
+            log("  running synthesis only: the report is published marked incomplete, and the "
+                "build then fails (no bitstream)")
 
     log("  [0] elaborate (amaranth: core, UART top, pins) ...")
     t0 = time.monotonic()
@@ -523,15 +534,11 @@ def build(args) -> dict:
     plan.extract(workdir)
     log(f"      done in {time.monotonic() - t0:.1f} s")
 
-    env = setup_tool_env(dict(os.environ))
     if board.family == "gowin":
         env["NEXTPNR_GOWIN"] = str(_gowin_shim(workdir))
     script = plan.files[f"{plan.script}.sh"]
     prelude, commands = _split_script(script)
 
-    missing = []
-    if board.family == "xilinx" and not args.synth_only:
-        missing = _missing_xray(platform, env)
     if args.synth_only or missing:
         commands = commands[:1]
     logs = []
@@ -582,9 +589,8 @@ def build(args) -> dict:
             products["top.json"] = workdir / "top.json"
             products["top.stat.json"] = workdir / "top.stat.json"
         elif (workdir / "top.stat.json").exists():
-            from .report_flow import family_counts
 
-            cells = _stat_cells(json.loads((workdir / "top.stat.json").read_text()))
+            cells = stat_cells(json.loads((workdir / "top.stat.json").read_text()))
             rep["utilization"] = family_counts(board.family, cells)
             rep["cells_by_type"] = dict(sorted(cells.items()))
             products["top.stat.json"] = workdir / "top.stat.json"
@@ -625,7 +631,7 @@ def build(args) -> dict:
                                           "ICEPACK", "NEXTPNR_GOWIN", "NEXTPNR_HIMBAECHEL",
                                           *XRAY_TOOLS) if env.get(k)},
         "versions": _versions(),
-        "git": _git_commit(),
+        "git": git_commit(),
     }
     products["report.json"] = json.dumps(rep, indent=2) + "\n"
     products["report.md"] = render_markdown(rep)
@@ -681,6 +687,51 @@ def _versions() -> dict:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
+    return out
+
+
+def _count(cells: dict, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return sum(n for t, n in cells.items() if rx.fullmatch(t.lstrip("\\$")))
+
+
+def family_counts(flow: str, cells: dict) -> dict:
+    """The resource columns of one family from Yosys cell counts."""
+    if flow.startswith("ecp5"):
+        out = {
+            "LUT4": _count(cells, "LUT4"),
+            "CCU2C": _count(cells, "CCU2C"),
+            "PFUMX": _count(cells, "PFUMX|L6MUX21"),
+            "LUTRAM": _count(cells, "TRELLIS_DPR16X4|DPR16X4C"),
+            "FF": _count(cells, "TRELLIS_FF|FD1[PS]3\\w+"),
+            "BRAM": _count(cells, "DP16KD|PDPW16KD"),
+            "DSP": _count(cells, "MULT18X18D|MULT9X9D"),
+            "ALU54": _count(cells, "ALU54B"),
+        }
+        out["LUT"] = out["LUT4"] + 2 * out["CCU2C"] + 4 * out["LUTRAM"]
+    elif flow == "ice40":
+        out = {
+            "LUT4": _count(cells, "SB_LUT4"),
+            "CARRY": _count(cells, "SB_CARRY"),
+            "FF": _count(cells, "SB_DFF\\w*"),
+            "BRAM": _count(cells, "SB_RAM40_4K\\w*"),
+            "DSP": _count(cells, "SB_MAC16"),
+        }
+        out["LUT"] = out["LUT4"]
+    elif flow == "gowin":
+        out = {
+            "LUT4": _count(cells, "LUT[1-4]"),
+            "ALU": _count(cells, "ALU"),
+            "MUX2": _count(cells, "MUX2_LUT[5-8]"),
+            "FF": _count(cells, "DFF\\w*"),
+            "BRAM": _count(cells, "(SDPB|DPB|SP|ROM|pROM)(X9)?"),
+            "LUTRAM": _count(cells, "RAM16S\\w+|RAM16SDP\\d"),
+            "DSP": _count(cells, "MULT\\w+|ALU54D|PADD\\w+"),
+        }
+        out["LUT"] = out["LUT4"] + out["ALU"]
+    else:  # xilinx
+        u = xilinx_utilization({"modules": {"m": {"num_cells_by_type": cells}}})
+        out = {k: v for k, v in u.items() if k != "cells_by_type"}
     return out
 
 

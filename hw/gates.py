@@ -49,7 +49,7 @@ class GateCount:
     transistors_partial: bool  # Yosys printed "N+": some cells had no CMOS cost
 
 
-def _parse_stat(top: str, text: str) -> GateCount:
+def parse_stat(top: str, text: str) -> GateCount:
     # the last statistics block of the log is `stat -tech cmos`
     block = text[text.rindex(f"=== {top} ===") :]
     cells = {k: int(n) for n, k in re.findall(r"^\s+(\d+)\s+(\$_\w+_)\s*$", block, re.M)}
@@ -83,7 +83,7 @@ def count_gates(verilog_path: Path, top: str, *, count_flops: bool = True) -> Ga
     log = f"{top}.{tag}.log"
     # YoWASP tools see the work folder only by relative path, hence cwd and -l
     run_tool([yosys, "-q", "-l", log, "-p", script], cwd=work, timeout=600)
-    return _parse_stat(top, (work / log).read_text())
+    return parse_stat(top, (work / log).read_text())
 
 
 def lane_counts(bm: BMParams, mac: MACParams, work: Path) -> dict:

@@ -98,9 +98,9 @@ def main(argv=None) -> int:
         if args.image:
             image = load_png(args.image)
         else:
-            from model.data import load_mnist
+            from model.data import load_mnist_split
 
-            _, _, x_test, y_test = load_mnist(args.data_dir)
+            x_test, y_test = load_mnist_split(args.data_dir, "test")
             if not 0 <= args.mnist_index < len(x_test):
                 raise HostError(f"--mnist-index must be in 0..{len(x_test) - 1}, "
                                 f"not {args.mnist_index}")

@@ -106,11 +106,6 @@ def ratio(a, b):
     return a / b
 
 
-def lut_ff(res: dict, flow: str):
-    c = res.get(flow, {}).get("counts")
-    return None if c is None else c["LUT"] + c["FF"]
-
-
 def fmax(res: dict, flow: str):
     return res.get("pnr", {}).get(flow, {}).get("fmax_mhz")
 
@@ -730,7 +725,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _load_exports():
-    from sim.nets import SHIPPED
+    from model.fixtures import SHIPPED
 
     if not all(p.exists() for p in SHIPPED.values()):
         return None
@@ -740,9 +735,9 @@ def _load_exports():
 
 
 def _commit() -> str:
-    from .build import _git_commit
+    from .build import git_commit
 
-    return _git_commit() or "unknown"
+    return git_commit() or "unknown"
 
 
 def main(argv=None) -> int:

@@ -43,8 +43,8 @@ from pathlib import Path
 
 from model.params import PRESETS, BMParams
 
-from .build import MultiplierFound, multiplier_cells
-from .gates import GATES, _parse_stat
+from .build import MultiplierFound, family_counts, multiplier_cells
+from .gates import GATES, parse_stat
 from .toolchain import find_tool, run_tool
 
 __all__ = ["Job", "measure", "multiplier_check", "FLOWS", "lut_equivalent"]
@@ -114,7 +114,7 @@ def component(job: Job, *, weights=None):
         export = (weights or {}).get(job.kind)
         if export is not None:
             return Accelerator.from_export(export, rows=job.rows, cols=job.cols)
-        from sim.nets import lenet_layers, random_tensors
+        from model.fixtures import lenet_layers, random_tensors
 
         layers = lenet_layers()
         plan = plan_network(p, layers, (1, 28, 28), rows=job.rows, cols=job.cols)
@@ -184,53 +184,6 @@ def _module_cells(stat: dict, top: str) -> dict:
                 raise RuntimeError(f"{top} still instantiates {subs}: not flattened")
             return cells
     raise KeyError(f"module {top!r} not in the Yosys statistics")
-
-
-def _count(cells: dict, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return sum(n for t, n in cells.items() if rx.fullmatch(t.lstrip("\\$")))
-
-
-def family_counts(flow: str, cells: dict) -> dict:
-    """The resource columns of one family from Yosys cell counts."""
-    if flow.startswith("ecp5"):
-        out = {
-            "LUT4": _count(cells, "LUT4"),
-            "CCU2C": _count(cells, "CCU2C"),
-            "PFUMX": _count(cells, "PFUMX|L6MUX21"),
-            "LUTRAM": _count(cells, "TRELLIS_DPR16X4|DPR16X4C"),
-            "FF": _count(cells, "TRELLIS_FF|FD1[PS]3\\w+"),
-            "BRAM": _count(cells, "DP16KD|PDPW16KD"),
-            "DSP": _count(cells, "MULT18X18D|MULT9X9D"),
-            "ALU54": _count(cells, "ALU54B"),
-        }
-        out["LUT"] = out["LUT4"] + 2 * out["CCU2C"] + 4 * out["LUTRAM"]
-    elif flow == "ice40":
-        out = {
-            "LUT4": _count(cells, "SB_LUT4"),
-            "CARRY": _count(cells, "SB_CARRY"),
-            "FF": _count(cells, "SB_DFF\\w*"),
-            "BRAM": _count(cells, "SB_RAM40_4K\\w*"),
-            "DSP": _count(cells, "SB_MAC16"),
-        }
-        out["LUT"] = out["LUT4"]
-    elif flow == "gowin":
-        out = {
-            "LUT4": _count(cells, "LUT[1-4]"),
-            "ALU": _count(cells, "ALU"),
-            "MUX2": _count(cells, "MUX2_LUT[5-8]"),
-            "FF": _count(cells, "DFF\\w*"),
-            "BRAM": _count(cells, "(SDPB|DPB|SP|ROM|pROM)(X9)?"),
-            "LUTRAM": _count(cells, "RAM16S\\w+|RAM16SDP\\d"),
-            "DSP": _count(cells, "MULT\\w+|ALU54D|PADD\\w+"),
-        }
-        out["LUT"] = out["LUT4"] + out["ALU"]
-    else:  # xilinx
-        from .build import xilinx_utilization
-
-        u = xilinx_utilization({"modules": {"m": {"num_cells_by_type": cells}}})
-        out = {k: v for k, v in u.items() if k != "cells_by_type"}
-    return out
 
 
 def lut_equivalent(flow: str, counts: dict) -> int:
@@ -393,7 +346,7 @@ def measure(job: Job, work: Path, *, fresh: bool = False, weights=None, log=prin
         if flow in ("gates", "gates_hier"):
             out = (d / f"{flow}.txt").read_text()
             if flow == "gates":
-                g = _parse_stat(top, out)
+                g = parse_stat(top, out)
                 res["gates"] = {"gates": g.gates, "flops": g.flops,
                                 "transistors": g.transistors,
                                 "transistors_partial": g.transistors_partial,
@@ -441,7 +394,7 @@ def multiplier_check(comp, work: Path, *, name: str = "dut") -> dict:
     """
     from amaranth.back import rtlil
 
-    from .build import _stat_cells
+    from .build import stat_cells
     from .toolchain import setup_tool_env
 
     setup_tool_env()
@@ -456,4 +409,4 @@ def multiplier_check(comp, work: Path, *, name: str = "dut") -> dict:
              cwd=d, timeout=3600)
     mapped = json.loads((d / "ecp5.stat.json").read_text())
     return {"rtl": multiplier_cells(json.loads((d / "rtl.stat.json").read_text())),
-            "ecp5": multiplier_cells(mapped), "cells": dict(sorted(_stat_cells(mapped).items()))}
+            "ecp5": multiplier_cells(mapped), "cells": dict(sorted(stat_cells(mapped).items()))}

@@ -369,8 +369,7 @@ def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int
     its arithmetic is ``arith`` and builds ``hw.accel.Accelerator`` from it on a ``rows x cols``
     systolic array (through its ``from_export`` classmethod when it has one, else
     ``Accelerator(export)``), pipelining images when ``overlap`` (``hw.accel.plan_network``).
-    Until
-    ``hw/accel.py`` exists this raises :class:`CoreUnavailable`. ``kind="fixture"`` builds the
+    ``kind="fixture"`` builds the
     :class:`FixtureCore` test fixture and ignores ``weights``.
     """
     if kind == "fixture":
@@ -379,14 +378,8 @@ def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int
         raise ValueError(f"core kind must be one of {CORE_KINDS}, not {kind!r}")
     if arith not in ("bm", "mac"):
         raise ValueError(f"arith must be 'bm' or 'mac', not {arith!r}")
-    try:
-        from hw.accel import Accelerator
-    except ModuleNotFoundError as err:
-        if err.name != "hw.accel":
-            raise
-        raise CoreUnavailable(
-            "the accelerator is not implemented yet (no hw/accel.py with class Accelerator); "
-            "use the test fixture core (--core fixture) to exercise the board flow") from None
+    from hw.accel import Accelerator
+
     if weights is None:
         raise CoreUnavailable("no weights export given (--weights FILE.npz)")
     from model.export import load_export
@@ -394,7 +387,4 @@ def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int
     export = load_export(weights)
     if export.arith != arith:
         raise ValueError(f"{weights}: the export is {export.arith!r} arithmetic, not {arith!r}")
-    factory = getattr(Accelerator, "from_export", None)
-    core = (factory(export, rows=rows, cols=cols, overlap=overlap) if factory is not None
-            else Accelerator(export))
-    return _check_core(core)
+    return _check_core(Accelerator.from_export(export, rows=rows, cols=cols, overlap=overlap))

@@ -26,6 +26,7 @@ __all__ = [
     "find_dataset_dir",
     "read_idx",
     "load_mnist",
+    "load_mnist_split",
     "load_cifar10",
     "download_mnist",
     "CIFAR10_CLASSES",
@@ -148,24 +149,29 @@ def load_mnist(data_dir: str | os.PathLike | None = None):
     Images are ``uint8 [N, H, W]``, labels ``int64 [N]``. ``data_dir`` may be the folder holding
     the four standard files (gzipped or not) or a parent holding ``mnist/``.
     """
+    return (*load_mnist_split(data_dir, "train"), *load_mnist_split(data_dir, "test"))
+
+
+def load_mnist_split(data_dir: str | os.PathLike | None, split: str):
+    """One split (``"train"`` or ``"test"``) of an MNIST-style IDX folder: ``(x, y)``.
+
+    Only that split's two files are read, so scoring the test set needs only the test files.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     folder = find_dataset_dir(data_dir, "mnist")
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder (set --data-dir or ${ENV_VAR})")
-    out = []
-    for split in ("train", "test"):
-        ipath = _find_file(folder, MNIST_FILES[f"{split}_images"])
-        lpath = _find_file(folder, MNIST_FILES[f"{split}_labels"])
-        x, y = read_idx(ipath), read_idx(lpath)
-        if x.ndim != 3 or x.dtype != np.uint8:
-            raise DatasetError(f"{ipath}: expected uint8 images [N, H, W], got {x.dtype} {x.shape}")
-        if y.ndim != 1:
-            raise DatasetError(f"{lpath}: expected labels [N], got shape {y.shape}")
-        if len(x) != len(y):
-            raise DatasetError(
-                f"{ipath} has {len(x)} images but {lpath} has {len(y)} labels"
-            )
-        out += [x, y.astype(np.int64)]
-    return tuple(out)
+    ipath = _find_file(folder, MNIST_FILES[f"{split}_images"])
+    lpath = _find_file(folder, MNIST_FILES[f"{split}_labels"])
+    x, y = read_idx(ipath), read_idx(lpath)
+    if x.ndim != 3 or x.dtype != np.uint8:
+        raise DatasetError(f"{ipath}: expected uint8 images [N, H, W], got {x.dtype} {x.shape}")
+    if y.ndim != 1:
+        raise DatasetError(f"{lpath}: expected labels [N], got shape {y.shape}")
+    if len(x) != len(y):
+        raise DatasetError(f"{ipath} has {len(x)} images but {lpath} has {len(y)} labels")
+    return x, y.astype(np.int64)
 
 
 def download_mnist(dest: str | os.PathLike, mirrors=MNIST_MIRRORS) -> Path:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_mnist
-from .export import NetworkExport, load_export
+from .data import DatasetError, load_mnist_split
+from .export import ExportError, NetworkExport, load_export
 from .reference import ref_network_batch
 
 __all__ = ["reference_predict", "float_predict", "parse_args", "main"]
@@ -82,9 +82,22 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return _main(args)
+    except (ExportError, DatasetError) as e:
+        print(f"model.evaluate: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     exp = load_export(args.weights)
-    _, _, x_te, y_te = load_mnist(args.data_dir)
+    x_te, y_te = load_mnist_split(args.data_dir, "test")
+    if tuple(x_te.shape[1:]) != tuple(exp.input_shape[-2:]):
+        raise DatasetError(
+            f"test images are {x_te.shape[1]}x{x_te.shape[2]}, the export reads "
+            f"{exp.input_shape[-2]}x{exp.input_shape[-1]}"
+        )
     n = len(y_te) if args.limit <= 0 else min(args.limit, len(y_te))
     x_te, y_te = x_te[:n], y_te[:n].astype(np.int64)
     print(

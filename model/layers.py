@@ -31,7 +31,6 @@ __all__ = [
     "convert",
     "pow2_ceil",
     "pow2_round",
-    "is_bm",
     "layer_form",
 ]
 
@@ -296,10 +295,6 @@ def BM15Conv2d(in_ch: int, out_ch: int, kernel_size: int, *, op=None, **kw) -> B
 
 def BM15Linear(in_features: int, out_features: int, *, op=None, **kw) -> BM15Layer:
     return BM15Layer("linear", in_features, out_features, 1, op, **kw)
-
-
-def is_bm(layer: nn.Module) -> bool:
-    return isinstance(layer, BMLayer)
 
 
 def layer_form(layer: nn.Module) -> str:

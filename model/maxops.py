@@ -27,7 +27,6 @@ definition the fast paths are tested against.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -426,6 +425,3 @@ def branch_naive(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     return r.view(b, o, h - k + 1, w - k + 1)
 
 
-def log2_round(x: float) -> float:
-    """Nearest power of two of a positive number, in the log domain."""
-    return 2.0 ** round(math.log2(x))

@@ -16,7 +16,7 @@ from torch import nn
 from .layers import BMLayer, convert, layer_form
 from .maxops import MaxOp
 
-__all__ = ["SwitchableNet", "LeNetConfig", "LeNet", "NET_CONFIGS", "create_net", "FORMS"]
+__all__ = ["SwitchableNet", "LeNetConfig", "LeNet", "NET_CONFIGS", "FORMS"]
 
 FORMS = ("classical", "bm4", "bm15")
 
@@ -164,17 +164,3 @@ NET_CONFIGS: dict[str, object] = {
     "lenet-w4": LeNetConfig(name="lenet-w4", widths=(4, 4, 4, 4, 4)),
     "lenet-w4n1": LeNetConfig(name="lenet-w4n1", widths=(4, 4, 4, 4, 1)),
 }
-
-
-def create_net(name: str, **overrides) -> nn.Module:
-    """Build a network from a named configuration with field overrides."""
-    if name == "resnet22":
-        from .resnet import ResNet22, ResNetConfig
-
-        return ResNet22(ResNetConfig(**overrides))
-    if name not in NET_CONFIGS:
-        raise ValueError(f"unknown net {name!r}; known: {sorted(NET_CONFIGS)}")
-    cfg = replace(NET_CONFIGS[name], **overrides)
-    if isinstance(cfg, LeNetConfig):
-        return LeNet(cfg)
-    raise TypeError(f"no builder for {type(cfg).__name__}")  # pragma: no cover

@@ -281,14 +281,14 @@ def _window_sums(spec: LayerSpec, codes: np.ndarray) -> np.ndarray:
 def _branch_gain(p: BMParams, spec: LayerSpec, m: BM15Layer, codes, lw, sigma, a_acc):
     """Per channel ``sum E_int / sum E_float`` of the branch on the layer's integer inputs."""
     from .maxops import maxtimes_conv
-    from .reference import _batch_bm_layer
+    from .reference import batch_bm_layer
 
     x = torch.from_numpy(codes.astype(np.float64) * sigma)
     if spec.kind == "linear":
         x = x.flatten(1)
     e_f = maxtimes_conv(x, m.w_pos().detach().double()).numpy() * a_acc
     zero_bias = np.zeros(spec.out_ch, dtype=np.int64)
-    acc = _batch_bm_layer(p, spec, codes, lw, zero_bias)
+    acc = batch_bm_layer(p, spec, codes, lw, zero_bias)
     s = _window_sums(spec, codes)
     e_i = acc + (s[..., None] << spec.c_shift)  # the exp unit's output E
     if spec.kind == "conv":
@@ -316,7 +316,7 @@ def quantize_bm(
     (the log unit truncates, so its products are biased low): ``Lw = round(2**f * (log2(w_pos
     * k) - log2 g_c))`` with ``g_c = sum E_int / sum E_float``, still a code of ``w_pos * k'``.
     """
-    from .reference import _batch_bm_layer, ref_requant
+    from .reference import batch_bm_layer, ref_requant
 
     sigma = 2.0 ** (pixel_shift - 8)
     layers, tensors, info = [], [], []
@@ -406,7 +406,7 @@ def quantize_bm(
             }
         )
         if codes is not None and not last:
-            acc = _batch_bm_layer(p, spec, codes, lw, bias)
+            acc = batch_bm_layer(p, spec, codes, lw, bias)
             y = ref_requant(p, acc, spec.out_shift, spec.relu).transpose(0, 3, 1, 2)
             if spec.pool > 1:
                 n_, c_, h_, w_ = y.shape
@@ -442,17 +442,17 @@ def head_neuron(st: Stage) -> str:
 def _head_terms(p: BMParams, spec: LayerSpec, codes, lw, sign):
     """Integer ``sum_i T_ci`` (lns) or the two branch exps summed (bm2) with every sign
     positive and no bias: the magnitude the head computes, for the log-offset gain."""
-    from .reference import _batch_bm_layer
+    from .reference import batch_bm_layer
 
     pos = np.zeros_like(sign)
     bias0 = np.zeros(spec.out_ch, dtype=np.int64)
     if spec.neuron == "lns":
-        return _batch_bm_layer(p, spec, codes, lw, bias0, pos).astype(np.float64)
+        return batch_bm_layer(p, spec, codes, lw, bias0, pos).astype(np.float64)
     # bm2: EXP(M+) + EXP(M-), each branch alone (the other sign's codes pushed to the floor)
     total = 0.0
     for neg in (0, 1):
         lw_b = np.where(sign == neg, lw, p.w_log_min)
-        total = total + _batch_bm_layer(p, spec, codes, lw_b, bias0, pos).astype(np.float64)
+        total = total + batch_bm_layer(p, spec, codes, lw_b, bias0, pos).astype(np.float64)
     return total
 
 
@@ -625,7 +625,7 @@ class _LogUnitSTE(torch.autograd.Function):
         return g, None
 
 
-def _fq_forward(stages, spec_layers, infos, p: BMParams, x: torch.Tensor) -> torch.Tensor:
+def fq_forward(stages, spec_layers, infos, p: BMParams, x: torch.Tensor) -> torch.Tensor:
     """Fake-quantized BM forward: codes, log-unit values and log-weight codes as in the reference.
 
     The max-times branch of the float layer sees ``sigma * 2**(Lx/2**f)`` and
@@ -696,7 +696,7 @@ def qat_finetune(
         idx = rng.integers(0, len(x_train), batch)
         x = to_float_input(x_train[idx])
         y = torch.from_numpy(y_train[idx].astype(np.int64))
-        loss = F.cross_entropy(_fq_forward(stages, layers, infos, p, x), y)
+        loss = F.cross_entropy(fq_forward(stages, layers, infos, p, x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

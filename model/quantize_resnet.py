@@ -211,7 +211,7 @@ def unit_errors(net: ResNet22, exp: ResNetExport, images: np.ndarray) -> list[fl
     return [errs[i] for i in sorted(errs)]
 
 
-def _hard_max(net: ResNet22) -> ResNet22:
+def hard_max(net: ResNet22) -> ResNet22:
     for m in net.bm_layers():
         m.set_op(MaxOp("max"))
     return net
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     else:
         logits = torch.from_numpy(_float_logits(net, xte))
         float_acc = float((logits.argmax(1) == yte).float().mean())
-    _hard_max(net)
+    hard_max(net)
     t0 = time.time()
     try:
         exp, rep = quantize_resnet(net, xtr.float() / 256)

@@ -28,8 +28,8 @@ Activations are unsigned codes ``x`` in ``0 .. 2**a_bits - 1``. A float activati
 5. **Correction.** ``S = sum_i x_i`` (the raw codes, over the same window); ``dw`` is a power of
    two, so ``dw * sum x`` in accumulator units is ``S << c_shift``. The terms
    ``dx * sum w + n*dx*dw`` and the float bias fold into one integer bias per output channel:
-   ``acc = E - (S << c_shift) + bias[c]``, computed exactly (no intermediate overflow: widths are
-   chosen by :func:`bm_acc_bits`).
+   ``acc = E - (S << c_shift) + bias[c]``, computed exactly: no intermediate overflow, the
+   accumulator holds ``exp_max``, ``fan_in * a_max << c_shift`` and the bias at once.
 6. **Requantization.** ``y = (acc + 2**(s-1)) >> s`` (``s = out_shift``; no rounding term when
    ``s == 0``), an arithmetic shift, i.e. round half up. A hidden layer saturates ``y`` to
    ``0 .. 2**a_bits - 1``: the saturation at zero is the ReLU. The last layer outputs ``y``
@@ -91,11 +91,8 @@ __all__ = [
     "ref_bm2_acc",
     "ref_mac_layer",
     "ref_network",
-    "bm_acc_bits",
     "lns_acc_bits",
     "bm2_acc_bits",
-    "mac_acc_bits",
-    "predict",
 ]
 
 
@@ -345,18 +342,6 @@ def ref_network(p, layers, tensors, image, *, trace: bool = False):
     return outs if trace else x
 
 
-def predict(logits) -> int:
-    """Index of the first maximal logit: the class the hardware reports."""
-    return int(np.argmax(_as_int(logits)))
-
-
-def bm_acc_bits(p: BMParams, spec: LayerSpec) -> int:
-    """Signed width that holds ``E - (S << c_shift) + bias`` exactly for this layer."""
-    s_max = spec.fan_in * p.a_max << spec.c_shift
-    bound = max(p.exp_max, s_max) + (1 << (p.bias_bits - 1))
-    return bound.bit_length() + 2
-
-
 def lns_acc_bits(p: BMParams, spec: LayerSpec) -> int:
     """Signed width of the ``lns`` head's accumulator: ``fan_in`` terms of up to ``exp_max``
     either sign, plus the bias, exactly."""
@@ -370,17 +355,11 @@ def bm2_acc_bits(p: BMParams, spec: LayerSpec) -> int:
     return bound.bit_length() + 1
 
 
-def mac_acc_bits(p: MACParams, spec: LayerSpec) -> int:
-    """Signed width that holds ``sum x*w + bias`` exactly for this layer."""
-    bound = spec.fan_in * p.a_max * (1 << (p.w_bits - 1)) + (1 << (p.bias_bits - 1))
-    return bound.bit_length() + 1
-
-
 # -- batched fast path -------------------------------------------------------------------------
 # Same integer semantics as ``ref_network`` on every image, vectorised over a batch so that the
 # full MNIST test set runs in reasonable time. ``tests/test_reference.py`` proves it equal to the
 # per-image path; the per-image functions above stay the definition.
-def _maxplus_dtype(p: BMParams):
+def maxplus_dtype(p: BMParams):
     """Narrowest integer type holding ``Lx + Lw`` and the flagged sentinel with room to spare."""
     lx_max = ((p.u_bits - 1) << p.log_frac) + (1 << p.log_frac)
     if lx_max + p.w_log_max < 1 << 13 and -p.w_log_min <= 1 << 13:
@@ -444,7 +423,7 @@ def _batch_head(p: BMParams, spec: LayerSpec, lx, zx, lw, sign, bias):
     return acc + _as_int(bias)
 
 
-def _batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, sign=None):
+def batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, sign=None):
     lw = _as_int(lw).reshape(spec.out_ch, spec.fan_in)
     if np.any((lw < p.w_log_min) | (lw > p.w_log_max)):
         raise ValueError(f"weight log codes must be in {p.w_log_min}..{p.w_log_max}")
@@ -454,7 +433,7 @@ def _batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, sign=None):
     lx, zx = lx_tab[x], zx_tab[x]
     if spec.neuron != "bm15":
         return _batch_head(p, spec, lx, zx, lw, sign, bias)
-    dtype, neg = _maxplus_dtype(p)
+    dtype, neg = maxplus_dtype(p)
     lxm = np.where(zx, neg, lx).astype(dtype)
     if spec.kind == "conv":
         lw4 = lw.reshape(spec.out_ch, spec.in_ch, spec.k, spec.k)
@@ -526,7 +505,7 @@ def ref_network_batch(p, layers, tensors, images, *, trace: bool = False):
         if np.any((x < 0) | (x > p.a_max)):
             raise ValueError(f"activation codes must be in 0..{p.a_max}")
         if bm:
-            acc = _batch_bm_layer(p, spec, x, t["w"], t["bias"], t.get("sign"))
+            acc = batch_bm_layer(p, spec, x, t["w"], t["bias"], t.get("sign"))
         else:
             acc = _batch_mac_layer(p, spec, x, t["w"], t["bias"])
         y = ref_requant(p, acc, spec.out_shift, spec.relu)

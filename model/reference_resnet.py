@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from .params import BMParams
-from .reference import _maxplus_dtype, maxplus_conv, ref_exp, ref_log, window_sums
+from .reference import maxplus_dtype, maxplus_conv, ref_exp, ref_log, window_sums
 
 __all__ = [
     "ResNetIntParams",
@@ -187,7 +187,7 @@ def _branch_acc(p: ResNetIntParams, x, lw, bias, c_shift: int, k: int, stride: i
             raise ValueError("stride > 1 is supported for 1x1 convolutions only")
         x = x[:, :, ::stride, ::stride]
     lx_tab, zx_tab = ref_log(bm, np.arange(bm.a_max + 1))
-    dtype, neg = _maxplus_dtype(bm)
+    dtype, neg = maxplus_dtype(bm)
     lxm = np.where(zx_tab[x], neg, lx_tab[x]).astype(dtype)
     m = maxplus_conv(lxm, lw, dtype).transpose(1, 0, 2, 3).astype(np.int64)
     zm = m < neg // 2

@@ -50,7 +50,8 @@ from torch import nn
 
 from .layers import BM15Layer, BMLayer
 from .maxops import MaxOp
-from .nets import NET_CONFIGS, LeNet, create_net
+from .nets import LeNet
+from .registry import NET_CONFIGS, create_net
 
 __all__ = ["TrainConfig", "parse_args", "main", "load_model", "evaluate", "METHODS"]
 
@@ -172,10 +173,6 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, shift_px: float, rot_de
 
 
 @torch.no_grad()
-def predict_all(fn, x: torch.Tensor, bs: int = 500) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + bs]) for i in range(0, len(x), bs)])
-
-
 @torch.no_grad()
 def evaluate(fn, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
     correct = 0
@@ -1015,8 +1012,6 @@ def _lwkd_stage(
             loss.backward()
             opt.step()
             sched.step()
-            if ema is not None:
-                ema.update()
             tot += float(loss.detach())
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"layer {k}: loss {float(loss.detach())}")

@@ -70,7 +70,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m sim.fullset", description=__doc__.split("\n")[0])
     p.add_argument("--weights", default=None,
                    help="export (.npz); default: the shipped BM export, else the MAC one")
-    p.add_argument("--data-dir", default=None, help="folder with mnist/ (default $BM_DATA_DIR)")
+    p.add_argument("--data-dir", default=None, help="MNIST-style IDX folder, or a parent holding mnist/ (default $BM_DATA_DIR)")
     p.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--harness", choices=("native", "cocotb"), default="native")
@@ -104,7 +104,7 @@ def flip_weight(tensors, spec: str, params) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from hw.accel import Accelerator, plan_network, predict_image_cycles, predict_interval
-    from model.data import DatasetError, default_data_dir, load_mnist
+    from model.data import DatasetError, default_data_dir, load_mnist_split
     from model.export import ExportError, load_export
     from model.reference import ref_network_batch
     from sim.nets import SHIPPED
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         SHIPPED["bm"] if SHIPPED["bm"].exists() else SHIPPED["mac"])
     try:
         exp = load_export(weights)
-        _, _, images, labels = load_mnist(args.data_dir or default_data_dir())
+        images, labels = load_mnist_split(args.data_dir or default_data_dir(), "test")
     except (ExportError, DatasetError, OSError) as e:
         print(f"fullset: {e}", file=sys.stderr)
         return 2

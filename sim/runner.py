@@ -52,7 +52,7 @@ def missing_simulator(sim: str) -> str | None:
     return None
 
 
-def _require_simulator(sim: str) -> None:
+def require_simulator(sim: str) -> None:
     msg = missing_simulator(sim)
     if msg is None:
         return
@@ -69,7 +69,7 @@ def run_cocotb(component, *, toplevel: str, module: str, params: dict, tag: str 
     test if any cocotb test fails or none ran.
     """
     sim = simulator()
-    _require_simulator(sim)
+    require_simulator(sim)
     blob = json.dumps(params, sort_keys=True)
     build_dir = build(component, toplevel, sim)
     test_dir = build_dir / "runs" / (tag or hashlib.sha1(blob.encode()).hexdigest()[:10])

@@ -153,9 +153,9 @@ def test_native_harness_small_network(tmp_path, overlap):
 
 
 def _require(sim):
-    from sim.runner import _require_simulator
+    from sim.runner import require_simulator
 
-    _require_simulator(sim)
+    require_simulator(sim)
 
 
 def test_random_tensors_in_range():

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from hw.accel import _use_spram, plan_network, predict_image_cycles
+from hw.accel import use_spram, plan_network, predict_image_cycles
 from hw.boards import BOARDS
 from model.params import PRESETS
 from sim.random_export import VARIANTS, random_export, variant_layers
@@ -62,16 +62,16 @@ def test_spram_only_on_ultraplus():
     class Plat:
         device = "iCE40UP5K"
 
-    assert _use_spram(Plat(), 16, (2048, 2048), 2)
-    assert not _use_spram(Plat(), 17, (2048, 2048), 2)  # wider than an SPRAM word
-    assert not _use_spram(Plat(), 16, (2048, 2048), 4)  # eight banks, four SPRAMs
-    assert not _use_spram(Plat(), 16, (32768, 2048), 2)
-    assert not _use_spram(None, 16, (2048, 2048), 2)
+    assert use_spram(Plat(), 16, (2048, 2048), 2)
+    assert not use_spram(Plat(), 17, (2048, 2048), 2)  # wider than an SPRAM word
+    assert not use_spram(Plat(), 16, (2048, 2048), 4)  # eight banks, four SPRAMs
+    assert not use_spram(Plat(), 16, (32768, 2048), 2)
+    assert not use_spram(None, 16, (2048, 2048), 2)
 
     class Ecp5:
         device = "LFE5U-85F"
 
-    assert not _use_spram(Ecp5(), 16, (2048, 2048), 2)
+    assert not use_spram(Ecp5(), 16, (2048, 2048), 2)
 
 
 @pytest.mark.parametrize("net", sorted(VARIANTS))
@@ -95,7 +95,7 @@ def test_accel_with_spram_banks_equals_reference(monkeypatch):
     from hw.accel import Accelerator
     from model.reference import ref_network
 
-    monkeypatch.setattr(hw.accel, "_use_spram", lambda *a: True)
+    monkeypatch.setattr(hw.accel, "use_spram", lambda *a: True)
     p = PRESETS["bm8"]
     rng = np.random.default_rng(5)
     layers, tensors = random_net(p, rng)

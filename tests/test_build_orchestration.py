@@ -131,13 +131,16 @@ def test_xray_orchestration_missing_tools_named(tmp_path, monkeypatch, capsys):
     rc = hwbuild.main(["--board", "arty_a7", "--core", "fixture", "--out-dir", str(out),
                        "--work-dir", str(tmp_path / "work")])
     assert rc == hwbuild.EXIT_MISSING
-    err = capsys.readouterr().err
+    said, err = capsys.readouterr()
     for needle in ("nextpnr-xilinx", "$NEXTPNR_XILINX", "fasm2frames", "$FASM2FRAMES",
                    "xc7frames2bit", "$XC7FRAMES2BIT",
                    f"{tmp_path}/nochipdb/xc7a35tcsg324-1.bin",
                    f"{tmp_path}/nodb/artix7/xc7a35tcsg324-1/part.yaml"):
         assert needle in err
     assert [line.split()[0] for line in record.read_text().splitlines()] == ["yosys"]
+    # named at once, before anything runs, with what happens next
+    head = said[: said.index("[0] elaborate")]
+    assert "nextpnr-xilinx" in head and "running synthesis only" in head
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"].startswith("incomplete")
     assert rep["utilization"]["LUT"] == 3 and rep["utilization"]["FF"] == 2

@@ -133,3 +133,61 @@ def test_cifar_layouts(tmp_path):
 def test_cifar_missing(tmp_path):
     with pytest.raises(DatasetError, match="no cifar-10-batches-py"):
         load_cifar10(tmp_path)
+
+
+def test_mnist_test_split_needs_only_the_test_files(tmp_path):
+    from model.data import load_mnist_split
+
+    files = _write_mnist(tmp_path)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (tmp_path / (name + ".gz")).unlink()
+    x, y = load_mnist_split(tmp_path, "test")
+    assert np.array_equal(x, files["t10k-images-idx3-ubyte"])
+    assert np.array_equal(y, files["t10k-labels-idx1-ubyte"])
+    with pytest.raises(DatasetError):
+        load_mnist_split(tmp_path, "train")
+
+
+def _evaluate(capsys, *argv):
+    from model import evaluate
+
+    rc = evaluate.main(["--quiet", *map(str, argv)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_evaluate_scores_a_test_only_folder(tmp_path, capsys):
+    """An export is scored with the two test files alone (no training set needed)."""
+    from model.fixtures import SHIPPED
+
+    _write_mnist(tmp_path, n_test=20)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (tmp_path / (name + ".gz")).unlink()
+    rc, out, err = _evaluate(capsys, "--weights", SHIPPED["mac"], "--data-dir", tmp_path)
+    assert rc == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("accuracy ") and last.endswith("/20)")
+
+
+@pytest.mark.parametrize("case", ["corrupt", "missing", "shape"])
+def test_evaluate_bad_input_is_one_line(tmp_path, capsys, case):
+    """A corrupt or missing export, or images of the wrong shape: one line, exit 2."""
+    from model.fixtures import SHIPPED
+
+    _write_mnist(tmp_path)  # 5x5 images: the wrong shape for the LeNet export
+    weights = SHIPPED["mac"]
+    if case == "corrupt":
+        weights = tmp_path / "corrupt.npz"
+        weights.write_bytes(SHIPPED["mac"].read_bytes()[:1000])
+    elif case == "missing":
+        weights = tmp_path / "nothing.npz"
+    rc, out, err = _evaluate(capsys, "--weights", weights, "--data-dir", tmp_path)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("model.evaluate: "), err
+    assert "Traceback" not in err
+    want = {"corrupt": "corrupt", "missing": "cannot read", "shape": "5x5"}[case]
+    assert want in lines[0]

@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from model.layers import BM4Layer, BM15Layer  # noqa: E402
-from model.nets import LeNetConfig, create_net  # noqa: E402
+from model.nets import LeNetConfig  # noqa: E402
+from model.registry import create_net  # noqa: E402
 
 
 def test_lenet_shapes_and_layers():

@@ -8,11 +8,11 @@ import torch
 
 from model.export import load_export, save_export
 from model.maxops import MaxOp
-from model.nets import create_net
+from model.registry import create_net
 from model.params import PRESETS
 from model.quantize import (
     QuantizeError,
-    _fq_forward,
+    fq_forward,
     check_stages,
     float_logits,
     int_logits,
@@ -102,7 +102,7 @@ def test_fake_quant_forward_matches_reference(head):
     p = PRESETS["bm8"]
     exp = quantize(st, x[:64], p, preset="bm8", log_offset=False)
     with torch.no_grad():
-        fq = _fq_forward(st, exp.layers, exp.metadata["layer_scales"], p, to_float_input(x[64:]))
+        fq = fq_forward(st, exp.layers, exp.metadata["layer_scales"], p, to_float_input(x[64:]))
     il = int_logits(exp, x[64:]) * dequant_last(exp)
     rel = np.abs(fq.numpy() - il).max() / np.abs(il).max()
     assert rel < 0.02, rel

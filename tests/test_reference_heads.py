@@ -13,7 +13,7 @@ import pytest
 from model.export import ExportError, NetworkExport, compute_checksum, load_export, save_export
 from model.params import BMParams, LayerSpec
 from model.reference import (
-    _batch_bm_layer,
+    batch_bm_layer,
     bm2_acc_bits,
     lns_acc_bits,
     ref_bm_layer,
@@ -88,7 +88,7 @@ def test_head_batch_equals_per_image(neuron, seed):
     spec, x, _, lw, sign, bias = random_head(rng, neuron, zeros=0.2 + 0.3 * seed)
     x[0] = 0  # every input flagged
     assert (
-        _batch_bm_layer(P, spec, x, lw, bias, sign) == per_image_acc(spec, x, lw, sign, bias)
+        batch_bm_layer(P, spec, x, lw, bias, sign) == per_image_acc(spec, x, lw, sign, bias)
     ).all()
 
 

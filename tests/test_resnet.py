@@ -18,9 +18,9 @@ import torch
 from model import train_cifar
 from model.layers import BM15Layer, convert
 from model.maxops import MaxOp
-from model.nets import create_net
+from model.registry import create_net
 from model.params import BMParams
-from model.quantize_resnet import _hard_max, float_trace, quantize_resnet
+from model.quantize_resnet import hard_max, float_trace, quantize_resnet
 from model.reference import ref_log
 from model.reference_resnet import (
     SCHEMA,
@@ -347,7 +347,7 @@ def tiny_export(tmp_path_factory):
             bn.reset_running_stats()
             bn.momentum = None
         net.train()(calib)
-    net = _hard_max(net.eval())
+    net = hard_max(net.eval())
     exp, _ = quantize_resnet(net, calib)
     path = tmp_path_factory.mktemp("exp") / "r.npz"
     save_resnet_export(path, exp)
