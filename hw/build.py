@@ -695,43 +695,53 @@ def _count(cells: dict, pattern: str) -> int:
     return sum(n for t, n in cells.items() if rx.fullmatch(t.lstrip("\\$")))
 
 
+CELL_PATTERNS = {
+    "ecp5": {
+        "LUT4": "LUT4",
+        "CCU2C": "CCU2C",
+        "PFUMX": "PFUMX|L6MUX21",
+        "LUTRAM": "TRELLIS_DPR16X4|DPR16X4C",
+        "FF": "TRELLIS_FF|FD1[PS]3\\w+",
+        "BRAM": "DP16KD|PDPW16KD",
+        "DSP": "MULT18X18D|MULT9X9D",
+        "ALU54": "ALU54B",
+    },
+    "ice40": {
+        "LUT4": "SB_LUT4",
+        "CARRY": "SB_CARRY",
+        "FF": "SB_DFF\\w*",
+        "BRAM": "SB_RAM40_4K\\w*",
+        "DSP": "SB_MAC16",
+    },
+    "gowin": {
+        "LUT4": "LUT[1-4]",
+        "ALU": "ALU",
+        "MUX2": "MUX2_LUT[5-8]",
+        "FF": "DFF\\w*",
+        "BRAM": "(SDPB|DPB|SP|ROM|pROM)(X9)?",
+        "LUTRAM": "RAM16S\\w+|RAM16SDP\\d",
+        "DSP": "MULT\\w+|ALU54D|PADD\\w+",
+    },
+}
+"""Yosys cell-type patterns of each family's resource columns (:func:`family_counts`)."""
+
+LUT_EQUIVALENT = {
+    # a CCU2C fills a slice's two LUTs; a LUT-RAM cell takes four
+    "ecp5": lambda o: o["LUT4"] + 2 * o["CCU2C"] + 4 * o["LUTRAM"],
+    "ice40": lambda o: o["LUT4"],
+    "gowin": lambda o: o["LUT4"] + o["ALU"],
+}
+
+
 def family_counts(flow: str, cells: dict) -> dict:
-    """The resource columns of one family from Yosys cell counts."""
-    if flow.startswith("ecp5"):
-        out = {
-            "LUT4": _count(cells, "LUT4"),
-            "CCU2C": _count(cells, "CCU2C"),
-            "PFUMX": _count(cells, "PFUMX|L6MUX21"),
-            "LUTRAM": _count(cells, "TRELLIS_DPR16X4|DPR16X4C"),
-            "FF": _count(cells, "TRELLIS_FF|FD1[PS]3\\w+"),
-            "BRAM": _count(cells, "DP16KD|PDPW16KD"),
-            "DSP": _count(cells, "MULT18X18D|MULT9X9D"),
-            "ALU54": _count(cells, "ALU54B"),
-        }
-        out["LUT"] = out["LUT4"] + 2 * out["CCU2C"] + 4 * out["LUTRAM"]
-    elif flow == "ice40":
-        out = {
-            "LUT4": _count(cells, "SB_LUT4"),
-            "CARRY": _count(cells, "SB_CARRY"),
-            "FF": _count(cells, "SB_DFF\\w*"),
-            "BRAM": _count(cells, "SB_RAM40_4K\\w*"),
-            "DSP": _count(cells, "SB_MAC16"),
-        }
-        out["LUT"] = out["LUT4"]
-    elif flow == "gowin":
-        out = {
-            "LUT4": _count(cells, "LUT[1-4]"),
-            "ALU": _count(cells, "ALU"),
-            "MUX2": _count(cells, "MUX2_LUT[5-8]"),
-            "FF": _count(cells, "DFF\\w*"),
-            "BRAM": _count(cells, "(SDPB|DPB|SP|ROM|pROM)(X9)?"),
-            "LUTRAM": _count(cells, "RAM16S\\w+|RAM16SDP\\d"),
-            "DSP": _count(cells, "MULT\\w+|ALU54D|PADD\\w+"),
-        }
-        out["LUT"] = out["LUT4"] + out["ALU"]
-    else:  # xilinx
+    """The resource columns of one family from Yosys cell counts (``flow`` is ``ecp5*``,
+    ``ice40``, ``gowin`` or ``xilinx``); ``LUT`` is the family's LUT equivalent."""
+    fam = "ecp5" if flow.startswith("ecp5") else flow
+    if fam not in CELL_PATTERNS:  # xilinx
         u = xilinx_utilization({"modules": {"m": {"num_cells_by_type": cells}}})
-        out = {k: v for k, v in u.items() if k != "cells_by_type"}
+        return {k: v for k, v in u.items() if k != "cells_by_type"}
+    out = {col: _count(cells, pat) for col, pat in CELL_PATTERNS[fam].items()}
+    out["LUT"] = LUT_EQUIVALENT[fam](out)
     return out
 
 

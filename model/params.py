@@ -337,6 +337,8 @@ def params_from_dict(d: dict) -> BMParams | MACParams:
 
 PRESETS: dict[str, BMParams | MACParams] = {
     "bm8": BMParams(),
+    # 8-bit activations with the log/exp tables of bm10 (64-entry tables, 1/64 log steps)
+    "bm8f6": BMParams(log_frac=6, mant_bits=6, w_log_bits=11),
     "mac8": MACParams(),
     "bm4": BMParams(a_bits=4, log_frac=4, mant_bits=3, w_log_bits=8, exp_bits=16),
     "bm6": BMParams(a_bits=6, log_frac=4, mant_bits=4, w_log_bits=9, exp_bits=20),
