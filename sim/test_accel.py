@@ -63,18 +63,18 @@ def test_accel_small_network(preset, backpressure, overlap):
 
 
 @pytest.mark.parametrize("overlap", [False, True])
-@pytest.mark.parametrize("head", ["lns", "bm2"])
-def test_accel_signed_head(head, overlap):
+@pytest.mark.parametrize("head,preset", [("lns", "bm8"), ("bm2", "bm8"), ("lns", "bm8f6")])
+def test_accel_signed_head(head, preset, overlap):
     """The ``lns`` and ``bm2`` classifiers (on the FC engine) in the small network: every logit
     against the reference, images one at a time (latency) and back to back (interval)."""
-    p = PRESETS["bm8"]
+    p = PRESETS[preset]
     layers, tensors = _small_net(p, head)
     plan = plan_network(p, layers, (1, 12, 12), rows=4, cols=4, overlap=overlap)
     assert plan.fc_head and plan.head == head
     rng = np.random.default_rng(6)
     images = [rng.integers(0, 256, 144) for _ in range(3)]
     images[0][:40] = 0  # all-zero windows: the BM zero flag
-    _run(plan, layers, tensors, images, tag=f"head-{head}-{int(overlap)}")
+    _run(plan, layers, tensors, images, tag=f"head-{head}-{preset}-{int(overlap)}")
 
 
 @pytest.mark.slow

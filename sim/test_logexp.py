@@ -7,7 +7,7 @@ from sim.runner import run_cocotb
 
 pytestmark = pytest.mark.rtl
 
-PRESET_IDS = ["bm8", "bm4"]
+PRESET_IDS = ["bm8", "bm8f6", "bm4"]
 TRAFFIC = {"smooth": (0.0, 0.0), "stalls": (0.3, 0.4)}
 
 

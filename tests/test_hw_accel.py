@@ -153,6 +153,7 @@ def test_accel_streamed_images(preset, rows, cols, widths, overlap):
 @pytest.mark.parametrize("head", ["lns", "bm2"])
 @pytest.mark.parametrize("preset,rows,cols,widths,overlap", [
     ("bm8", 4, 4, (5, 3), False), ("bm8", 4, 4, (5, 3), True),
+    ("bm8f6", 4, 4, (5, 3), True),  # the finer log/exp tables of the shipped export
     ("bm4", 4, 2, (5, 3), False),  # the feeder's 3 channels in two words (2 + 1)
     ("bm8", 8, 4, (5,), False)])
 def test_accel_signed_heads(head, preset, rows, cols, widths, overlap):

@@ -13,6 +13,7 @@ from model.reference import ref_exp, ref_log
 
 LOG_PARAMS = {
     "bm8": PRESETS["bm8"],
+    "bm8f6": PRESETS["bm8f6"],
     "bm4": PRESETS["bm4"],
     "bm12": PRESETS["bm12"],
     "bm8-dx3": BMParams(dx=3),
@@ -20,6 +21,7 @@ LOG_PARAMS = {
 }
 EXP_PARAMS = {
     "bm8": PRESETS["bm8"],
+    "bm8f6": PRESETS["bm8f6"],
     "bm4": PRESETS["bm4"],
     "bm6": PRESETS["bm6"],
     "bm8-e12": BMParams(exp_bits=12, exp_table_bits=6),
