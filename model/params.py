@@ -36,6 +36,16 @@ def _clog2(n: int) -> int:
     return max(1, (n - 1).bit_length())
 
 
+def _check_ints(params) -> None:
+    """Every field an int (not a bool), and ``a_bits`` in 2..16."""
+    for f in fields(params):
+        v = getattr(params, f.name)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"{f.name} must be an int, not {v!r}")
+    if not 2 <= params.a_bits <= 16:
+        raise ValueError(f"a_bits must be in 2..16, not {params.a_bits!r}")
+
+
 @dataclass(frozen=True)
 class BMParams:
     """Integer 1.5-branch bipolar morphological datapath.
@@ -78,12 +88,7 @@ class BMParams:
     max_c_shift: int = 15
 
     def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{f.name} must be an int, not {v!r}")
-        if not 2 <= self.a_bits <= 16:
-            raise ValueError(f"a_bits must be in 2..16, not {self.a_bits!r}")
+        _check_ints(self)
         if self.dx < 0 or self.a_max + self.dx >= 1 << 16:
             raise ValueError(f"dx must be >= 0 and keep x + dx below 2**16, not {self.dx!r}")
         if not 1 <= self.log_frac <= 8:
@@ -191,12 +196,7 @@ class MACParams:
     acc_bits: int = 32
 
     def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{f.name} must be an int, not {v!r}")
-        if not 2 <= self.a_bits <= 16:
-            raise ValueError(f"a_bits must be in 2..16, not {self.a_bits!r}")
+        _check_ints(self)
         if not 2 <= self.w_bits <= 16:
             raise ValueError(f"w_bits must be in 2..16, not {self.w_bits!r}")
         if not 4 <= self.acc_bits <= 64:
