@@ -88,6 +88,7 @@ class TrainConfig:
     teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # finetune: layers left classical (e.g. 5: the classifier)
+    train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
     last_form: str | None = None  # finetune: neuron of the classifier (default: --form)
     head_init: str = "convert"  # finetune: classifier init, "convert" or "channel" (see below)
     first_method: str = "lwkd"  # two_stage: the LSE stage
@@ -130,6 +131,7 @@ class TrainConfig:
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
         self.layer_epochs = tuple(int(e) for e in self.layer_epochs)
         self.keep = tuple(int(i) for i in self.keep)
+        self.train_layers = tuple(int(i) for i in self.train_layers)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -1155,6 +1157,10 @@ def method_finetune(run: Run, data):
     for m in student.bm_layers():
         if isinstance(m, BM15Layer) and isinstance(m.corr_x, nn.Parameter) and not cfg.learn_corr:
             m.corr_x.requires_grad_(False)
+    if cfg.train_layers:  # the rest stays as it is (e.g. a head trained on a fixed conv stack)
+        for i, m in enumerate(student.layers):
+            if i not in cfg.train_layers:
+                m.requires_grad_(False)
     run.log(
         f"finetune from {cfg.init}: forms {student.forms}, test acc "
         f"{evaluate(student, data[2], data[3]):.4f}"
@@ -1245,6 +1251,9 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--init", default=None, help="finetune: the model to start from")
     p.add_argument("--keep", default="", help="finetune: comma list of layers left classical")
     p.add_argument(
+        "--train-layers", default="", help="finetune: comma list of the layers that train (all)"
+    )
+    p.add_argument(
         "--last-form",
         choices=("bm4", "bm15"),
         default=None,
@@ -1314,6 +1323,7 @@ def parse_args(argv=None) -> TrainConfig:
     a = vars(p.parse_args(argv))
     a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))
     a["keep"] = tuple(int(v) for v in str(a["keep"]).split(",") if v.strip())
+    a["train_layers"] = tuple(int(v) for v in str(a["train_layers"]).split(",") if v.strip())
     return TrainConfig(**a)
 
 

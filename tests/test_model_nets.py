@@ -136,6 +136,17 @@ def test_finetune_cli_tiny(tmp_path: Path, mnist_dir):
     main(["--method", "finetune", "--init", teacher, "--teacher", teacher, "--out", str(k),
           "--epochs", "1", "--keep", "5", "--refit-images", "32", *common])
     assert load_model(k / "model.pt").forms == ("bm15",) * 5 + ("classical",)
+    # a 2-branch head trained alone on that fixed BM stack, with an EMA of its weights
+    h = tmp_path / "head"
+    main(["--method", "finetune", "--init", str(k / "model.pt"), "--teacher", teacher, "--out",
+          str(h), "--epochs", "1", "--last-form", "bm4", "--train-layers", "5", "--ema", "0.9",
+          "--kd-temp", "4", "--beta", "0", *common])
+    before, after = load_model(k / "model.pt"), load_model(h / "model.pt")
+    assert after.forms == ("bm15",) * 5 + ("bm4",)
+    for i in range(5):
+        assert torch.equal(before.layers[i].weight, after.layers[i].weight)
+        assert torch.equal(before.layers[i].bias, after.layers[i].bias)
+    assert not torch.equal(before.layers[5].weight, after.layers[5].weight)
 
 
 def test_layerwise_freeze_with_cached_inputs_matches_recomputing(
@@ -287,3 +298,27 @@ def test_channel_head_init_pools_one_channel_per_class(form):
     assert torch.allclose(e1, own, rtol=1e-4)
     with pytest.raises(ValueError, match="at least 10 feature channels"):
         channel_head_init(layer, 4)
+
+
+def test_weight_ema_averages_and_swaps_back():
+    """``--ema``: the average moves by ``1 - decay`` toward each new weight; evaluating with it
+    swapped in leaves the trained weights as they were."""
+    from model.train import WeightEMA
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = WeightEMA([p], 0.75)
+    with torch.no_grad():
+        p.fill_(4.0)
+    ema.update()  # 0.75 * 0 + 0.25 * 4
+    assert torch.allclose(ema.avg[0], torch.full((3,), 1.0))
+    with ema.swapped():
+        assert torch.equal(p.detach(), torch.full((3,), 1.0))
+    assert torch.equal(p.detach(), torch.full((3,), 4.0))
+    state = ema.state_dict()
+    ema.update()
+    ema.load_state_dict(state)  # what a resumed run restores
+    assert torch.allclose(ema.avg[0], torch.full((3,), 1.0))
+    ema.copy_to_params()
+    assert torch.equal(p.detach(), torch.full((3,), 1.0))
+    with pytest.raises(ValueError):
+        WeightEMA([p], 1.0)
