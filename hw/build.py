@@ -454,69 +454,96 @@ def list_boards() -> str:
     return "boards:\n" + "\n".join(rows)
 
 
-def build(args) -> dict:
-    from .top import BoardTop, CoreUnavailable, make_core
-    from .uart import uart_divisor
-
-    t_start = time.monotonic()
-    setup_tool_env()  # amaranth's own Verilog output needs $YOSYS too
-    board = get_board(args.board)
-    variant = args.variant or board.default_variant
-    platform = board.platform(variant)
-    if board.extra.get("break_off_pmod"):
-        platform.add_resources(platform.break_off_pmod)
+def _clock(args, board, platform):
+    """``(requested MHz, PLL settings or None)``: the board clock, or a PLL in front of it."""
     requested = args.freq if args.freq is not None else board.clk_mhz
-    pll = None
-    if abs(requested - board.clk_mhz) > 1e-6:
-        if board.family == "xilinx":
-            raise BuildError(f"--freq {requested:g}: no PLL support for {board.name} yet; ask "
-                             f"for --freq {board.clk_mhz:g}", EXIT_USAGE)
-        try:
-            pll = pll_settings(board.family, board.clk_mhz, requested,
-                               device=getattr(platform, "_chipdb_device", None))
-        except ValueError as err:
-            raise BuildError(f"--freq {requested:g}: {err}", EXIT_USAGE) from None
-    freq = pll.f_out if pll else requested  # the clock the design really gets
-    weights = args.weights or (default_weights(args.arith, board.network)
-                               if args.core == "accel" else None)
-    if weights is not None and not Path(weights).exists():
-        raise BuildError(
-            f"no weights export at {weights} ({board.name} builds the {board.network!r} network "
-            f"by default); pass --weights FILE.npz, or for a structure-only stand-in with random "
-            f"weights: python -m sim.random_export --net {board.network} --arith {args.arith}",
-            EXIT_USAGE)
-    workdir = (args.work_dir or ROOT / "build" / board.name).resolve()
-    out_dir = (args.out_dir or ROOT / "bitstreams" / board.name).resolve()
-    stages = "synthesis only" if args.synth_only else "full flow"
-    device = getattr(platform, "device", None) or getattr(platform, "part", None)
-    clock = (f"{freq:g} MHz from the {board.clk_mhz:g} MHz board clock by PLL "
-             f"({', '.join(f'{k}={v}' for k, v in pll.params.items())})" if pll
-             else f"{freq:g} MHz (board clock)")
-    log(f"hw.build: {board.name} {variant} ({device}), {args.core} core, {clock}, {stages}")
-    log(f"  work dir: {workdir}")
-    env = setup_tool_env(dict(os.environ))
-    missing = []
-    if board.family == "xilinx" and not args.synth_only:
-        # checked before anything runs: without them the flow stops after synthesis
-        missing = _missing_xray(platform, env)
-        if missing:
-            log("  the openXC7 place-and-route tools are missing:")
-            for m in missing:
-                log(f"    - {m}")
-            log("  running synthesis only: the report is published marked incomplete, and the "
-                "build then fails (no bitstream)")
-
-    log("  [0] elaborate (amaranth: core, UART top, pins) ...")
-    t0 = time.monotonic()
+    if abs(requested - board.clk_mhz) <= 1e-6:
+        return requested, None
+    if board.family == "xilinx":
+        raise BuildError(f"--freq {requested:g}: no PLL support for {board.name} yet; ask "
+                         f"for --freq {board.clk_mhz:g}", EXIT_USAGE)
     try:
-        rows, cols = args.array or board.array
-        overlap = board.overlap if args.overlap is None else args.overlap
-        core = make_core(weights, args.arith, kind=args.core, rows=rows, cols=cols,
-                         overlap=overlap)
-    except CoreUnavailable as err:
-        raise BuildError(str(err), EXIT_USAGE) from None
-    divisor = uart_divisor(freq * 1e6, args.baud)
-    top = BoardTop(core, divisor=divisor)
+        return requested, pll_settings(board.family, board.clk_mhz, requested,
+                                       device=getattr(platform, "_chipdb_device", None))
+    except ValueError as err:
+        raise BuildError(f"--freq {requested:g}: {err}", EXIT_USAGE) from None
+
+
+def _check_tools(args, board, platform, env) -> list[str]:
+    """The missing openXC7 tools, named before anything runs: without them the flow stops
+    after synthesis."""
+    if board.family != "xilinx" or args.synth_only:
+        return []
+    missing = _missing_xray(platform, env)
+    if missing:
+        log("  the openXC7 place-and-route tools are missing:")
+        for m in missing:
+            log(f"    - {m}")
+        log("  running synthesis only: the report is published marked incomplete, and the "
+            "build then fails (no bitstream)")
+    return missing
+
+
+def _synthesis_results(rep: dict, products: dict, board, device, workdir: Path) -> None:
+    """A synthesis-only build's utilization from Yosys ``stat``."""
+    stat_path = workdir / "top.stat.json"
+    if board.family == "xilinx":
+        util = xilinx_utilization(json.loads(stat_path.read_text()))
+        rep["cells_by_type"] = util.pop("cells_by_type")
+        rep["utilization"] = util
+        rep["capacity"] = xilinx_capacity(device)
+        products["top.json"] = workdir / "top.json"
+        products["top.stat.json"] = stat_path
+    elif stat_path.exists():
+        cells = stat_cells(json.loads(stat_path.read_text()))
+        rep["utilization"] = family_counts(board.family, cells)
+        rep["cells_by_type"] = dict(sorted(cells.items()))
+        products["top.stat.json"] = stat_path
+
+
+def _pnr_results(rep: dict, products: dict, board, workdir: Path, freq: float, core) -> None:
+    """Fmax and utilization from the nextpnr log; a missed clock fails the build."""
+    tim = workdir / "top.tim"
+    parsed = parse_nextpnr_log(tim.read_text(errors="replace") if tim.exists() else "")
+    if not parsed["fmax"]:
+        raise BuildError(f"no 'Max frequency' line in the nextpnr log {tim}")
+    fmax = min(v["fmax_mhz"] for v in parsed["fmax"].values())
+    rep.update({
+        "fmax_mhz": fmax,
+        "fmax_by_clock": parsed["fmax"],
+        "timing_met": fmax >= freq,
+        "utilization": parsed["utilization"],
+        "images_per_s_at_fmax": fmax * 1e6 / core.cycles_per_image,
+        "images_per_s_at_requested": freq * 1e6 / core.cycles_per_image,
+    })
+    if not rep["timing_met"]:
+        raise BuildError(
+            f"timing MISSED: Fmax {fmax:.2f} MHz < requested {freq:g} MHz "
+            f"(nothing published; log: {tim})")
+    bit = workdir / f"top.{board.bitstream}"
+    if not bit.exists():
+        raise BuildError(f"the flow finished but {bit} is missing")
+    products[f"{board.name}.{board.bitstream}"] = bit
+    products["nextpnr.log"] = tim
+
+
+def _config(args, env) -> dict:
+    """How the build was made: the command, its arguments, the tools and their versions."""
+    return {
+        "command": "python -m hw.build " + " ".join(sys.argv[1:] if args.argv is None
+                                                    else args.argv),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                 if k != "argv"},
+        "tools": {k: env.get(k) for k in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK", "NEXTPNR_ICE40",
+                                          "ICEPACK", "NEXTPNR_GOWIN", "NEXTPNR_HIMBAECHEL",
+                                          *XRAY_TOOLS) if env.get(k)},
+        "versions": _versions(),
+        "git": git_commit(),
+    }
+
+
+def _flow_overrides(args, board, freq: float) -> dict:
+    """The toolchain options of the amaranth build plan."""
     overrides = {}
     if board.family != "xilinx":
         overrides["nextpnr_opts"] = f"--timing-allow-fail --freq {freq:g}"
@@ -529,24 +556,23 @@ def build(args) -> dict:
         # the cells as read (before any mapping: the multiplier check) and as mapped
         overrides["script_after_read"] = "tee -q -o top.rtl_stat.json stat -json"
         overrides["script_after_synth"] = "tee -q -o top.stat.json stat -json"
-    plan = platform.prepare(PlatformTop(board, top, pll), "top", **overrides)
-    shutil.rmtree(workdir, ignore_errors=True)
-    plan.extract(workdir)
-    log(f"      done in {time.monotonic() - t0:.1f} s")
+    return overrides
 
-    if board.family == "gowin":
-        env["NEXTPNR_GOWIN"] = str(_gowin_shim(workdir))
-    script = plan.files[f"{plan.script}.sh"]
-    prelude, commands = _split_script(script)
 
-    if args.synth_only or missing:
-        commands = commands[:1]
-    logs = []
-    for idx, command in enumerate(commands, start=1):
-        logs.append(_run_stage(workdir, prelude, command, idx, env))
+def _require_multiplier_free(multipliers: dict) -> None:
+    """A BM build fails on any multiplier cell, as read or as mapped."""
+    for stage, cells in multipliers.items():
+        if cells:
+            raise BuildError(f"the BM core is not multiplier-free: {stage} cells "
+                             + ", ".join(f"{n} x {t}" for t, n in cells.items()))
 
-    # -- report ---------------------------------------------------------------------------
-    rep = {
+
+def _report_head(args, board, platform, variant, core, weights, array, clock, divisor) -> dict:
+    """The build report's description of what was built, before any result."""
+    rows, cols = array
+    requested, freq, pll = clock
+    device = getattr(platform, "device", None) or getattr(platform, "part", None)
+    return {
         "board": board.name,
         "variant": variant,
         "device": device,
@@ -570,69 +596,86 @@ def build(args) -> dict:
         "latency_cycles": getattr(core, "latency_cycles", core.cycles_per_image),
         "uart": {"baud": args.baud, "divisor": divisor},
     }
+
+
+def build(args) -> dict:
+    from .top import BoardTop, CoreUnavailable, make_core
+    from .uart import uart_divisor
+
+    t_start = time.monotonic()
+    setup_tool_env()  # amaranth's own Verilog output needs $YOSYS too
+    board = get_board(args.board)
+    variant = args.variant or board.default_variant
+    platform = board.platform(variant)
+    if board.extra.get("break_off_pmod"):
+        platform.add_resources(platform.break_off_pmod)
+    requested, pll = _clock(args, board, platform)
+    freq = pll.f_out if pll else requested  # the clock the design really gets
+    weights = args.weights or (default_weights(args.arith, board.network)
+                               if args.core == "accel" else None)
+    if weights is not None and not Path(weights).exists():
+        raise BuildError(
+            f"no weights export at {weights} ({board.name} builds the {board.network!r} network "
+            f"by default); pass --weights FILE.npz, or for a structure-only stand-in with random "
+            f"weights: python -m sim.random_export --net {board.network} --arith {args.arith}",
+            EXIT_USAGE)
+    workdir = (args.work_dir or ROOT / "build" / board.name).resolve()
+    out_dir = (args.out_dir or ROOT / "bitstreams" / board.name).resolve()
+    stages = "synthesis only" if args.synth_only else "full flow"
+    device = getattr(platform, "device", None) or getattr(platform, "part", None)
+    clock = (f"{freq:g} MHz from the {board.clk_mhz:g} MHz board clock by PLL "
+             f"({', '.join(f'{k}={v}' for k, v in pll.params.items())})" if pll
+             else f"{freq:g} MHz (board clock)")
+    log(f"hw.build: {board.name} {variant} ({device}), {args.core} core, {clock}, {stages}")
+    log(f"  work dir: {workdir}")
+    env = setup_tool_env(dict(os.environ))
+    missing = _check_tools(args, board, platform, env)
+
+    log("  [0] elaborate (amaranth: core, UART top, pins) ...")
+    t0 = time.monotonic()
+    try:
+        rows, cols = args.array or board.array
+        overlap = board.overlap if args.overlap is None else args.overlap
+        core = make_core(weights, args.arith, kind=args.core, rows=rows, cols=cols,
+                         overlap=overlap)
+    except CoreUnavailable as err:
+        raise BuildError(str(err), EXIT_USAGE) from None
+    divisor = uart_divisor(freq * 1e6, args.baud)
+    top = BoardTop(core, divisor=divisor)
+    plan = platform.prepare(PlatformTop(board, top, pll), "top",
+                            **_flow_overrides(args, board, freq))
+    shutil.rmtree(workdir, ignore_errors=True)
+    plan.extract(workdir)
+    log(f"      done in {time.monotonic() - t0:.1f} s")
+
+    if board.family == "gowin":
+        env["NEXTPNR_GOWIN"] = str(_gowin_shim(workdir))
+    script = plan.files[f"{plan.script}.sh"]
+    prelude, commands = _split_script(script)
+
+    if args.synth_only or missing:
+        commands = commands[:1]
+    logs = []
+    for idx, command in enumerate(commands, start=1):
+        logs.append(_run_stage(workdir, prelude, command, idx, env))
+
+    # -- report ---------------------------------------------------------------------------
+    rep = _report_head(args, board, platform, variant, core, weights, (rows, cols),
+                       (requested, freq, pll), divisor)
     products = {}
     rep["multipliers"] = _multipliers(workdir)
     if args.core == "accel" and args.arith == "bm":
-        for stage, cells in rep["multipliers"].items():
-            if cells:
-                raise BuildError(f"the BM core is not multiplier-free: {stage} cells "
-                                 + ", ".join(f"{n} x {t}" for t, n in cells.items()))
+        _require_multiplier_free(rep["multipliers"])
     if args.synth_only or missing:
         rep["status"] = "synthesis only" if args.synth_only else "incomplete: tools missing"
-        if board.family == "xilinx":
-            stat = json.loads((workdir / "top.stat.json").read_text())
-            util = xilinx_utilization(stat)
-            cells = util.pop("cells_by_type")
-            rep["utilization"] = util
-            rep["cells_by_type"] = cells
-            rep["capacity"] = xilinx_capacity(device)
-            products["top.json"] = workdir / "top.json"
-            products["top.stat.json"] = workdir / "top.stat.json"
-        elif (workdir / "top.stat.json").exists():
-
-            cells = stat_cells(json.loads((workdir / "top.stat.json").read_text()))
-            rep["utilization"] = family_counts(board.family, cells)
-            rep["cells_by_type"] = dict(sorted(cells.items()))
-            products["top.stat.json"] = workdir / "top.stat.json"
+        _synthesis_results(rep, products, board, device, workdir)
         products["yosys.log"] = logs[0]
         rep["missing"] = missing
         rep["fmax_mhz"] = None
     else:
-        tim = workdir / "top.tim"
-        text = tim.read_text(errors="replace") if tim.exists() else ""
-        parsed = parse_nextpnr_log(text)
-        if not parsed["fmax"]:
-            raise BuildError(f"no 'Max frequency' line in the nextpnr log {tim}")
-        fmax = min(v["fmax_mhz"] for v in parsed["fmax"].values())
-        rep.update({
-            "fmax_mhz": fmax,
-            "fmax_by_clock": parsed["fmax"],
-            "timing_met": fmax >= freq,
-            "utilization": parsed["utilization"],
-            "images_per_s_at_fmax": fmax * 1e6 / core.cycles_per_image,
-            "images_per_s_at_requested": freq * 1e6 / core.cycles_per_image,
-        })
-        if not rep["timing_met"]:
-            raise BuildError(
-                f"timing MISSED: Fmax {fmax:.2f} MHz < requested {freq:g} MHz "
-                f"(nothing published; log: {tim})")
-        bit = workdir / f"top.{board.bitstream}"
-        if not bit.exists():
-            raise BuildError(f"the flow finished but {bit} is missing")
-        products[f"{board.name}.{board.bitstream}"] = bit
-        products["nextpnr.log"] = tim
+        _pnr_results(rep, products, board, workdir, freq, core)
     rep["elapsed_s"] = round(time.monotonic() - t_start, 1)
-    rep["config"] = {
-        "command": "python -m hw.build " + " ".join(sys.argv[1:] if args.argv is None
-                                                    else args.argv),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                 if k != "argv"},
-        "tools": {k: env.get(k) for k in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK", "NEXTPNR_ICE40",
-                                          "ICEPACK", "NEXTPNR_GOWIN", "NEXTPNR_HIMBAECHEL",
-                                          *XRAY_TOOLS) if env.get(k)},
-        "versions": _versions(),
-        "git": git_commit(),
-    }
+    rep["config"] = _config(args, env)
     products["report.json"] = json.dumps(rep, indent=2) + "\n"
     products["report.md"] = render_markdown(rep)
     products["config.json"] = json.dumps(rep["config"], indent=2) + "\n"
