@@ -37,6 +37,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import sys
 import time
 import zlib
@@ -253,7 +254,16 @@ def net_from_dict(d: dict, *, strict: bool = False) -> LeNet:
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> LeNet:
     """Load a ``model.pt`` written by this module (on ``device``)."""
-    return net_from_dict(torch.load(path, weights_only=False, map_location="cpu")).to(device)
+    from .cli import CheckpointError
+
+    try:
+        d = torch.load(path, weights_only=False, map_location="cpu")
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    try:
+        return net_from_dict(d).to(device)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a model.pt of this project (missing {e})") from None
 
 
 def save_model(run: Run, net: LeNet, result: dict) -> None:
@@ -1367,4 +1377,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run
+
+    sys.exit(run("model.train", main))
