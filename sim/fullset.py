@@ -103,12 +103,12 @@ def flip_weight(tensors, spec: str, params) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hw.accel import Accelerator, plan_network, predict_image_cycles, predict_interval
+    from hw.accel import plan_network, predict_image_cycles, predict_interval
     from model.data import DatasetError, default_data_dir, load_mnist_split
     from model.export import ExportError, load_export
     from model.reference import ref_network_batch
     from sim.nets import SHIPPED
-    from sim.runner import SimError, build, build_native, missing_simulator, run_tests
+    from sim.runner import SimError, missing_simulator
 
     weights = Path(args.weights) if args.weights else (
         SHIPPED["bm"] if SHIPPED["bm"].exists() else SHIPPED["mac"])
@@ -127,39 +127,74 @@ def main(argv=None) -> int:
         print(f"fullset: {why}", file=sys.stderr)
         return 2
     rows, cols = (int(v) for v in args.array.lower().split("x"))
-    layers = list(exp.layers)
-    plan = plan_network(exp.params, layers, exp.input_shape, exp.pixel_shift, rows=rows,
-                        cols=cols, overlap=args.overlap)
+    plan = plan_network(exp.params, list(exp.layers), exp.input_shape, exp.pixel_shift,
+                        rows=rows, cols=cols, overlap=args.overlap)
     t0 = time.time()
-    want = ref_network_batch(exp.params, layers, exp.tensors, exp.codes(images))
+    want = ref_network_batch(exp.params, list(exp.layers), exp.tensors, exp.codes(images))
     t_ref = time.time() - t0
     rtl_tensors = exp.tensors
     if args.flip_weight:
         rtl_tensors = flip_weight(exp.tensors, args.flip_weight, exp.params)
-    cycles = predict_image_cycles(plan)
-    interval = predict_interval(plan)
+    cycles, interval = predict_image_cycles(plan), predict_interval(plan)
     print(f"fullset: {weights.name} ({exp.arith}), {len(images)} images, {rows}x{cols} array"
           f"{', pipelined' if args.overlap else ''}, latency {cycles} and interval {interval} "
           f"cycles/image (model), {args.sim} ({args.harness} harness), {args.jobs} "
           f"jobs; reference {t_ref:.1f} s", flush=True)
     t0 = time.time()
     try:
-        if args.harness == "native":
-            exe = build_native(Accelerator(plan, rtl_tensors))
-            build_dir = exe.parent.parent
-        else:
-            build_dir = build(Accelerator(plan, rtl_tensors), "accel", args.sim, fast=True)
+        target = _build_rtl(args, plan, rtl_tensors)
     except SimError as e:
         print(f"fullset: {e}", file=sys.stderr)
         return 2
     t_build = time.time() - t0
-    print(f"fullset: built in {t_build:.0f} s ({build_dir})", flush=True)
+    print(f"fullset: built in {t_build:.0f} s ({target['dir']})", flush=True)
+    t0 = time.time()
+    results = _run_slices(args, target, images, want, cycles, interval)
+    wall = time.time() - t0
+    summary = _summary(args, weights, exp, results, want, labels, cycles, interval)
+    summary.update(build_s=round(t_build, 1), wall_s=round(wall, 1))
+    done, n_bad, n = summary["simulated"], summary["simulated"] - summary["identical"], len(images)
+    correct = int((want.argmax(1) == labels).sum())
+    print(f"fullset: {done - n_bad}/{n} images identical (every logit) in {wall:.0f} s "
+          f"+ build {t_build:.0f} s; cycles/image {summary['cycles_per_image']} (model {cycles})"
+          + (f"; intervals {summary['intervals']} (model {interval})" if args.overlap else "")
+          + "; reference "
+          f"accuracy {correct / n:.4f} ({correct}/{n})", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    failed = [r for r in results if not r["ok"]]
+    for r in failed[:3]:
+        print(f"fullset: slice {r['slice']} failed; log {r['log']}", file=sys.stderr)
+    timing_ok = summary["cycles_per_image"] == [cycles] and (
+        not args.overlap or summary["intervals"] == [interval])
+    if not timing_ok:
+        print("fullset: the measured cycles differ from the cycle model", file=sys.stderr)
+    return 0 if (done == n and not n_bad and not failed and timing_ok) else 1
+
+
+def _build_rtl(args, plan, tensors) -> dict:
+    """The simulator build of the accelerator: ``{"dir", "exe"}`` (``exe`` for the native
+    harness)."""
+    from hw.accel import Accelerator
+    from sim.runner import build, build_native
+
+    if args.harness == "native":
+        exe = build_native(Accelerator(plan, tensors))
+        return {"dir": exe.parent.parent, "exe": exe}
+    return {"dir": build(Accelerator(plan, tensors), "accel", args.sim, fast=True), "exe": None}
+
+
+def _run_slices(args, target, images, want, cycles, interval) -> list[dict]:
+    """The images in ``--jobs`` contiguous slices, one simulator each, side by side."""
+    from sim.runner import SimError, run_tests
+
     n = len(images)
     jobs = max(1, min(args.jobs, n))
     bounds = np.linspace(0, n, jobs + 1).astype(int)
+    build_dir = target["dir"]
 
     def native(a, b, work):
-        r = run_harness(exe, images[a:b], want[a:b], work, max_cycles=50 * cycles,
+        r = run_harness(target["exe"], images[a:b], want[a:b], work, max_cycles=50 * cycles,
                         stream=args.overlap)
         r["n_bad"] = r.pop("n_mismatched_images")
         r["ok"] = r["returncode"] in (0, 1) and r["images"] == b - a
@@ -198,49 +233,32 @@ def main(argv=None) -> int:
               f"identical, {r['wall_s']:.0f} s", flush=True)
         return r
 
-    t0 = time.time()
     with ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(run_slice, range(jobs)))
-    wall = time.time() - t0
+        return list(pool.map(run_slice, range(jobs)))
+
+
+def _summary(args, weights, exp, results, want, labels, cycles, interval) -> dict:
+    """What the run found, as written by ``--out`` (without the timings)."""
     done = sum(r["images"] for r in results)
     n_bad = sum(r["n_bad"] for r in results)
-    all_cycles = sorted({c for r in results for c in r["cycles"]})
-    all_intervals = sorted({c for r in results for c in r.get("intervals", [])})
-    timing_ok = all_cycles == [cycles] and (not args.overlap or all_intervals == [interval])
-    correct = int((want.argmax(1) == labels).sum())
-    summary = {
+    return {
         "weights": str(weights),
         "arith": exp.arith,
-        "images": n,
+        "images": len(labels),
         "simulated": done,
         "identical": done - n_bad,
         "mismatches": [m for r in results for m in r["mismatches"]][:20],
-        "cycles_per_image": all_cycles,
+        "cycles_per_image": sorted({c for r in results for c in r["cycles"]}),
         "cycles_model": cycles,
         "overlap": args.overlap,
-        "intervals": all_intervals,
+        "intervals": sorted({c for r in results for c in r.get("intervals", [])}),
         "interval_model": interval,
-        "reference_accuracy": correct / n,
+        "reference_accuracy": int((want.argmax(1) == labels).sum()) / len(labels),
         "simulator": args.sim,
         "harness": args.harness,
-        "jobs": jobs,
-        "build_s": round(t_build, 1),
-        "wall_s": round(wall, 1),
+        "jobs": max(1, min(args.jobs, len(labels))),
         "flip_weight": args.flip_weight,
     }
-    print(f"fullset: {done - n_bad}/{n} images identical (every logit) in {wall:.0f} s "
-          f"+ build {t_build:.0f} s; cycles/image {all_cycles} (model {cycles})"
-          + (f"; intervals {all_intervals} (model {interval})" if args.overlap else "")
-          + "; reference "
-          f"accuracy {correct / n:.4f} ({correct}/{n})", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    failed = [r for r in results if not r["ok"]]
-    for r in failed[:3]:
-        print(f"fullset: slice {r['slice']} failed; log {r['log']}", file=sys.stderr)
-    if not timing_ok:
-        print("fullset: the measured cycles differ from the cycle model", file=sys.stderr)
-    return 0 if (done == n and not n_bad and not failed and timing_ok) else 1
 
 
 if __name__ == "__main__":
