@@ -1,5 +1,6 @@
-"""Fixture networks for the RTL tests and the reports: the shipped exports, and the paper LeNet with seeded random
-integer tensors (same shapes and ranges, no training needed) for structure-only checks."""
+"""Fixture networks for the RTL tests and the reports: the shipped exports, and the paper
+LeNet with seeded random integer tensors (same shapes and ranges, no training needed) for
+structure-only checks."""
 
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ definition the fast paths are tested against.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F

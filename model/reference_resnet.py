@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from .params import BMParams
-from .reference import maxplus_dtype, maxplus_conv, ref_exp, ref_log, window_sums
+from .reference import maxplus_conv, maxplus_dtype, ref_exp, ref_log, window_sums
 
 __all__ = [
     "ResNetIntParams",

@@ -508,7 +508,7 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        for a, p in zip(self.avg, self.params):
+        for a, p in zip(self.avg, self.params, strict=True):
             a.lerp_(p.detach(), 1.0 - self.decay)
 
     @contextlib.contextmanager
@@ -519,12 +519,12 @@ class WeightEMA:
             yield
         finally:
             with torch.no_grad():
-                for p, s in zip(self.params, saved):
+                for p, s in zip(self.params, saved, strict=True):
                     p.copy_(s)
 
     @torch.no_grad()
     def copy_to_params(self) -> None:
-        for a, p in zip(self.avg, self.params):
+        for a, p in zip(self.avg, self.params, strict=True):
             p.copy_(a)
 
     def state_dict(self) -> list[torch.Tensor]:
@@ -532,7 +532,7 @@ class WeightEMA:
 
     def load_state_dict(self, avg: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for a, s in zip(self.avg, avg):
+            for a, s in zip(self.avg, avg, strict=True):
                 a.copy_(s)
 
 

@@ -70,7 +70,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m sim.fullset", description=__doc__.split("\n")[0])
     p.add_argument("--weights", default=None,
                    help="export (.npz); default: the shipped BM export, else the MAC one")
-    p.add_argument("--data-dir", default=None, help="MNIST-style IDX folder, or a parent holding mnist/ (default $BM_DATA_DIR)")
+    p.add_argument("--data-dir", default=None,
+                   help="MNIST-style IDX folder, or a parent of mnist/ ($BM_DATA_DIR)")
     p.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--harness", choices=("native", "cocotb"), default="native")

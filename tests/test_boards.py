@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from hw.accel import use_spram, plan_network, predict_image_cycles
+from hw.accel import plan_network, predict_image_cycles, use_spram
 from hw.boards import BOARDS
 from model.params import PRESETS
 from sim.random_export import VARIANTS, random_export, variant_layers

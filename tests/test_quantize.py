@@ -8,18 +8,18 @@ import torch
 
 from model.export import load_export, save_export
 from model.maxops import MaxOp
-from model.registry import create_net
 from model.params import PRESETS
 from model.quantize import (
     QuantizeError,
-    fq_forward,
     check_stages,
     float_logits,
+    fq_forward,
     int_logits,
     quantize,
     stages_of,
     to_float_input,
 )
+from model.registry import create_net
 
 
 def images(n=64, hw=12, seed=0):

@@ -18,9 +18,8 @@ import torch
 from model import train_cifar
 from model.layers import BM15Layer, convert
 from model.maxops import MaxOp
-from model.registry import create_net
 from model.params import BMParams
-from model.quantize_resnet import hard_max, float_trace, quantize_resnet
+from model.quantize_resnet import float_trace, hard_max, quantize_resnet
 from model.reference import ref_log
 from model.reference_resnet import (
     SCHEMA,
@@ -32,6 +31,7 @@ from model.reference_resnet import (
     resnet_forward,
     save_resnet_export,
 )
+from model.registry import create_net
 from model.resnet import ResNet22, ResNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
