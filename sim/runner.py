@@ -192,7 +192,11 @@ def build_native(component, toplevel: str = "accel") -> Path:
     exe = build_dir / "obj" / f"{toplevel}_native"
     if exe.exists():
         return exe
-    build_dir.mkdir(parents=True, exist_ok=True)
+    # built in a private folder, then renamed into place whole: two processes that want the
+    # same model (CI runs its two test runs side by side) never compile into one folder
+    final, build_dir = build_dir, build_dir.with_name(f"{build_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True)
     (build_dir / f"{toplevel}.v").write_text(text)
     cmd = ["verilator", "--cc", "--exe", "--build", "-O3", "--x-assign", "fast",
            "--x-initial", "fast", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
@@ -203,6 +207,14 @@ def build_native(component, toplevel: str = "accel") -> Path:
                         " OPT_GLOBAL=-O2").strip()
     with open(build_dir / "build.log", "w") as log:
         r = subprocess.run(cmd, cwd=build_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if r.returncode or not exe.exists():
+    if r.returncode or not (build_dir / "obj" / f"{toplevel}_native").exists():
         raise SimError(f"native Verilator build failed; log {build_dir / 'build.log'}")
+    if final.exists() and not exe.exists():
+        shutil.rmtree(final, ignore_errors=True)  # a partial folder from an older run
+    try:
+        os.rename(build_dir, final)
+    except OSError:  # another process put the same build in place first
+        shutil.rmtree(build_dir, ignore_errors=True)
+    if not exe.exists():
+        raise SimError(f"native Verilator build of {final} did not land")
     return exe
