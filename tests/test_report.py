@@ -131,6 +131,18 @@ def test_quick_report(tmp_path):
     assert s["determinism"]["match"]
     assert (tmp_path / "report.md").read_text().startswith("# BM against MAC")
     assert (tmp_path / "ratio_vs_lanes.png").exists()
+    # with the accelerator measured, the headline gives each network's accuracy beside its rate
+    from hw.report import render_markdown
+
+    row = dict.fromkeys(("lut", "ff", "dsp", "bram", "lut_eq", "fmax_mhz", "images_per_s"), 1)
+    s["figure_of_merit"] = [
+        {**row, "kind": k, "family": "ecp5_nodsp", "images_per_s_per_klut": v, "accuracy": a,
+         "note": ""} for k, v, a in (("bm", 20.0, "97.69% (test)"), ("mac", 10.0, "98.75% (test)"))
+    ]
+    md = render_markdown(s, {"command": "python -m hw.report", "commit": "x", "tools": {}})
+    assert ("| accelerator network, MNIST test accuracy (integer reference) | 97.69% (test) | "
+            "98.75% (test) |") in md
+    assert "| accelerator, ECP5, no DSP: images/s per 1,000 LUT | 20.0 | 10.0 | 2.000" in md
 
 
 def test_rtlil_ports_in_port_order():
