@@ -791,15 +791,31 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def _record_test(exp, stages, x_te, y_te) -> None:
+    """The float and integer test accuracies and their top-1 agreement, into the export."""
+    f_pred = float_logits(stages, x_te).argmax(1)
+    i_pred = int_logits(exp, x_te).argmax(1)
+    exp.metadata["test"] = {
+        "float_accuracy": float((f_pred == y_te).mean()),
+        "int_accuracy": float((i_pred == y_te).mean()),
+        "agreement": float((f_pred == i_pred).mean()),
+        "images": int(len(y_te)),
+    }
+    exp.aux["float_test_pred"] = f_pred.astype(np.uint8)
+    print("test", json.dumps(exp.metadata["test"]))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from .data import load_mnist
 
     preset = args.preset or ("bm8" if args.arith == "bm" else "mac8")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     if (args.arith == "bm") != isinstance(p, BMParams):
-        raise SystemExit(f"preset {preset!r} is not a {args.arith} preset")
+        raise ValueError(f"preset {preset!r} is not a {args.arith} preset")
     net = load_float_net(args.checkpoint).eval()
     for q in net.parameters():
         q.requires_grad_(False)
@@ -879,16 +895,7 @@ def main(argv=None) -> int:
         print(f"after QAT: held-out float {fa:.4f} integer {ia:.4f} agreement {ag:.4f}")
     exp.metadata["heldout"] = {"float_accuracy": fa, "int_accuracy": ia, "images": len(x_val)}
     if args.test:
-        f_pred = float_logits(stages, x_te).argmax(1)
-        i_pred = int_logits(exp, x_te).argmax(1)
-        exp.metadata["test"] = {
-            "float_accuracy": float((f_pred == y_te).mean()),
-            "int_accuracy": float((i_pred == y_te).mean()),
-            "agreement": float((f_pred == i_pred).mean()),
-            "images": int(len(y_te)),
-        }
-        exp.aux["float_test_pred"] = f_pred.astype(np.uint8)
-        print("test", json.dumps(exp.metadata["test"]))
+        _record_test(exp, stages, x_te, y_te)
     written = save_export(args.out, exp)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size} bytes, sha256 {written.checksum})")
     return 0
