@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import run
 from .data import DatasetError, load_mnist_split
-from .export import ExportError, NetworkExport, load_export
+from .export import NetworkExport, load_export
 from .reference import ref_network_batch
 
 __all__ = ["reference_predict", "float_predict", "parse_args", "main"]
@@ -81,12 +82,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        return _main(args)
-    except (ExportError, DatasetError) as e:
-        print(f"model.evaluate: {e}", file=sys.stderr)
-        return 2
+    return run("model.evaluate", lambda a: _main(parse_args(a)), argv)
 
 
 def _main(args) -> int:

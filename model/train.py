@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cli import CheckpointError
 from .layers import BM15Layer, BMLayer
 from .maxops import MaxOp
 from .nets import LeNet
@@ -254,8 +255,6 @@ def net_from_dict(d: dict, *, strict: bool = False) -> LeNet:
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> LeNet:
     """Load a ``model.pt`` written by this module (on ``device``)."""
-    from .cli import CheckpointError
-
     try:
         d = torch.load(path, weights_only=False, map_location="cpu")
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
