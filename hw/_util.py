@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 
 from model.params import BMParams, MACParams
 
-__all__ = ["rom", "stall_pipeline", "check_params", "check_count"]
+__all__ = ["RegisterSlice", "rom", "stall_pipeline", "check_params", "check_count"]
 
 
 def rom(m: Module, index, table, shape, *, name: str = "rom") -> Signal:
@@ -41,6 +43,45 @@ def stall_pipeline(m: Module, i, o, stages: int) -> tuple[Signal, list[Signal]]:
         for k in range(1, stages):
             m.d.sync += valid[k].eq(valid[k - 1])
     return en, valid
+
+
+class RegisterSlice(wiring.Component):
+    """A two-entry register slice on a stream: full throughput, one cycle of latency.
+
+    ``o.valid`` and ``i.ready`` both come from registers, so no handshake path runs through
+    the slice: put one between two stall-all pipelines and each one's enable depends on its own
+    registers and the slice's only. A beat taken on ``i`` is on ``o`` the next cycle; when ``o``
+    stalls, the beat in flight waits in the second (skid) register and ``i.ready`` goes low.
+
+    Members
+    -------
+    i : In(stream.Signature(shape))
+    o : Out(stream.Signature(shape))
+    """
+
+    def __init__(self, shape):
+        self._shape = shape
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        skid = Signal(self._shape, reset_less=True)
+        skid_v = Signal()
+        out = Signal(self._shape, reset_less=True)
+        out_v = Signal()
+        m.d.comb += [
+            self.i.ready.eq(~skid_v),
+            self.o.valid.eq(out_v),
+            self.o.payload.eq(out),
+        ]
+        with m.If(~out_v | self.o.ready):
+            with m.If(skid_v):
+                m.d.sync += [out.eq(skid), out_v.eq(1), skid_v.eq(0)]
+            with m.Else():
+                m.d.sync += [out.eq(self.i.payload), out_v.eq(self.i.valid)]
+        with m.Elif(self.i.valid & ~skid_v):
+            m.d.sync += [skid.eq(self.i.payload), skid_v.eq(1)]
+        return m
 
 
 def check_params(params, kinds: tuple[type, ...] = (BMParams, MACParams), *, block: str = ""):

@@ -82,7 +82,7 @@ from amaranth.lib.wiring import In, Out
 
 from model.params import BMParams, MACParams
 
-from ._util import check_count, rom
+from ._util import RegisterSlice, check_count, rom
 from .array import SystolicArray, predict_cycles
 from .fc import FC_HEADS, FCEngine, fc_cycles
 from .requant import Requant, window_sum_bits
@@ -379,10 +379,13 @@ def predict_interval(plan: NetPlan) -> int:
 
 
 # pipeline latencies around the array, in cycles (see predict_image_cycles)
-POST_BM, POST_MAC = 10, 6  # 9 and 5 through the units, 1 for the registered layer table
+# 11 and 6 through the units and their register slices (one after the exp unit, one after
+# requantization), 1 for the registered layer table
+POST_BM, POST_MAC = 12, 7
 # without overlap: the last pixel through the log unit (BM), the write and the layer table
 LOAD_BM, LOAD_MAC = 3, 1
-LAST_BM, LAST_MAC = 7, 5  # the last layer's logits: the exp unit (BM), requantization, capture
+# the last layer's logits: the exp unit (BM), requantization, the slices, capture
+LAST_BM, LAST_MAC = 9, 6
 COPY_BM, COPY_MAC = 4, 2  # overlap: the staging read, the log unit, the write and the table
 FC_GAP = 1  # overlap: the FC engine's busy low to the feeder layer's first beat
 
@@ -472,11 +475,18 @@ class Accelerator(wiring.Component):
         m.submodules.array = arr = SystolicArray(p, rows=R, cols=C)
         max_fan_in = max(lp.fan_in for lp in layers)
         m.submodules.requant = rq = Requant(p, lanes=C, max_fan_in=max_fan_in)
+        # register slices after the exp unit and after requantization: no ready path runs from
+        # the write stage back into the array (see POST_BM)
+        m.submodules.rq_slice = rq_slice = RegisterSlice(rq.o.payload.shape())
+        wiring.connect(m, rq.o, rq_slice.i)
+        rq_o = rq_slice.o
         s_bits = window_sum_bits(p, max_fan_in)
         if bm:
             from .logexp import ExpUnit, LogUnit
 
             m.submodules.exp = ex = ExpUnit(p, lanes=C)
+            m.submodules.ex_slice = ex_slice = RegisterSlice(ex.o.payload.shape())
+            wiring.connect(m, ex.o, ex_slice.i)
             m.submodules.log = lg = LogUnit(p, lanes=C)
             # the zero flag is not stored: it is ``x + dx == 0``, recomputed on the read side
             word = data.StructLayout({"x": unsigned(p.a_bits), "lx": unsigned(p.lx_bits)})
@@ -778,10 +788,10 @@ class Accelerator(wiring.Component):
                 sf_in.s.eq(s_row),
                 sfifo.w_en.eq(a_take),
                 # exp -> requant, with S and the biases of the row's group
-                rq.i.valid.eq(ex.o.valid),
-                ex.o.ready.eq(rq.i.ready),
-                sfifo.r_en.eq(ex.o.valid & rq.i.ready),
-                rq.i.payload.e.eq(ex.o.payload),
+                rq.i.valid.eq(ex_slice.o.valid),
+                ex_slice.o.ready.eq(rq.i.ready),
+                sfifo.r_en.eq(ex_slice.o.valid & rq.i.ready),
+                rq.i.payload.e.eq(ex_slice.o.payload),
                 rq.i.payload.s.eq(sf_out.s),
                 rq.c_shift.eq(L["c_shift"]),
             ]
@@ -912,7 +922,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [rq_row.gi.eq(mf_out.gi), rq_row.valid.eq(mf_out.valid),
                      rq_row.q.eq(mf_out.q)]
         for c in range(C):
-            m.d.comb += rq_row.x[c].eq(rq.o.payload[c][:p.a_bits])
+            m.d.comb += rq_row.x[c].eq(rq_o.payload[c][:p.a_bits])
         to_logits = Signal()
         m.d.comb += to_logits.eq(L["last"])
 
@@ -932,12 +942,12 @@ class Accelerator(wiring.Component):
                 for c in range(C):
                     m.d.comb += lg.i.payload[c].eq(load_row.x[c])
             with m.Elif(to_logits):
-                m.d.comb += [rq.o.ready.eq(~sending), rq_take.eq(rq.o.valid & ~sending)]
+                m.d.comb += [rq_o.ready.eq(~sending), rq_take.eq(rq_o.valid & ~sending)]
             with m.Else():
                 m.d.comb += [
-                    rq.o.ready.eq(lg_ready),
-                    rq_take.eq(rq.o.valid & lg_ready),
-                    lg.i.valid.eq(rq.o.valid & cfifo.w_rdy),
+                    rq_o.ready.eq(lg_ready),
+                    rq_take.eq(rq_o.valid & lg_ready),
+                    lg.i.valid.eq(rq_o.valid & cfifo.w_rdy),
                     cf_in.eq(rq_row),
                 ]
                 for c in range(C):
@@ -956,13 +966,13 @@ class Accelerator(wiring.Component):
             with m.If(load_active):
                 m.d.comb += [wr_valid.eq(load_valid), wr.eq(load_row)]
             with m.Elif(to_logits):
-                m.d.comb += [rq.o.ready.eq(~sending), rq_take.eq(rq.o.valid & ~sending)]
+                m.d.comb += [rq_o.ready.eq(~sending), rq_take.eq(rq_o.valid & ~sending)]
             with m.Else():
-                m.d.comb += [rq.o.ready.eq(1), rq_take.eq(rq.o.valid), wr_valid.eq(rq.o.valid),
+                m.d.comb += [rq_o.ready.eq(1), rq_take.eq(rq_o.valid), wr_valid.eq(rq_o.valid),
                              wr.eq(rq_row)]
         m.d.comb += mfifo.r_en.eq(rq_take)
         with m.If(rq_take & to_logits & mf_out.valid):
-            m.d.sync += [logits.eq(rq.o.payload), sending.eq(1), n_out.eq(0),
+            m.d.sync += [logits.eq(rq_o.payload), sending.eq(1), n_out.eq(0),
                          n_send.eq(group_field(mf_out.gi, lambda r: r[1], range(C + 1), "l_ncol"))]
         m.d.comb += retire.eq((rq_take & to_logits) | wr_valid)
 

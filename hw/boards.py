@@ -175,6 +175,9 @@ class Board:
     default_variant: str
     clk_mhz: float
     bitstream: str  # file name suffix of the product
+    # the clock a build asks for when --freq is not given, through the family's PLL (None: the
+    # board clock); chosen from a measured sweep (see the board's entry)
+    build_mhz: float | None = None
     leds: tuple = ()  # (resource name, index, status bit)
     uart_tx_enable: bool = False  # ULX3S: drive uart_tx_enable high
     array: tuple = (16, 16)  # default systolic array (rows, cols) of the accelerator
@@ -182,6 +185,11 @@ class Board:
     network: str = "lenet"  # the network it builds by default (see "Networks per board")
     notes: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def default_mhz(self) -> float:
+        """The clock a build asks for by default: ``build_mhz``, else the board clock."""
+        return self.build_mhz if self.build_mhz is not None else self.clk_mhz
 
     def platform_class(self, variant: str | None = None):
         variant = variant or self.default_variant

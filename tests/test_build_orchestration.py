@@ -159,6 +159,23 @@ def test_list_boards(capsys):
     assert "85F (default)" in capsys.readouterr().out
 
 
+def test_default_clock_is_the_boards_build_clock():
+    """Without --freq a board with ``build_mhz`` is built at it, through the PLL; one without
+    runs at its board clock."""
+    from dataclasses import replace
+
+    from hw.boards import get_board
+
+    args = hwbuild.parse_args(["--board", "ulx3s"])
+    b = replace(get_board("ulx3s"), build_mhz=62.5)
+    freq, pll = hwbuild._clock(args, b, b.platform())
+    assert freq == 62.5 and abs(pll.f_out - 62.5) < 1e-6
+    plain = replace(b, build_mhz=None)
+    assert hwbuild._clock(args, plain, plain.platform()) == (25.0, None)
+    args = hwbuild.parse_args(["--board", "ulx3s", "--freq", "25"])
+    assert hwbuild._clock(args, b, b.platform()) == (25.0, None)
+
+
 def test_freq_the_pll_cannot_make_is_refused(tmp_path, capsys):
     rc = hwbuild.main(["--board", "ulx3s", "--core", "fixture", "--freq", "1000",
                        "--work-dir", str(tmp_path / "w"), "--out-dir", str(tmp_path / "o")])
