@@ -764,7 +764,8 @@ def parse_args(argv=None):
     ap.add_argument("--checkpoint", required=True, help="float checkpoint (model.train)")
     ap.add_argument("--out", required=True, help="export file to write (.npz)")
     ap.add_argument("--arith", choices=("bm", "mac"), required=True)
-    ap.add_argument("--preset", default=None, help="params preset (default bm8f6, the shipped one, / mac8)")
+    ap.add_argument("--preset", default=None,
+                    help="params preset (default: bm8f6, the shipped one; mac8)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument(
         "--calib-images", type=int, default=5000, help="training images to calibrate on"
