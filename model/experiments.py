@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -161,27 +162,78 @@ def cells_table3(schedule: str, runs: Path, common: list[str], epochs: float | N
     return [c for c in out if "swap_from" not in c] + [c for c in out if "swap_from" in c]
 
 
-def cells(table: str, schedule: str, runs: Path, common: list[str]) -> list[dict]:
-    """Every cell of ``table`` as ``{row, method, paper, out, argv}`` (the classical one first)."""
+PROTOCOLS = ("authors", "allbm")
+# the authors' protocol (METHOD.md section 7, issue 23): the classifier (layer 5 of the LeNet)
+# stays classical; alpha is learned per layer from 1 and frozen after its stage; the KD losses
+# are normalised per layer, with the soft term at a temperature
+AUTHORS_KEEP = "5"
+AUTHORS_KD = ["--kd-norm", "--kd-temp", "4"]
+
+
+def cell_dir(runs: Path, table: str, protocol: str, name: str) -> Path:
+    """A cell's run folder: ``runs/<table>/<name>`` (``allbm``, the first protocol measured) or
+    ``runs/<table>/authors/<name>``. The classical teacher is shared."""
+    base = runs / table
+    if name == "classical" or protocol == "allbm":
+        return base / name
+    return base / protocol / name
+
+
+def _authors_argv(op: str, col: str, sch: dict) -> list[str]:
+    """The authors' protocol for one cell (after ``--form`` and ``--teacher``)."""
+    argv = ["--keep", AUTHORS_KEEP]
+    learn = ["--alpha", "1", "--learn-alpha"]  # no annealing: evaluated at the learned alpha
+    kd = AUTHORS_KD if col in ("kd", "lwkd") else []
+    if op == "lse-max":
+        return argv + ["--method", "two_stage", "--first-method", col, *learn,
+                       "--epochs", str(sch["epochs"]), "--layer-epochs", sch["layer_epochs"], *kd]
+    argv += ["--method", col, "--op", op, *kd] + (learn if op != "max" else [])
+    if col == "lwkd":
+        argv += ["--layer-epochs", sch["layer_epochs"]]
+        if op == "max":  # then the whole student end to end, as in the all-BM protocol
+            argv += ["--final-epochs", str(sch["final"]), "--final-lr", "5e-4"]
+    elif col in ("layerwise", "layerwise_freeze"):
+        argv += ["--epochs", str(sch["layerwise"])]
+    else:
+        argv += ["--epochs", str(sch["epochs"])]
+    return argv
+
+
+def cells(table: str, schedule: str, runs: Path, common: list[str],
+          protocol: str = "allbm", teacher: Path | None = None) -> list[dict]:
+    """Every cell of ``table`` under ``protocol`` as ``{row, method, paper, out, argv,
+    protocol}``, the classical one first (``teacher``: an existing classical model instead)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     sch = SCHEDULES[schedule]
     base = runs / table
-    teacher = base / "classical" / "model.pt"
-    out = [
-        {
-            "row": "classical reference",
-            "method": "classical",
-            "paper": CLASSICAL_PAPER,
-            "out": base / "classical",
-            "argv": ["--method", "classical", "--epochs", str(sch["classical"])],
-        }
-    ]
+    cls = {
+        "row": "classical reference",
+        "method": "classical",
+        "paper": CLASSICAL_PAPER,
+        "out": base / "classical",
+        "argv": ["--method", "classical", "--epochs", str(sch["classical"])],
+    }
+    if teacher is not None:
+        cls.update(given=Path(teacher), out=Path(teacher).parent)
+    teacher = cls["out"] / "model.pt"
+    out = [cls]
     spec = TABLES[table]
     form = "bm4" if table == "table1" else "bm15"
     for row, (op, papers) in spec["rows"].items():
         for col, paper in zip(spec["columns"], papers, strict=True):
             name = f"{op}_{col}"
-            cell = {"row": row, "method": col, "paper": paper, "out": base / name}
+            cell = {"row": row, "method": col, "paper": paper,
+                    "out": cell_dir(runs, table, protocol, name)}
             argv = ["--form", form, "--teacher", str(teacher)]
+            if protocol == "authors":
+                if op == "lse-max" and col == "direct":
+                    cell["swap_from"] = "lse_direct"
+                else:
+                    argv += _authors_argv(op, col, sch)
+                cell["argv"] = argv
+                out.append(cell)
+                continue
             if op == "lse-max" and col == "direct":
                 cell["swap_from"] = "lse_direct"
             elif op == "lse-max":
@@ -224,6 +276,7 @@ def cells(table: str, schedule: str, runs: Path, common: list[str]) -> list[dict
             out.append(cell)
     for c in out:
         c["argv"] = ["--out", str(c["out"]), *c["argv"], *common]
+        c["protocol"] = "classical" if c["method"] == "classical" else protocol
     # a swap cell needs its source: put it after every training cell
     return [c for c in out if "swap_from" not in c] + [c for c in out if "swap_from" in c]
 
@@ -255,6 +308,17 @@ def parse_args(argv=None):
     p.add_argument("--train-limit", type=int, default=0, help="images per run (smoke tests)")
     p.add_argument("--test-limit", type=int, default=0)
     p.add_argument("--only", default=None, help="comma list of cell names (run folder names)")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="authors",
+        help="tables 1-2: which protocol to train (authors: convolutions converted, classifier "
+        "classical, alpha learned from 1 and frozen, KD normalised; allbm: every layer BM). "
+        "--collect and the tables show both",
+    )
+    p.add_argument("--teacher", default=None,
+                   help="tables 1-2: an existing classical model.pt as every cell's teacher "
+                   "(instead of training runs/<table>/classical)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--collect", action="store_true", help="only collect finished results")
     return p.parse_args(argv)
@@ -340,22 +404,32 @@ def main(argv=None) -> list[dict]:
         common += ["--data-dir", args.data_dir]
     if t3:
         todo = cells_table3(args.schedule, Path(args.runs_dir), common, args.epochs)
+        shown = todo
     else:
-        todo = cells(table, args.schedule, Path(args.runs_dir), common)
+        todo = cells(table, args.schedule, Path(args.runs_dir), common, args.protocol,
+                     args.teacher)
+        # the tables show both protocols, whichever was trained now
+        other = [p for p in PROTOCOLS if p != args.protocol][0]
+        shown = todo + [c for c in cells(table, args.schedule, Path(args.runs_dir), common, other,
+                                         args.teacher) if c["method"] != "classical"]
     only = set(args.only.split(",")) if args.only else None
-    for c in todo:
+    for c in shown:
         mod = c.get("module", "model.train")
         c["shown"] = f"python -m {mod} " + " ".join(shlex.quote(a) for a in c["argv"])
         if c.get("swap_from"):
             c["shown"] = f"swap LSE -> max in {c['out'].parent / c['swap_from']} (no fine-tuning)"
+        if c.get("given"):
+            c["shown"] = f"the given teacher {c['given']}"
     if args.dry_run:
         for c in todo:
             print(c["shown"])
         return []
+    if args.teacher and not Path(args.teacher).is_file():
+        raise SystemExit(f"model.experiments: --teacher {args.teacher}: no such file")
     if not args.collect:
         run_cells(table, todo, only, args)
     entries = []
-    for c in todo:
+    for c in shown:
         out: Path = c["out"]
         shown = c["shown"]
         res_path = out / "result.json"
@@ -365,6 +439,7 @@ def main(argv=None) -> list[dict]:
         entry = {
             "row": c["row"],
             "method": c["method"],
+            "protocol": c.get("protocol"),
             "accuracy": res.get("accuracy"),
             "paper": c["paper"],
             "command": shown,
@@ -392,12 +467,31 @@ def main(argv=None) -> list[dict]:
                 test_images=res.get("test_images"),
                 budget_hit=res.get("budget_hit"),
             )
-        for k in ("accuracy_lse", "accuracy_lse_max", "per_layer_accuracy"):
+        curves = loss_curves(log.read_text()) if log.exists() else {}
+        if curves:
+            entry["loss_curves"] = curves
+            entry["converged"] = all(c[-1] < c[0] for c in curves.values() if len(c) > 1)
+        for k in ("accuracy_lse", "accuracy_lse_max", "per_layer_accuracy", "alphas"):
             if k in res:
                 entry[k] = res[k]
         entries.append(entry)
     write_results(table, entries, Path(args.results_dir))
     return entries
+
+
+_EPOCH_LINE = re.compile(r"\] (.+?) epoch (\d+)/(\d+): loss (\S+)")
+
+
+def loss_curves(log: str) -> dict[str, list[float]]:
+    """Each training stage's mean loss per epoch, from a ``model.train`` log (``{stage: [epoch
+    1, epoch 2, ...]}``; an epoch logged twice, by a resumed run, counts once, the last)."""
+    by: dict[str, dict[int, float]] = {}
+    for tag, ep, _n, loss in _EPOCH_LINE.findall(log):
+        try:
+            by.setdefault(tag, {})[int(ep)] = float(loss)
+        except ValueError:
+            continue
+    return {tag: [eps[e] for e in sorted(eps)] for tag, eps in by.items()}
 
 
 def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
@@ -408,7 +502,7 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
     pending = [
         c
         for c in todo
-        if not (c["out"] / "result.json").exists()
+        if not (c["out"] / "result.json").exists() and not c.get("given")
         and (only is None or c["out"].name in only or c["method"] == "classical")
     ]
     failed = []
@@ -500,13 +594,15 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
         "|---" * (len(cols) + 1) + "|",
     ]
 
-    def fmt(e):
+    def ours(e):
+        """Our figure with its wall time and device, or why there is none."""
         if e is None:
             return "-"
         a = e["accuracy"]
-        ours = f"{a:.4f}" if a is not None else e.get("status", "not run")
+        if a is None:
+            return e.get("status", "not run")
         took = ""
-        if a is not None and e.get("wall_s"):
+        if e.get("wall_s"):
             part = "last part " if e.get("last_segment_only") else ""
             split = e.get("wall_s_by_device")
             where = (
@@ -515,15 +611,33 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
                 else e.get("device") or "cpu"
             )
             took = f" ({part}{_duration(e['wall_s'])}{': ' if split else ', '}{where})"
-        return f"{ours} / {e['paper']:.4f}{took}"
+        return f"{a:.4f}{took}"
 
-    by = {(e["row"], e["method"]): e for e in entries}
-    cls = by.get(("classical reference", "classical"))
+    def fmt(e):
+        return "-" if e is None else f"{ours(e)} / {e['paper']:.4f}"
+
+    protocols = table != "table3"
+    if protocols:  # each cell: authors / allbm / paper
+        lines[2] = (
+            "Each cell: **authors' protocol** (convolutions BM, classifier classical, alpha "
+            "learned from 1 and frozen, KD normalised per layer) / **all-BM protocol** (every "
+            "layer BM) / paper, on the full MNIST test set. In brackets: the training wall time "
+            "and where it ran. Commands, frozen alphas, per-stage accuracies and loss curves in "
+            "the JSON beside this file."
+        )
+
+    by = {(e["row"], e["method"], e.get("protocol") if protocols else None): e for e in entries}
+    cls = by.get(("classical reference", "classical", "classical" if protocols else None))
     lines.append(
         "| classical reference | " + " | ".join([fmt(cls)] + ["-"] * (len(cols) - 1)) + " |"
     )
-    for row in spec["rows"]:
-        lines.append(f"| {row} | " + " | ".join(fmt(by.get((row, c))) for c in cols) + " |")
+    for row, (_op, papers) in spec["rows"].items():
+        if protocols:
+            cells_ = [f"{ours(by.get((row, c, 'authors')))} / {ours(by.get((row, c, 'allbm')))}"
+                      f" / {paper:.4f}" for c, paper in zip(cols, papers, strict=True)]
+        else:
+            cells_ = [fmt(by.get((row, c, None))) for c in cols]
+        lines.append(f"| {row} | " + " | ".join(cells_) + " |")
     total = sum(e.get("wall_s") or 0 for e in entries)
     devices = sorted(
         {d for e in entries if e.get("device") for d in e.get("wall_s_by_device") or [e["device"]]}

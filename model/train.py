@@ -89,7 +89,7 @@ class TrainConfig:
     refit_images: int = 2000
     teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
-    keep: tuple[int, ...] = ()  # finetune: layers left classical (e.g. 5: the classifier)
+    keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
     train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
     last_form: str | None = None  # finetune: neuron of the classifier (default: --form)
     head_init: str = "convert"  # finetune: classifier init, "convert" or "channel" (see below)
@@ -119,11 +119,11 @@ class TrainConfig:
     shift_px: float = 2.0
     rot_deg: float = 10.0
     label_smoothing: float = 0.0  # of the cross-entropy against the labels
-    kd_temp: float = 0.0  # layerwise: > 0 adds logit KD against the teacher at this temperature
+    kd_temp: float = 0.0  # layerwise: > 0 adds logit KD at this temperature; kd: the soft term's
     kd_weight: float = 1.0  # weight of the logit KD term (times kd_temp**2)
     grad_alpha: float = 0.0  # > 0: hard-max layers train with the LSE's backward at this alpha
     corr_channels: bool = False  # bm15: one power-of-two correction per output channel
-    kd_norm: bool = False  # lwkd: each layer's feature MSE divided by the teacher layer's variance
+    kd_norm: bool = False  # kd, lwkd: each layer's MSE divided by the teacher layer's variance
     ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -278,6 +278,12 @@ def make_op(cfg: TrainConfig, kind: str | None = None, alpha: float | None = Non
     return MaxOp(
         kind or cfg.op, alpha=cfg.alpha if alpha is None else alpha, learnable=cfg.learn_alpha
     )
+
+
+def converted(cfg: TrainConfig, net: LeNet) -> list[int]:
+    """The layers a method converts to BM: all but ``cfg.keep`` (the authors' protocol keeps
+    the classifier classical, ``--keep`` its index)."""
+    return [i for i in range(len(net.layers)) if i not in cfg.keep]
 
 
 def convert_layer(cfg: TrainConfig, net: LeNet, i: int, src: nn.Module | None = None):
@@ -576,13 +582,7 @@ def logit_kd_loss_fn(cfg: TrainConfig, teacher: LeNet):
             tl = teacher(xb)
         sl = net(xb)
         ce = F.cross_entropy(sl, yb, label_smoothing=cfg.label_smoothing)
-        kl = F.kl_div(
-            F.log_softmax(sl / t_, 1),
-            F.log_softmax(tl / t_, 1),
-            log_target=True,
-            reduction="batchmean",
-        )
-        return ce + cfg.kd_weight * t_ * t_ * kl
+        return ce + cfg.kd_weight * soft_ce(sl, tl, t_)
 
     return f
 
@@ -597,8 +597,30 @@ def centred(logits: torch.Tensor) -> torch.Tensor:
     return logits - logits.mean(1, keepdim=True)
 
 
+def feature_mse(s: torch.Tensor, t: torch.Tensor, norm: bool) -> torch.Tensor:
+    """``MSE(s, t)``, divided by the teacher layer's variance when ``norm`` (so that every
+    layer's term is about 1 at the start, whatever its scale, and none drowns the others or the
+    cross-entropy)."""
+    mse = F.mse_loss(s, t)
+    return mse / t.detach().var().clamp(min=1e-8) if norm else mse
+
+
+def soft_ce(s_logits: torch.Tensor, t_logits: torch.Tensor, temp: float) -> torch.Tensor:
+    """The student against the teacher's soft labels: ``CE(y_s, softmax(y_t))`` at ``temp`` 0,
+    else Hinton's ``T**2 * KL(softmax(y_t / T) || softmax(y_s / T))``."""
+    if temp <= 0:
+        return F.cross_entropy(s_logits, F.softmax(t_logits, 1))
+    kl = F.kl_div(F.log_softmax(s_logits / temp, 1), F.log_softmax(t_logits / temp, 1),
+                  log_target=True, reduction="batchmean")
+    return temp * temp * kl
+
+
 def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
-    """Section 4.1: ``beta * sum_l MSE(y_s^l, y_t^l) + w * (CE(y_s, y_t) + CE(y_s, y))``."""
+    """Section 4.1: ``beta * sum_l MSE(y_s^l, y_t^l) + w * (CE(y_s, y_t) + CE(y_s, y))``, with
+    ``beta = cfg.beta`` and ``w = cfg.ce_weight``. ``cfg.kd_norm`` divides each layer's MSE by
+    the teacher layer's variance (:func:`feature_mse`); ``cfg.kd_temp`` > 0 makes the soft term
+    a distillation at that temperature (:func:`soft_ce`). The logits' MSE compares them up to a
+    shift common to all classes (:func:`centred`)."""
 
     def f(net, xb, yb, idx):
         with torch.no_grad():
@@ -606,9 +628,9 @@ def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
         sf = net.features(xb)
         mse = 0.0
         if layers:
-            mse = sum(F.mse_loss(s, t) for s, t in zip(sf[:-1], tf[:-1], strict=True))
-            mse = mse + F.mse_loss(centred(sf[-1]), centred(tf[-1]))
-        soft = F.cross_entropy(sf[-1], F.softmax(tf[-1], 1))
+            mse = sum(feature_mse(s, t, cfg.kd_norm) for s, t in zip(sf[:-1], tf[:-1], strict=True))
+            mse = mse + feature_mse(centred(sf[-1]), centred(tf[-1]), cfg.kd_norm)
+        soft = soft_ce(sf[-1], tf[-1], cfg.kd_temp)
         return cfg.beta * mse + cfg.ce_weight * (soft + F.cross_entropy(sf[-1], yb))
 
     return f
@@ -679,7 +701,7 @@ def method_classical(run: Run, data) -> tuple[LeNet, dict]:
 def method_direct(run: Run, data) -> tuple[LeNet, dict]:
     cfg = run.cfg
     net = create_net(cfg.net).to(cfg.device)
-    for i in range(len(net.layers)):
+    for i in converted(cfg, net):
         convert_layer(cfg, net, i)
     res = run_simple(run, data, net, ce_loss, epochs=cfg.epochs, tag="direct", lr=cfg.lr)
     return net, res
@@ -690,7 +712,7 @@ def method_kd(run: Run, data, *, student: LeNet | None = None, tag: str = "kd"):
     teacher = load_teacher(cfg)
     if student is None:
         student = copy.deepcopy(teacher)
-        for i in range(len(student.layers)):
+        for i in converted(cfg, student):
             convert_layer(cfg, student, i)
         if cfg.refit:
             refit_all(run, student, teacher, data)
@@ -744,9 +766,11 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
             convert_layer(cfg, net, i)
     if done or mid:
         net.load_state_dict(ck["net"])
-        if freeze:
-            for j in range(done):
+        for j in range(done):
+            if freeze:
                 net.layers[j].requires_grad_(False)
+            if isinstance(net.layers[j], BMLayer):
+                net.layers[j].op.freeze()  # a learned alpha is frozen after its stage
         run.log(
             f"resuming layerwise after {done} layers"
             + (f", {mid} epoch(s) into the next" if mid else "")
@@ -803,6 +827,7 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
         )
         if freeze:
             net.layers[i].requires_grad_(False)
+        net.layers[i].op.freeze()  # a learned alpha is frozen after its stage
         accs.append(res["accuracy"])
         run.save_ckpt({"layers_done": i + 1, "net": net.state_dict(), "accs": accs})
         torch.save(net_to_dict(net), run.dir / f"after_layer{i}.pt")
@@ -1013,9 +1038,7 @@ def _lwkd_stage(
             if k == n - 1:  # logits: compared up to a shift common to all classes
                 loss = cfg.last_beta * F.mse_loss(centred(hs), centred(ht))
             else:
-                loss = cfg.beta * F.mse_loss(hs, ht)
-                if cfg.kd_norm:  # per layer: comparable across layers and against the CE
-                    loss = loss / ht.var().clamp(min=1e-8)
+                loss = cfg.beta * feature_mse(hs, ht, cfg.kd_norm)
             out1 = tutor.run(hs, k + 1)
             out2 = tutor.run(ht, k + 1)
             loss = loss + cfg.ce_weight * (F.cross_entropy(out1, yb) + F.cross_entropy(out2, yb))
@@ -1050,6 +1073,8 @@ def _lwkd_stage(
             }
         )
     student.requires_grad_(False)
+    if isinstance(layer, BMLayer):
+        layer.op.freeze()  # a learned alpha is frozen after its stage
     return caches
 
 
@@ -1258,7 +1283,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--refit-images", type=int, default=d.refit_images)
     p.add_argument("--teacher", default=None)
     p.add_argument("--init", default=None, help="finetune: the model to start from")
-    p.add_argument("--keep", default="", help="finetune: comma list of layers left classical")
+    p.add_argument("--keep", default="", help="comma list of layers left classical (5: the "
+                   "LeNet classifier, as in the authors' protocol)")
     p.add_argument(
         "--train-layers", default="", help="finetune: comma list of the layers that train (all)"
     )
@@ -1306,7 +1332,8 @@ def parse_args(argv=None) -> TrainConfig:
         "--kd-temp",
         type=float,
         default=d.kd_temp,
-        help="layerwise: logit KD against the teacher at this temperature (0: off)",
+        help="layerwise: logit KD against the teacher at this temperature (0: off); kd, "
+        "lwkd's final fine-tune: the soft term at this temperature (0: CE against the softmax)",
     )
     p.add_argument("--kd-weight", type=float, default=d.kd_weight)
     p.add_argument(
@@ -1323,7 +1350,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument(
         "--kd-norm",
         action="store_true",
-        help="lwkd: divide each layer's feature MSE by the teacher layer's variance",
+        help="kd, lwkd: divide each layer's feature MSE by the teacher layer's variance",
     )
     p.add_argument(
         "--ema", type=float, default=d.ema, help="keep an EMA of the weights (decay, e.g. 0.999)"
@@ -1365,6 +1392,9 @@ def main(argv=None) -> dict:
     res.update(
         method=cfg.method,
         forms=list(net.forms),
+        # each BM layer's alpha as evaluated (None: the hard max)
+        alphas=[None if m.op.kind == "max" else round(float(m.op.alpha.detach()), 4)
+                for m in net.bm_layers()],
         wall_s=round(sum(seg["wall_s"] for seg in segments), 1),
         segments=segments,
         test_images=len(data[2]),

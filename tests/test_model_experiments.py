@@ -9,45 +9,86 @@ import pytest
 
 pytest.importorskip("torch")
 
-from model.experiments import TABLES, cells, main  # noqa: E402
+from model.experiments import PROTOCOLS, TABLES, cells, loss_curves, main  # noqa: E402
 
 
 def test_cells_cover_every_table_entry():
     for table, spec in TABLES.items():
-        todo = cells(table, "reduced", Path("runs"), [])
-        assert todo[0]["method"] == "classical"
-        assert len(todo) == 1 + len(spec["rows"]) * len(spec["columns"])
-        # a swap cell comes after the cell it is swapped from
-        names = [c["out"].name for c in todo]
-        for c in todo:
-            if "swap_from" in c:
-                assert names.index(c["swap_from"]) < names.index(c["out"].name)
+        for protocol in PROTOCOLS if table != "table3" else ("allbm",):
+            todo = cells(table, "reduced", Path("runs"), [], protocol)
+            assert todo[0]["method"] == "classical"
+            assert len(todo) == 1 + len(spec["rows"]) * len(spec["columns"])
+            # a swap cell comes after the cell it is swapped from
+            names = [c["out"].name for c in todo]
+            for c in todo:
+                if "swap_from" in c:
+                    assert names.index(c["swap_from"]) < names.index(c["out"].name)
+
+
+@pytest.mark.parametrize("table", ["table1", "table2"])
+def test_authors_protocol_cells(table):
+    """Authors: the classifier kept classical, alpha learned from 1 (no annealing), the KD
+    losses normalised with a temperature, own run folders; all-BM: none of that."""
+    authors = cells(table, "reduced", Path("runs"), [], "authors")
+    allbm = cells(table, "reduced", Path("runs"), [], "allbm")
+    assert authors[0]["out"] == allbm[0]["out"] == Path("runs") / table / "classical"
+    for c in authors[1:]:
+        assert c["out"].parent == Path("runs") / table / "authors"
+        if "swap_from" in c:
+            continue
+        a = c["argv"]
+        assert a[a.index("--keep") + 1] == "5"
+        assert "--alpha-end" not in a and "--last-op" not in a
+        smooth = "--op" not in a or a[a.index("--op") + 1] != "max"
+        assert ("--learn-alpha" in a) == smooth, a
+        assert ("--kd-norm" in a) == (c["method"] in ("kd", "lwkd")), a
+    for c in allbm[1:]:
+        assert c["out"].parent == Path("runs") / table
+        assert "--keep" not in c["argv"] and "--learn-alpha" not in c["argv"]
+
+
+def test_loss_curves_from_a_log():
+    log = ("[00:00:01 +  1s] kd epoch 1/2: loss 3.5 test acc 0.5 (1s)\n"
+           "[00:00:02 +  2s] layer 0 epoch 1/2: loss 1.25 student-path test acc 0.9 (1s)\n"
+           "[00:00:03 +  3s] kd epoch 2/2: loss 2.0 test acc 0.6 (1s)\n"
+           "[00:00:04 +  4s] kd epoch 2/2: loss 1.5 test acc 0.6 (1s)\n")  # resumed: last wins
+    assert loss_curves(log) == {"kd": [3.5, 1.5], "layer 0": [1.25]}
+
+
+def _common(tmp_path, mnist_dir):
+    return ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
+            "--schedule", "reduced", "--train-limit", "128", "--test-limit", "64",
+            "--data-dir", str(mnist_dir.parent)]
+
+
+def _by(entries):
+    return {(e["row"], e["method"], e["protocol"]): e for e in entries}
 
 
 def test_table2_two_cells_in_parallel(tmp_path: Path, mnist_dir):
-    common = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
-              "--schedule", "reduced", "--train-limit", "128", "--test-limit", "64",
-              "--data-dir", str(mnist_dir.parent)]
-    entries = main(["table2", "--only", "max_direct,lse_direct", "--jobs", "2", *common])
-    by = {(e["row"], e["method"]): e for e in entries}
-    assert len(entries) == 10  # every cell is listed, run or not
-    for key in [("classical reference", "classical"), ("1.5-BM MAX", "direct"),
-                ("1.5-BM LSE", "direct")]:
+    common = _common(tmp_path, mnist_dir)
+    entries = main(["table2", "--protocol", "allbm", "--only", "max_direct,lse_direct",
+                    "--jobs", "2", *common])
+    by = _by(entries)
+    assert len(entries) == 19  # every cell of both protocols is listed, run or not
+    for key in [("classical reference", "classical", "classical"),
+                ("1.5-BM MAX", "direct", "allbm"), ("1.5-BM LSE", "direct", "allbm")]:
         assert 0 <= by[key]["accuracy"] <= 1, key
         assert by[key]["command"].startswith("python -m model.train")
-    assert by[("1.5-BM MAX", "lwkd")]["accuracy"] is None
+    assert by[("1.5-BM MAX", "lwkd", "allbm")]["accuracy"] is None
+    assert by[("1.5-BM MAX", "direct", "authors")]["accuracy"] is None
     saved = json.loads((tmp_path / "res" / "table2.json").read_text())
     assert saved == json.loads(json.dumps(entries))
     md = (tmp_path / "res" / "table2.md").read_text()
-    assert "| 1.5-BM MAX |" in md and "not run" in md
+    assert "| 1.5-BM MAX | not run / 0." in md
     # a started cell (a checkpoint, no result) is told apart from one never started
     (tmp_path / "runs" / "table2" / "max_kd").mkdir(parents=True)
     (tmp_path / "runs" / "table2" / "max_kd" / "ckpt.pt").write_bytes(b"")
-    by = {(e["row"], e["method"]): e for e in main(["table2", "--collect", *common])}
-    assert by[("1.5-BM MAX", "kd")]["status"] == "unfinished (checkpoint)"
-    assert "status" not in by[("1.5-BM MAX", "lwkd")]
-    assert "| 1.5-BM MAX | 0." in (tmp_path / "res" / "table2.md").read_text()
-    assert "unfinished (checkpoint) / 0.9786" in (tmp_path / "res" / "table2.md").read_text()
+    by = _by(main(["table2", "--collect", *common]))
+    assert by[("1.5-BM MAX", "kd", "allbm")]["status"] == "unfinished (checkpoint)"
+    assert "status" not in by[("1.5-BM MAX", "lwkd", "allbm")]
+    md = (tmp_path / "res" / "table2.md").read_text()
+    assert "not run / unfinished (checkpoint) / 0.9786" in md
     # a cell resumed on another device: the table says how long each part ran where
     done = tmp_path / "runs" / "table2" / "max_kd"
     (done / "result.json").write_text(json.dumps({
@@ -55,9 +96,31 @@ def test_table2_two_cells_in_parallel(tmp_path: Path, mnist_dir):
         "segments": [{"device": "cpu", "wall_s": 3600.0}, {"device": "cuda", "wall_s": 100.0}],
     }))
     (done / "config.json").write_text(json.dumps({"device": "cuda"}))
-    by = {(e["row"], e["method"]): e for e in main(["table2", "--collect", *common])}
-    assert by[("1.5-BM MAX", "kd")]["device"] == "cpu + cuda"
-    assert by[("1.5-BM MAX", "kd")]["wall_s_by_device"] == {"cpu": 3600.0, "cuda": 100.0}
+    by = _by(main(["table2", "--collect", *common]))
+    assert by[("1.5-BM MAX", "kd", "allbm")]["device"] == "cpu + cuda"
+    assert by[("1.5-BM MAX", "kd", "allbm")]["wall_s_by_device"] == {"cpu": 3600.0, "cuda": 100.0}
     md = (tmp_path / "res" / "table2.md").read_text()
-    assert "0.5000 / 0.9786 (62 min: cpu 60 min, cuda 2 min)" in md
+    assert "not run / 0.5000 (62 min: cpu 60 min, cuda 2 min) / 0.9786" in md
     assert "device: cpu, cuda)" in md
+
+
+def test_table2_authors_kd_cell(tmp_path: Path, mnist_dir):
+    """One authors' cell end to end: a given teacher, the classifier classical, the learned
+    alpha recorded, the loss curve collected."""
+    common = _common(tmp_path, mnist_dir)
+    main(["table2", "--protocol", "allbm", "--only", "classical", *common])
+    teacher = tmp_path / "runs" / "table2" / "classical" / "model.pt"
+    by = _by(main(["table2", "--only", "lse_kd", "--teacher", str(teacher), *common]))
+    e = by[("1.5-BM LSE", "kd", "authors")]
+    assert 0 <= e["accuracy"] <= 1
+    assert len(e["alphas"]) == 5 and all(a is not None and a > 0 for a in e["alphas"])
+    assert set(e["loss_curves"]) == {"kd"} and len(e["loss_curves"]["kd"]) == 2
+    assert "converged" in e
+    res = json.loads((tmp_path / "runs" / "table2" / "authors" / "lse_kd" / "result.json")
+                     .read_text())
+    assert res["forms"] == ["bm15"] * 5 + ["classical"]
+
+
+def test_missing_teacher_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="--teacher .*: no such file"):
+        main(["table2", "--teacher", str(tmp_path / "none.pt"), "--runs-dir", str(tmp_path)])
