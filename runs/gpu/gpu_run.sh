@@ -2,16 +2,16 @@
 # The GPU recipe behind the published training figures (run from the repository root on a CUDA
 # machine; a plain CPU machine runs the same commands with --device cpu, only slower).
 #
-#   model/gpu_run.sh probe    one short epoch of each stage, to size the schedules
-#   model/gpu_run.sh tables   Table 2 and Table 1 (paper schedule), several cells at once
-#   model/gpu_run.sh finetune INIT TEACHER   end-to-end KD fine-tunes of a layer-wise KD snapshot:
+#   runs/gpu/gpu_run.sh probe    one short epoch of each stage, to size the schedules
+#   runs/gpu/gpu_run.sh tables   Table 2 and Table 1 (paper schedule), several cells at once
+#   runs/gpu/gpu_run.sh finetune INIT TEACHER   end-to-end KD fine-tunes of a layer-wise KD snapshot:
 #                             all six layers BM (two learning rates), and the classifier kept
 #                             classical
-#   model/gpu_run.sh rest INIT TEACHER   one call: the Table 1 and 2 cells not finished yet
+#   runs/gpu/gpu_run.sh rest INIT TEACHER   one call: the Table 1 and 2 cells not finished yet
 #                             (resumed from their checkpoints) beside three longer all-BM
 #                             fine-tunes of INIT (1.5-BM classifier with a slower anneal, a
 #                             4-branch classifier at two learning rates); under MPS when it starts
-#   model/gpu_run.sh table3   CIFAR-10 ResNet-22 Table 3 (schedule "gpu": the teacher with a
+#   runs/gpu/gpu_run.sh table3   CIFAR-10 ResNet-22 Table 3 (schedule "gpu": the teacher with a
 #                             150 s budget, then the nine cells 8 at a time with 420 s each,
 #                             bfloat16 autocast; about 10 minutes on one H100)
 #
