@@ -59,6 +59,8 @@ class RegisterSlice(wiring.Component):
     o : Out(stream.Signature(shape))
     """
 
+    LATENCY = 1  # a beat taken on ``i`` is on ``o`` the next cycle
+
     def __init__(self, shape):
         self._shape = shape
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
@@ -85,6 +86,7 @@ from model.params import BMParams, MACParams
 from ._util import RegisterSlice, check_count, rom
 from .array import SystolicArray, predict_cycles
 from .fc import FC_HEADS, FCEngine, fc_cycles
+from .logexp import ExpUnit, LogUnit
 from .requant import Requant, window_sum_bits
 
 __all__ = ["LayerPlan", "NetPlan", "plan_network", "predict_image_cycles", "predict_interval",
@@ -379,19 +381,38 @@ def predict_interval(plan: NetPlan) -> int:
 
 
 # pipeline latencies around the array, in cycles (see predict_image_cycles)
-# 11 and 6 through the units and their register slices (one after the exp unit, one after
-# requantization), 1 for the registered layer table
-POST_BM, POST_MAC = 12, 7
-# without overlap: the last pixel through the log unit (BM), the write and the layer table
-LOAD_BM, LOAD_MAC = 3, 1
-# the last layer's logits: the exp unit (BM), requantization, the slices, capture
-LAST_BM, LAST_MAC = 9, 6
-COPY_BM, COPY_MAC = 4, 2  # overlap: the staging read, the log unit, the write and the table
+# Pipeline latencies around the array, in cycles (see predict_image_cycles): the units' own
+# latencies, plus the accelerator's registers named here.
+WRITE_BACK = 2  # the last unit to the banks: the write stage's register, the retirement count
+LAYER_TABLE = 1  # the registered layer table: a layer's first beat a cycle after it is selected
+CAPTURE = 2  # the last layer's logits: the capture register, then the first logit on ``o``
+LOAD_WRITE = 1  # without overlap: the last pixel's write (after the log unit, BM)
+COPY_EXTRA = 2  # overlap: the staging memory's read and the write (beside the log unit, BM)
+
+
+def _after_array(bm: bool) -> int:
+    """A row from the array's output to the requantizer's register slice: the exp unit and its
+    slice (BM), then requantization and its slice."""
+    exp = ExpUnit.LATENCY + RegisterSlice.LATENCY if bm else 0
+    return exp + Requant.LATENCY + RegisterSlice.LATENCY
+
+
+# a layer's last row to the next layer's first beat; the last layer's logits; the image load
+POST_BM = _after_array(True) + LogUnit.LATENCY + WRITE_BACK + LAYER_TABLE
+POST_MAC = _after_array(False) + WRITE_BACK + LAYER_TABLE
+LAST_BM, LAST_MAC = _after_array(True) + CAPTURE, _after_array(False) + CAPTURE
+LOAD_BM, LOAD_MAC = LogUnit.LATENCY + LOAD_WRITE, LOAD_WRITE
+COPY_BM, COPY_MAC = LogUnit.LATENCY + COPY_EXTRA, COPY_EXTRA
 FC_GAP = 1  # overlap: the FC engine's busy low to the feeder layer's first beat
 
 
 UP5K_SPRAMS = 4
 TFIFO_DEPTH = 8
+
+
+class _Wires(SimpleNamespace):
+    """What the steps of :meth:`Accelerator.elaborate` hand on to the later ones: the plan's
+    figures, the sub-components and the shared signals, by the names the steps use."""
 
 
 def use_spram(platform, width: int, depths, rows: int) -> bool:
@@ -471,7 +492,26 @@ class Accelerator(wiring.Component):
         overlap = plan.overlap
         fc_head = plan.fc_head  # the classifier on the FC engine (with ``overlap``, or signed)
 
-        # -- the array and the units after it ----------------------------------------------------
+        w = _Wires(platform=platform)
+        w.C, w.R, w.bm, w.fc_head, w.groups, w.layers = C, R, bm, fc_head, groups, layers
+        w.lgR, w.n_layers, w.overlap, w.p, w.plan = lgR, n_layers, overlap, p, plan
+        self._units(m, w)
+        self._tables(m, w)
+        self._memories(m, w)
+        self._control(m, w)
+        self._feeder(m, w)
+        self._feeder_counters(m, w)
+        self._output_rows(m, w)
+        self._logit_out(m, w)
+        self._image_load(m, w)
+        self._to_write_path(m, w)
+        self._write_stage(m, w)
+        self._sequencer(m, w)
+        return m
+
+    def _units(self, m, w):
+        """The array, the requantizer, the exp and log units (BM) and the slices between them."""
+        C, R, bm, layers, p = w.C, w.R, w.bm, w.layers, w.p
         m.submodules.array = arr = SystolicArray(p, rows=R, cols=C)
         max_fan_in = max(lp.fan_in for lp in layers)
         m.submodules.requant = rq = Requant(p, lanes=C, max_fan_in=max_fan_in)
@@ -481,9 +521,8 @@ class Accelerator(wiring.Component):
         wiring.connect(m, rq.o, rq_slice.i)
         rq_o = rq_slice.o
         s_bits = window_sum_bits(p, max_fan_in)
+        ex = ex_slice = lg = None  # BM only
         if bm:
-            from .logexp import ExpUnit, LogUnit
-
             m.submodules.exp = ex = ExpUnit(p, lanes=C)
             m.submodules.ex_slice = ex_slice = RegisterSlice(ex.o.payload.shape())
             wiring.connect(m, ex.o, ex_slice.i)
@@ -492,8 +531,13 @@ class Accelerator(wiring.Component):
             word = data.StructLayout({"x": unsigned(p.a_bits), "lx": unsigned(p.lx_bits)})
         else:
             word = data.StructLayout({"x": unsigned(p.a_bits)})
+        w.arr, w.ex, w.ex_slice, w.lg, w.rq, w.rq_o = arr, ex, ex_slice, lg, rq, rq_o
+        w.s_bits, w.word = s_bits, word
 
-        # -- tables ------------------------------------------------------------------------------
+    def _tables(self, m, w):
+        """The layer table (one synchronous ROM per field, ``w.L``) and the per-group table."""
+        C, R, fc_head, groups, layers, lgR = w.C, w.R, w.fc_head, w.groups, w.layers, w.lgR
+        n_layers, overlap, plan = w.n_layers, w.overlap, w.plan
         n_groups = len(groups)
         gi_shape = range(n_groups)
         layer_shape = range(max(n_layers, 2))
@@ -554,8 +598,12 @@ class Accelerator(wiring.Component):
 
         def group_field(index, sel, shape, name):
             return rom(m, index, [sel(G[g]) for g in range(n_groups)], shape, name=name)
+        w.L, w.addr_bits, w.gi_shape, w.group_field = L, addr_bits, gi_shape, group_field
+        w.layer, w.n_groups = layer, n_groups
 
-        # -- memories ----------------------------------------------------------------------------
+    def _memories(self, m, w):
+        """The feature-map banks (two ping-pong buffers of ``rows`` banks), the weight memories."""
+        C, R, bm, p, plan, word, platform = w.C, w.R, w.bm, w.p, w.plan, w.word, w.platform
         banks = [[], []]
         spram = use_spram(platform, word.size, plan.buf_depth, R)
         for b in range(2):
@@ -585,13 +633,17 @@ class Accelerator(wiring.Component):
             m.submodules[f"wmem{k}"] = mem
             wmems.append(mem.read_port())
             wcol += [(wmems[-1], j if pk > 1 else None) for j in range(len(cs))]
+        w.banks, w.wcol, w.wmems = banks, wcol, wmems
 
-        # -- control -----------------------------------------------------------------------------
+    def _control(self, m, w):
+        """The phase state machine's registers, the feeder counters and stage B's registers."""
+        fc_head, gi_shape, lgR, plan = w.fc_head, w.gi_shape, w.lgR, w.plan
         state = Signal(range(5))
         LOAD, RUN, WAIT, OUT, PRE = 0, 1, 2, 3, 4
         npix = Signal(range(plan.n_pixels + 1))
         staged = Signal()  # ``overlap``: a whole image waits in the staging memory
         loading = Signal()  # ``overlap``: the copied image's rows are being written
+        busy_fc = None  # with the FC engine only
         if fc_head:
             busy_fc = Signal()
             m.d.comb += self.busy.eq((state != LOAD) | (npix != 0) | staged | busy_fc)
@@ -626,7 +678,19 @@ class Accelerator(wiring.Component):
         b_gi = Signal(gi_shape)
         b_firsttile = Signal()
         b_src = Signal()
+        w.LOAD, w.OUT, w.PRE, w.RUN, w.WAIT, w.b_first = LOAD, OUT, PRE, RUN, WAIT, b_first
+        w.b_firsttile, w.b_gi, w.b_last, w.b_slo, w.b_src = b_firsttile, b_gi, b_last, b_slo, b_src
+        w.busy_fc, w.bv, w.ci, w.gbase, w.gi, w.grp = busy_fc, bv, ci, gbase, gi, grp
+        w.issuing, w.kk, w.kx, w.ky, w.loading, w.npix = issuing, kk, kx, ky, loading, npix
+        w.p0, w.retire, w.retired, w.s_idx, w.staged = p0, retire, retired, s_idx, staged
+        w.state, w.tile, w.wptr = state, tile, wptr
 
+    def _feeder(self, m, w):
+        """The tile FIFO, the bank read addresses, the rotation into lanes and the window sums."""
+        R, arr, b_first, b_firsttile, b_gi = w.R, w.arr, w.b_first, w.b_firsttile, w.b_gi
+        b_last, b_slo, b_src, banks, bm, bv = w.b_last, w.b_slo, w.b_src, w.banks, w.bm, w.bv
+        gi_shape, lgR, p, plan, s_bits, s_idx = w.gi_shape, w.lgR, w.p, w.plan, w.s_bits, w.s_idx
+        wcol, wmems, word, wptr = w.wcol, w.wmems, w.word, w.wptr
         # tile FIFO: (gi, first tile of its group, S per lane)
         tile_layout = data.StructLayout({"gi": gi_shape, "first": 1,
                                          "s": data.ArrayLayout(unsigned(s_bits), R)})
@@ -706,7 +770,14 @@ class Accelerator(wiring.Component):
             t_pend.eq(c_valid & c_last),
             tfifo.w_en.eq(t_pend),
         ]
+        w.adv, w.s_lo, w.t_out, w.tfifo = adv, s_lo, t_out, tfifo
 
+    def _feeder_counters(self, m, w):
+        """The feeder's counters: one step a beat, then the ends of tiles, groups and layers."""
+        L, R, WAIT, adv, b_first, b_firsttile = w.L, w.R, w.WAIT, w.adv, w.b_first, w.b_firsttile
+        b_gi, b_last, b_slo, b_src, bv, ci = w.b_gi, w.b_last, w.b_slo, w.b_src, w.bv, w.ci
+        gbase, gi, grp, issuing, kk, kx, ky = w.gbase, w.gi, w.grp, w.issuing, w.kk, w.kx, w.ky
+        p0, s_idx, s_lo, state, tile, wptr = w.p0, w.s_idx, w.s_lo, w.state, w.tile, w.wptr
         # counters advance on every beat issued into stage B
         fan_m1 = L["fan_m1"]
         last_step = Signal()
@@ -747,7 +818,11 @@ class Accelerator(wiring.Component):
                         with m.Else():
                             m.d.sync += state.eq(WAIT)
 
-        # -- output side: rows from the array ------------------------------------------------------
+    def _output_rows(self, m, w):
+        """Rows from the array: pixel bookkeeping, the exp unit (BM), the requantizer's inputs."""
+        C, L, R, arr, bm, ex, ex_slice = w.C, w.L, w.R, w.arr, w.bm, w.ex, w.ex_slice
+        gi_shape, group_field, p, rq, s_bits = w.gi_shape, w.group_field, w.p, w.rq, w.s_bits
+        t_out, tfifo = w.t_out, w.tfifo
         row = Signal(range(R))
         pv = Signal(24)
         xv = Signal(16)
@@ -820,8 +895,11 @@ class Accelerator(wiring.Component):
                 xv.eq(Mux(x_cur + 1 == L["w_in"], 0, x_cur + 1)),
                 qv.eq(q_cur + row_valid),
             ]
+        w.mf_out, w.mfifo = mf_out, mfifo
 
-        # -- requant -> logits (last layer) or -> write path ---------------------------------------
+    def _logit_out(self, m, w):
+        """The row layout after requantization; the logit serializer (last layer on the array)."""
+        C, bm, fc_head, gi_shape, p, rq = w.C, w.bm, w.fc_head, w.gi_shape, w.p, w.rq
         code_layout = data.StructLayout({
             "gi": gi_shape, "valid": 1, "q": unsigned(24),
             "x": data.ArrayLayout(unsigned(p.a_bits), C)})
@@ -845,7 +923,13 @@ class Accelerator(wiring.Component):
                     m.d.sync += [sending.eq(0), n_out.eq(0)]
                 with m.Else():
                     m.d.sync += n_out.eq(n_out + 1)
+        w.code_layout, w.logits, w.n_out, w.n_send = code_layout, logits, n_out, n_send
+        w.sending, w.wr, w.wr_lx, w.wr_valid = sending, wr, wr_lx, wr_valid
 
+    def _image_load(self, m, w):
+        """The image load: straight into the write path, or (``overlap``) staged and copied."""
+        C, LOAD, WAIT, code_layout, loading = w.C, w.LOAD, w.WAIT, w.code_layout, w.loading
+        npix, overlap, p, plan, staged, state = w.npix, w.overlap, w.p, w.plan, w.staged, w.state
         # image load rows: ``load_row`` goes to the write path while ``load_active``; it is taken
         # when ``load_valid`` and ``load_ready``
         load_row = Signal(code_layout)
@@ -917,7 +1001,16 @@ class Accelerator(wiring.Component):
             ]
             with m.If(load_take):
                 m.d.sync += npix.eq(npix + 1)
+        w.load_active, w.load_ready, w.load_row = load_active, load_ready, load_row
+        w.load_take, w.load_valid = load_take, load_valid
 
+    def _to_write_path(self, m, w):
+        """Requantized rows to the logits or, through the log unit (BM), to the write stage."""
+        C, L, bm, code_layout, group_field, lg = w.C, w.L, w.bm, w.code_layout, w.group_field, w.lg
+        load_active, load_ready, load_row = w.load_active, w.load_ready, w.load_row
+        load_valid, logits, mf_out, mfifo = w.load_valid, w.logits, w.mf_out, w.mfifo
+        n_out, n_send, p, retire, rq_o = w.n_out, w.n_send, w.p, w.retire, w.rq_o
+        sending, wr, wr_lx, wr_valid = w.sending, w.wr, w.wr_lx, w.wr_valid
         rq_row = Signal(code_layout)
         m.d.comb += [rq_row.gi.eq(mf_out.gi), rq_row.valid.eq(mf_out.valid),
                      rq_row.q.eq(mf_out.q)]
@@ -976,12 +1069,18 @@ class Accelerator(wiring.Component):
                          n_send.eq(group_field(mf_out.gi, lambda r: r[1], range(C + 1), "l_ncol"))]
         m.d.comb += retire.eq((rq_take & to_logits) | wr_valid)
 
-        # -- write stage: the C channels of one pixel into C distinct banks ------------------------
+    def _write_stage(self, m, w):
+        """The write stage: a row's channels into distinct banks, or into the FC engine's buffer."""
+        C, R, addr_bits, banks, bm, busy_fc = w.C, w.R, w.addr_bits, w.banks, w.bm, w.busy_fc
+        fc_head, group_field, groups, layers = w.fc_head, w.group_field, w.groups, w.layers
+        lgR, n_groups, p, plan, word, wr = w.lgR, w.n_groups, w.p, w.plan, w.word, w.wr
+        wr_lx, wr_valid = w.wr_lx, w.wr_valid
         w_o0 = group_field(wr.gi, lambda r: r[0], 16, "w_o0")
         w_ncol = group_field(wr.gi, lambda r: r[1], range(C + 1), "w_ncol")
         w_dst = group_field(wr.gi, lambda r: r[2], 1, "w_dst")
         w_base = [group_field(wr.gi, lambda r, c=c: r[3][c], addr_bits + 1, f"w_base{c}")
                   for c in range(C)]
+        fc = None
         if fc_head:
             # the feeder's rows go to the FC engine's buffer instead (one word per row)
             fc_lp, feeder = plan.layers[-1], layers[-1]
@@ -1033,8 +1132,15 @@ class Accelerator(wiring.Component):
                     wp.data.eq(wd_r),
                     wp.en.eq(we_r),
                 ]
+        w.fc = fc
 
-        # -- phase sequencing ------------------------------------------------------------------
+    def _sequencer(self, m, w):
+        """Phase sequencing: load, run each layer, wait for its rows, start the FC engine."""
+        L, LOAD, OUT, PRE, RUN, WAIT, busy_fc = w.L, w.LOAD, w.OUT, w.PRE, w.RUN, w.WAIT, w.busy_fc
+        fc, fc_head, gbase, gi, grp, layer = w.fc, w.fc_head, w.gbase, w.gi, w.grp, w.layer
+        layers, load_take, loading, npix = w.layers, w.load_take, w.loading, w.npix
+        overlap, plan, retired, sending, state = w.overlap, w.plan, w.retired, w.sending, w.state
+        wptr = w.wptr
         if overlap:
             # LOAD: the copy (above) moves to WAIT with ``loading`` set. The feeder layer does
             # not start while the FC engine still reads its buffer; when its rows are written
@@ -1058,7 +1164,7 @@ class Accelerator(wiring.Component):
                                          grp.eq(0)]
                 with m.Case(PRE):
                     m.d.sync += state.eq(RUN)
-            return m
+            return
         if fc_head:
             # without ``overlap`` the engine runs after the feeder layer; the next image is
             # loaded when its logits have left
@@ -1094,4 +1200,4 @@ class Accelerator(wiring.Component):
             with m.Case(OUT):
                 with m.If(out_done):
                     m.d.sync += state.eq(LOAD)
-        return m
+        return

@@ -72,10 +72,12 @@ class LogUnit(wiring.Component):
             }
         )
 
+    LATENCY = 2  # cycles from a code taken on ``i`` to its log on ``o`` (``o.ready`` high)
+
     @property
     def latency(self) -> int:
         """Cycles from a code taken on ``i`` to its log on ``o`` (with ``o.ready`` high)."""
-        return 2
+        return self.LATENCY
 
     def elaborate(self, platform):
         p = self.params
@@ -141,10 +143,12 @@ class ExpUnit(wiring.Component):
             }
         )
 
+    LATENCY = 2  # cycles from an ``M`` taken on ``i`` to its ``E`` on ``o`` (``o.ready`` high)
+
     @property
     def latency(self) -> int:
         """Cycles from an ``M`` taken on ``i`` to its ``E`` on ``o`` (with ``o.ready`` high)."""
-        return 2
+        return self.LATENCY
 
     def elaborate(self, platform):
         p = self.params

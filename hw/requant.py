@@ -200,10 +200,12 @@ class Requant(wiring.Component):
             ports["c_shift"] = In(range(p.max_c_shift + 1))
         super().__init__(ports)
 
+    LATENCY = 3  # cycles from a beat taken on ``i`` to its results on ``o`` (``o.ready`` high)
+
     @property
     def latency(self) -> int:
         """Cycles from a beat taken on ``i`` to its results on ``o`` (with ``o.ready`` high)."""
-        return 3
+        return self.LATENCY
 
     def elaborate(self, platform):
         p = self.params
