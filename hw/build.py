@@ -421,6 +421,16 @@ def _array_arg(text: str) -> tuple[int, int]:
     return r, c
 
 
+def _mhz_list(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected clocks in MHz, e.g. 40,45,50, not {text!r}")
+    return vals
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.split("\n")[0])
     ap.add_argument("--board", help="board to build for (see --list-boards)")
@@ -445,6 +455,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="extra options for the Yosys synth_<family> command, after the board's "
                          "(e.g. -nolutram to step around a Yosys bug)")
     ap.add_argument("--synth-only", action="store_true", help="stop after synthesis")
+    ap.add_argument("--sweep", type=_mhz_list, metavar="MHZ,MHZ,...",
+                    help="one full build per clock; the table into sweep.md, the highest clock "
+                         "that met timing with margin published (hw.sweep)")
     ap.add_argument("--list-boards", action="store_true")
     ap.add_argument("--out-dir", type=Path, help="default bitstreams/<board>")
     ap.add_argument("--work-dir", type=Path, help="default build/<board>")
@@ -809,7 +822,15 @@ def main(argv=None) -> int:
     if args.board not in BOARDS:
         print(f"hw.build: unknown board {args.board!r}\n" + list_boards(), file=sys.stderr)
         return EXIT_USAGE
+    if args.sweep and (args.freq is not None or args.synth_only):
+        print("hw.build: --sweep takes neither --freq nor --synth-only", file=sys.stderr)
+        return EXIT_USAGE
     try:
+        if args.sweep:
+            from .sweep import run_sweep
+
+            run_sweep(args, build, root=ROOT)
+            return 0
         rep = build(args)
     except BuildError as err:
         print(f"hw.build: FAILED: {err}", file=sys.stderr)

@@ -331,3 +331,37 @@ def test_unbuildable_head_is_refused(case, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hw.build: ") and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_sweep_publishes_the_highest_clock_met_with_margin(tmp_path, monkeypatch):
+    """``--sweep``: one build per clock (a stub here, with a design of Fmax 52 MHz); 50 MHz
+    meets timing without the 5 % margin, 55 MHz misses, so 45 MHz is chosen and published."""
+    fmax = 52.0
+
+    def fake_build(args):
+        args.work_dir.mkdir(parents=True)
+        (args.work_dir / "top.tim").write_text(
+            f"Info: Max frequency for clock '$glbnet$clk': {fmax:.2f} MHz "
+            f"({'PASS' if fmax >= args.freq else 'FAIL'} at {args.freq:.2f} MHz)\n")
+        if fmax < args.freq:
+            raise hwbuild.BuildError(f"timing MISSED: Fmax {fmax} MHz < requested {args.freq}")
+        hwbuild.publish(args.out_dir, {"report.md": f"built at {args.freq:g}\n"})
+        return {"clock_mhz": args.freq, "fmax_mhz": fmax, "timing_met": True,
+                "images_per_s_at_requested": args.freq * 1e6 / 1000, "cycles_per_image": 1000}
+
+    monkeypatch.setattr(hwbuild, "build", fake_build)
+    out = tmp_path / "bitstreams" / "ulx3s"
+    rc = hwbuild.main(["--board", "ulx3s", "--sweep", "45,50,55", "--work-dir",
+                       str(tmp_path / "build" / "ulx3s"), "--out-dir", str(out)])
+    assert rc == 0
+    rec = json.loads((out / "sweep.json").read_text())
+    assert rec["chosen_mhz"] == 45
+    assert [p["timing_met"] for p in rec["points"]] == [True, True, False]
+    assert rec["points"][2]["fmax_mhz"] == fmax
+    assert (out / "report.md").read_text() == "built at 45\n"
+    assert "**45 MHz**" in (out / "sweep.md").read_text()
+
+
+def test_sweep_refuses_freq(capsys):
+    assert hwbuild.main(["--board", "ulx3s", "--sweep", "40", "--freq", "40"]) == hwbuild.EXIT_USAGE
+    assert "--sweep takes neither" in capsys.readouterr().err
