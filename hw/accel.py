@@ -313,7 +313,8 @@ def _layer_cycles(plan: NetPlan, lp: LayerPlan) -> int:
 def _array_body(plan: NetPlan) -> int:
     """The array layers of the ``overlap`` form, each with its write-back, back to back."""
     post = POST_BM if isinstance(plan.params, BMParams) else POST_MAC
-    return sum(_layer_cycles(plan, lp) + post for lp in plan.array_layers)
+    # (the last one's rows go to the FC engine: no next layer's first beat to feed)
+    return sum(_layer_cycles(plan, lp) + post for lp in plan.array_layers) - FEED_STAGE
 
 
 def _fc_cycles(plan: NetPlan) -> int:
@@ -385,6 +386,7 @@ def predict_interval(plan: NetPlan) -> int:
 # latencies, plus the accelerator's registers named here.
 WRITE_BACK = 2  # the last unit to the banks: the write stage's register, the retirement count
 LAYER_TABLE = 1  # the registered layer table: a layer's first beat a cycle after it is selected
+FEED_STAGE = 1  # stage R of the feeder: the bank words registered before the array
 CAPTURE = 2  # the last layer's logits: the capture register, then the first logit on ``o``
 LOAD_WRITE = 1  # without overlap: the last pixel's write (after the log unit, BM)
 COPY_EXTRA = 2  # overlap: the staging memory's read and the write (beside the log unit, BM)
@@ -398,11 +400,11 @@ def _after_array(bm: bool) -> int:
 
 
 # a layer's last row to the next layer's first beat; the last layer's logits; the image load
-POST_BM = _after_array(True) + LogUnit.LATENCY + WRITE_BACK + LAYER_TABLE
-POST_MAC = _after_array(False) + WRITE_BACK + LAYER_TABLE
+POST_BM = _after_array(True) + LogUnit.LATENCY + WRITE_BACK + LAYER_TABLE + FEED_STAGE
+POST_MAC = _after_array(False) + WRITE_BACK + LAYER_TABLE + FEED_STAGE
 LAST_BM, LAST_MAC = _after_array(True) + CAPTURE, _after_array(False) + CAPTURE
-LOAD_BM, LOAD_MAC = LogUnit.LATENCY + LOAD_WRITE, LOAD_WRITE
-COPY_BM, COPY_MAC = LogUnit.LATENCY + COPY_EXTRA, COPY_EXTRA
+LOAD_BM, LOAD_MAC = LogUnit.LATENCY + LOAD_WRITE + FEED_STAGE, LOAD_WRITE + FEED_STAGE
+COPY_BM, COPY_MAC = LogUnit.LATENCY + COPY_EXTRA + FEED_STAGE, COPY_EXTRA + FEED_STAGE
 FC_GAP = 1  # overlap: the FC engine's busy low to the feeder layer's first beat
 
 
@@ -698,16 +700,32 @@ class Accelerator(wiring.Component):
         t_in = data.View(tile_layout, tfifo.w_data)
         t_out = data.View(tile_layout, tfifo.r_data)
 
+        # stage R: the bank words (of the buffer read) and the weights of stage B registered,
+        # before the rotation and the array's entry (timing: an ECP5 block RAM's output comes
+        # about 6 ns after the clock). Stages B and R advance together (``adv``).
+        rv = Signal()
+        r_last, r_first, r_firsttile = Signal(), Signal(), Signal()
+        r_slo = Signal(max(1, lgR))
+        r_gi = Signal(gi_shape)
+        r_word = [Signal(word, name=f"r_word{b}") for b in range(R)]
+        r_w = [Signal(arr.i.payload.b[c].shape(), name=f"r_w{c}") for c in range(len(wcol))]
         transfer = Signal()
         t_pend = Signal()  # a tile's entry goes into the FIFO this cycle (see window sums)
         m.d.comb += [
             # room for this tile's entry, after the one still being written
-            arr.i.valid.eq(bv & (~b_last | Mux(t_pend, tfifo.w_level < TFIFO_DEPTH - 1,
+            arr.i.valid.eq(rv & (~r_last | Mux(t_pend, tfifo.w_level < TFIFO_DEPTH - 1,
                                                tfifo.w_rdy))),
             transfer.eq(arr.i.valid & arr.i.ready),
         ]
         adv = Signal()
-        m.d.comb += adv.eq(~bv | transfer)
+        m.d.comb += adv.eq(~rv | transfer)
+        with m.If(adv):
+            m.d.sync += [rv.eq(bv), r_last.eq(b_last), r_first.eq(b_first),
+                         r_firsttile.eq(b_firsttile), r_slo.eq(b_slo), r_gi.eq(b_gi)]
+            m.d.sync += [r_word[b].eq(Mux(b_src, banks[1][b][0].data, banks[0][b][0].data))
+                         for b in range(R)]
+            m.d.sync += [r_w[c].eq(rp.data if j is None else rp.data[j])
+                         for c, (rp, j) in enumerate(wcol)]
 
         # read addresses: lane j <- bank (s + j) mod R, bank b reads F_b = s + ((b - s) mod R)
         s_lo = s_idx[:lgR] if lgR else Const(0, 1)
@@ -725,23 +743,21 @@ class Accelerator(wiring.Component):
         # rotate bank outputs into lanes
         lane_x = []
         for j in range(R):
-            words = [Mux(b_src, banks[1][b][0].data, banks[0][b][0].data) for b in range(R)]
             sel = Signal(range(R), name=f"rot{j}")
-            m.d.comb += sel.eq((b_slo + j) & (R - 1)) if lgR else sel.eq(0)
+            m.d.comb += sel.eq((r_slo + j) & (R - 1)) if lgR else sel.eq(0)
             wv = Signal(word, name=f"lane{j}")
             with m.Switch(sel):
                 for b in range(R):
                     with m.Case(b):
-                        m.d.comb += wv.eq(words[b])
+                        m.d.comb += wv.eq(r_word[b])
             lane_x.append(wv)
             if bm:
                 m.d.comb += [arr.i.payload.a[j].lx.eq(wv.lx),
                              arr.i.payload.a[j].zero.eq((wv.x == 0) if p.dx == 0 else 0)]
             else:
                 m.d.comb += arr.i.payload.a[j].eq(wv.x)
-        for c, (rp, j) in enumerate(wcol):
-            m.d.comb += arr.i.payload.b[c].eq(rp.data if j is None else rp.data[j])
-        m.d.comb += arr.i.payload.last.eq(b_last)
+        m.d.comb += [arr.i.payload.b[c].eq(r_w[c]) for c in range(len(wcol))]
+        m.d.comb += arr.i.payload.last.eq(r_last)
 
         # window sums per lane, one register stage behind the array input (timing: the block
         # RAM output, the rotation and the adder do not fit one cycle); the tile's entry goes
@@ -754,8 +770,8 @@ class Accelerator(wiring.Component):
         c_x = [Signal(p.a_bits, name=f"c_x{j}") for j in range(R)]
         m.d.sync += c_valid.eq(transfer)
         with m.If(transfer):
-            m.d.sync += [c_last.eq(b_last), c_first.eq(b_first), c_gi.eq(b_gi),
-                         c_firsttile.eq(b_firsttile)]
+            m.d.sync += [c_last.eq(r_last), c_first.eq(r_first), c_gi.eq(r_gi),
+                         c_firsttile.eq(r_firsttile)]
             m.d.sync += [c_x[j].eq(lane_x[j].x) for j in range(R)]
         s_acc = [Signal(s_bits, name=f"s_acc{j}") for j in range(R)]
         for j in range(R):
