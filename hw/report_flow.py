@@ -19,9 +19,9 @@ Flows (one ``design -load`` of the same RTL each):
     ``synth_<family>`` of the wrapper with the block kept as its own module
     (``keep_hierarchy``), counted from that module alone. ``gowin`` runs ``-nodsp``.
 
-Every job also records its multiplier cells (:func:`hw.build.multiplier_cells`): of the design
+Every job also records its multiplier cells (:func:`hw.flowlog.multiplier_cells`): of the design
 as read (``rtl.stat.json``, before any mapping: ``$mul``, ``$pow``) and of each family's result
-(DSP blocks). A BM job with any raises :class:`hw.build.MultiplierFound`: the datapath has no
+(DSP blocks). A BM job with any raises :class:`hw.flowlog.MultiplierFound`: the datapath has no
 multiplier, and the report would otherwise compare against a false claim.
 :func:`multiplier_check` runs the same check on any component.
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 from model.params import PRESETS, BMParams
 
-from .build import MultiplierFound, family_counts, multiplier_cells
+from .flowlog import MultiplierFound, family_counts, multiplier_cells
 from .gates import GATES, parse_stat
 from .toolchain import find_tool, run_tool
 
@@ -277,7 +277,7 @@ def _pnr(job: Job, flow: str, d: Path, counts: dict, log) -> dict:
         device = "iCE40HX8K-CT256"
     log(f"    nextpnr {flow} ({device})")
     run_tool(argv, cwd=d, timeout=3600)
-    from .build import parse_nextpnr_log
+    from .flowlog import parse_nextpnr_log
 
     parsed = parse_nextpnr_log((d / f"{flow}.pnr.log").read_text(errors="replace"))
     if not parsed["fmax"]:
@@ -394,7 +394,7 @@ def multiplier_check(comp, work: Path, *, name: str = "dut") -> dict:
     """
     from amaranth.back import rtlil
 
-    from .build import stat_cells
+    from .flowlog import stat_cells
     from .toolchain import setup_tool_env
 
     setup_tool_env()

@@ -22,7 +22,7 @@ MARGIN = 0.05  # the Fmax a chosen clock must leave to spare, as a fraction of t
 
 def _fmax_of(workdir: Path) -> float | None:
     """The lowest Fmax in a build folder's nextpnr log, or None without one."""
-    from .build import parse_nextpnr_log
+    from .flowlog import parse_nextpnr_log
 
     tim = workdir / "top.tim"
     if not tim.exists():
@@ -31,12 +31,13 @@ def _fmax_of(workdir: Path) -> float | None:
     return min(v["fmax_mhz"] for v in fmax.values()) if fmax else None
 
 
-def run_sweep(args, build, *, root: Path) -> dict:
-    """One ``build(args)`` per clock of ``args.sweep``; returns the sweep record (see module
-    docstring) after publishing the chosen build with ``sweep.md`` and ``sweep.json``."""
+def run_sweep(args, flow, *, root: Path) -> dict:
+    """One ``flow.build(args)`` per clock of ``args.sweep``; returns the sweep record (see the
+    module docstring) after publishing the chosen build with ``sweep.md`` and ``sweep.json``.
+    ``flow`` is :mod:`hw.build` (passed in, so that this module does not import it back)."""
     from .boards import get_board
-    from .build import BuildError, log, publish
 
+    build, BuildError, log, publish = flow.build, flow.BuildError, flow.log, flow.publish
     board = get_board(args.board)
     work = (args.work_dir or root / "build" / board.name).resolve()
     out = (args.out_dir or root / "bitstreams" / board.name).resolve()

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import require_tool
 from hw import build as hwbuild
+from hw import flowlog
 from hw.host import HostError, decode_reply, encode_request
 from hw.nextpnr_gowin import translate
 from hw.top import REPLY, SYNC, fixture_logits
@@ -210,7 +211,7 @@ Info: Max frequency for clock '$glbnet$clk': 122.62 MHz (PASS at 25.00 MHz)
 
 
 def test_parse_nextpnr_log():
-    got = hwbuild.parse_nextpnr_log(NEXTPNR_LOG)
+    got = flowlog.parse_nextpnr_log(NEXTPNR_LOG)
     assert got["fmax"] == {"$glbnet$clk": {"fmax_mhz": 122.62, "target_mhz": 25.0}}
     assert got["utilization"]["TRELLIS_FF"] == {"used": 333, "total": 83640, "percent": 0}
     assert list(got["utilization"]) == ["TRELLIS_IO", "TRELLIS_FF"]
@@ -220,13 +221,13 @@ def test_xilinx_utilization_groups():
     stat = {"modules": {"\\top": {"num_cells_by_type": {
         "LUT2": 4, "LUT6": 1, "CARRY4": 2, "FDRE": 7, "FDSE": 1, "RAMB36E1": 1, "DSP48E1": 3,
         "MUXF7": 1, "IBUF": 2}}}}
-    u = hwbuild.xilinx_utilization(stat)
+    u = flowlog.xilinx_utilization(stat)
     assert (u["LUT"], u["CARRY4"], u["FF"], u["BRAM"], u["DSP"], u["MUXF"]) == (5, 2, 8, 1, 3, 1)
     stat["modules"]["\\top"]["num_cells_by_type"]["RAMB18E1"] = 3  # a RAMB18 is half a block
-    assert hwbuild.xilinx_utilization(stat)["BRAM"] == 2.5
-    assert hwbuild.xilinx_capacity("xc7a35ticsg324-1L")["BRAM"] == 50
-    assert hwbuild.xilinx_capacity("xc7a100ticsg324-1L")["LUT"] == 63_400
-    assert hwbuild.xilinx_capacity("xc7k325t") == {}
+    assert flowlog.xilinx_utilization(stat)["BRAM"] == 2.5
+    assert flowlog.xilinx_capacity("xc7a35ticsg324-1L")["BRAM"] == 50
+    assert flowlog.xilinx_capacity("xc7a100ticsg324-1L")["LUT"] == 63_400
+    assert flowlog.xilinx_capacity("xc7k325t") == {}
 
 
 def test_gowin_wrapper_translates_legacy_arguments():

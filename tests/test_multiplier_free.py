@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The multiplier check (:func:`hw.build.multiplier_cells`): the parser on Yosys statistics,
+"""The multiplier check (:func:`hw.flowlog.multiplier_cells`): the parser on Yosys statistics,
 and (``fpga``) Yosys on small designs: the BM classifier heads and a small BM accelerator with
 each head have no multiplier cell as read and no DSP block after ``synth_ecp5``; the MAC
 engine, the control case, has both."""
@@ -10,7 +10,7 @@ from test_hw_accel import random_net
 from test_hw_fc import make_engine, random_layer
 
 from conftest import require_tool
-from hw.build import MultiplierFound, assert_multiplier_free, multiplier_cells
+from hw.flowlog import MultiplierFound, assert_multiplier_free, multiplier_cells
 from model.params import PRESETS
 
 
