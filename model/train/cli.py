@@ -1,0 +1,168 @@
+"""The command line: ``python -m model.train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from .config import METHODS, TrainConfig
+from .data import evaluate, load_data
+from .lwkd import method_lwkd_full
+from .methods import (
+    method_classical,
+    method_direct,
+    method_finetune,
+    method_kd,
+    method_layerwise,
+    method_two_stage,
+)
+from .run import Run, save_model
+
+__all__ = ["parse_args", "main"]
+
+
+def parse_args(argv=None) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n")[0])
+    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--net", default=d.net)
+    p.add_argument("--form", choices=("bm4", "bm15"), default=d.form)
+    p.add_argument("--op", choices=("max", "lse", "smorph", "lmorph"), default=d.op)
+    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--alpha-end", type=float, default=None)
+    p.add_argument("--learn-alpha", action="store_true")
+    p.add_argument("--alpha-epochs", type=int, default=d.alpha_epochs)
+    p.add_argument("--dx", type=float, default=d.dx)
+    p.add_argument("--learn-corr", action="store_true")
+    p.add_argument("--no-snap-corr", dest="snap_corr", action="store_false")
+    p.add_argument("--no-refit", dest="refit", action="store_false")
+    p.add_argument("--refit-images", type=int, default=d.refit_images)
+    p.add_argument("--teacher", default=None)
+    p.add_argument("--init", default=None, help="finetune: the model to start from")
+    p.add_argument("--keep", default="", help="comma list of layers left classical (5: the "
+                   "LeNet classifier, as in the authors' protocol)")
+    p.add_argument(
+        "--train-layers", default="", help="finetune: comma list of the layers that train (all)"
+    )
+    p.add_argument(
+        "--last-form",
+        choices=("bm4", "bm15"),
+        default=None,
+        help="finetune: neuron of the classifier (default: --form)",
+    )
+    p.add_argument(
+        "--head-init",
+        choices=("convert", "channel"),
+        default=d.head_init,
+        help="finetune: classifier from the teacher's weights, or class j = pooled channel j",
+    )
+    p.add_argument("--first-method", choices=("kd", "lwkd"), default=d.first_method)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--layer-epochs", default="2", help="comma list per layer; last repeats")
+    p.add_argument("--final-epochs", type=int, default=d.final_epochs)
+    p.add_argument("--last-joint", type=int, choices=(0, 1), default=d.last_joint)
+    p.add_argument("--last-op", choices=("lse", "smorph", "lmorph"), default=None)
+    p.add_argument("--last-alpha-end", type=float, default=d.last_alpha_end)
+    p.add_argument("--last-max-epochs", type=int, default=d.last_max_epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--tail-lr", type=float, default=d.tail_lr)
+    p.add_argument("--final-lr", type=float, default=d.final_lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--beta", type=float, default=d.beta)
+    p.add_argument("--ce-weight", type=float, default=d.ce_weight)
+    p.add_argument("--last-beta", type=float, default=d.last_beta)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--train-limit", type=int, default=0)
+    p.add_argument("--test-limit", type=int, default=0)
+    p.add_argument("--cache-limit-gb", type=float, default=d.cache_limit_gb)
+    p.add_argument(
+        "--augment", action="store_true", help="random shifts and rotations of training images"
+    )
+    p.add_argument("--shift-px", type=float, default=d.shift_px)
+    p.add_argument("--rot-deg", type=float, default=d.rot_deg)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument(
+        "--kd-temp",
+        type=float,
+        default=d.kd_temp,
+        help="layerwise: logit KD against the teacher at this temperature (0: off); kd, "
+        "lwkd's final fine-tune: the soft term at this temperature (0: CE against the softmax)",
+    )
+    p.add_argument("--kd-weight", type=float, default=d.kd_weight)
+    p.add_argument(
+        "--grad-alpha",
+        type=float,
+        default=d.grad_alpha,
+        help="hard max forward, the backward of LSE at this alpha (0: off)",
+    )
+    p.add_argument(
+        "--corr-channels",
+        action="store_true",
+        help="bm15: the window-sum correction per output channel (a shift each)",
+    )
+    p.add_argument(
+        "--kd-norm",
+        action="store_true",
+        help="kd, lwkd: divide each layer's feature MSE by the teacher layer's variance",
+    )
+    p.add_argument(
+        "--ema", type=float, default=d.ema, help="keep an EMA of the weights (decay, e.g. 0.999)"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    a = vars(p.parse_args(argv))
+    a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))
+    a["keep"] = tuple(int(v) for v in str(a["keep"]).split(",") if v.strip())
+    a["train_layers"] = tuple(int(v) for v in str(a["train_layers"]).split(",") if v.strip())
+    return TrainConfig(**a)
+
+
+def main(argv=None) -> dict:
+    cfg = parse_args(argv)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(cfg.threads))
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    run = Run(cfg)
+    run.log(f"{cfg.method}: {json.dumps(asdict(cfg))}")
+    data = load_data(cfg)
+    if cfg.method == "classical":
+        net, res = method_classical(run, data)
+    elif cfg.method == "direct":
+        net, res = method_direct(run, data)
+    elif cfg.method in ("layerwise", "layerwise_freeze"):
+        net, res = method_layerwise(run, data, freeze=cfg.method == "layerwise_freeze")
+    elif cfg.method == "kd":
+        net, res = method_kd(run, data)
+    elif cfg.method == "lwkd":
+        net, res = method_lwkd_full(run, data)
+    elif cfg.method == "finetune":
+        net, res = method_finetune(run, data)
+    else:
+        net, res = method_two_stage(run, data)
+    net.eval()
+    res["accuracy"] = evaluate(net, data[2], data[3])
+    segments = run.segments()
+    res.update(
+        method=cfg.method,
+        forms=list(net.forms),
+        # each BM layer's alpha as evaluated (None: the hard max)
+        alphas=[None if m.op.kind == "max" else round(float(m.op.alpha.detach()), 4)
+                for m in net.bm_layers()],
+        wall_s=round(sum(seg["wall_s"] for seg in segments), 1),
+        segments=segments,
+        test_images=len(data[2]),
+        command="python -m model.train " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
+    save_model(run, net, res)
+    run.log(f"done: test acc {res['accuracy']:.4f} -> {run.dir / 'model.pt'}")
+    return res

@@ -1,0 +1,87 @@
+"""The training configuration: every option of ``python -m model.train``, and the methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["CORR_MIN", "METHODS", "TrainConfig"]
+
+
+CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
+
+
+METHODS = (
+    "classical",
+    "direct",
+    "layerwise",
+    "layerwise_freeze",
+    "kd",
+    "lwkd",
+    "two_stage",
+    "finetune",
+)
+
+
+@dataclass
+class TrainConfig:
+    method: str = "classical"
+    out: str = "runs/lenet_classical"
+    net: str = "lenet"
+    form: str = "bm15"
+    op: str = "max"
+    alpha: float = 1.0
+    alpha_end: float | None = None  # anneal alpha linearly to this over each training phase
+    learn_alpha: bool = False
+    alpha_epochs: int = 0  # epochs with learnable alpha before freezing (0: whole run)
+    dx: float = 0.0
+    learn_corr: bool = False
+    snap_corr: bool = True  # round corr_x to a power of two (before training when refitting)
+    refit: bool = True  # least-squares refit of per-channel gain/bias and corr_x on conversion
+    refit_images: int = 2000
+    teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
+    init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
+    keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
+    train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
+    last_form: str | None = None  # finetune: neuron of the classifier (default: --form)
+    head_init: str = "convert"  # finetune: classifier init, "convert" or "channel" (see below)
+    first_method: str = "lwkd"  # two_stage: the LSE stage
+    epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
+    layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
+    final_epochs: int = 0  # lwkd / two_stage: joint KD fine-tune of the whole student at the end
+    last_joint: int = 0  # lwkd: also train the previous student layer in the classifier stage
+    last_op: str | None = None  # lwkd: op of the classifier stage ("lse": annealed, then max)
+    last_alpha_end: float = 64.0
+    last_max_epochs: int = 2  # lwkd with last_op="lse": final epochs with the hard max
+    lr: float = 1e-3
+    tail_lr: float = 3e-4
+    final_lr: float = 2e-4
+    batch_size: int = 128
+    beta: float = 1.0  # weight of the MSE terms
+    ce_weight: float = 1.0  # weight of the CE terms
+    last_beta: float = 0.0  # lwkd: weight of the logit MSE in the classifier stage
+    seed: int = 0
+    threads: int = 1
+    device: str = "cpu"  # torch device of the whole run ("cuda" on a GPU machine)
+    data_dir: str | None = None
+    train_limit: int = 0  # 0: whole training set
+    test_limit: int = 0  # 0: whole test set
+    cache_limit_gb: float = 3.0
+    augment: bool = False  # random shifts (up to shift_px) and rotations (up to rot_deg)
+    shift_px: float = 2.0
+    rot_deg: float = 10.0
+    label_smoothing: float = 0.0  # of the cross-entropy against the labels
+    kd_temp: float = 0.0  # layerwise: > 0 adds logit KD at this temperature; kd: the soft term's
+    kd_weight: float = 1.0  # weight of the logit KD term (times kd_temp**2)
+    grad_alpha: float = 0.0  # > 0: hard-max layers train with the LSE's backward at this alpha
+    corr_channels: bool = False  # bm15: one power-of-two correction per output channel
+    kd_norm: bool = False  # kd, lwkd: each layer's MSE divided by the teacher layer's variance
+    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        self.layer_epochs = tuple(int(e) for e in self.layer_epochs)
+        self.keep = tuple(int(i) for i in self.keep)
+        self.train_layers = tuple(int(i) for i in self.train_layers)

@@ -1,0 +1,288 @@
+"""Layer-wise knowledge distillation for BM networks (section 4.2, Fig. 1)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import BM15Layer, BMLayer
+from ..maxops import MaxOp
+from ..nets import LeNet
+from .convert import convert_layer, load_teacher, refit_to
+from .data import batches
+from .loop import alpha_schedule, cosine, run_simple
+from .losses import centred, feature_mse, kd_loss_fn
+from .run import Run, net_to_dict
+
+__all__ = ["cache_inputs", "snapshot", "method_lwkd", "method_lwkd_full"]
+
+
+@torch.no_grad()
+def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float, prev=None):
+    """Outputs of the frozen student layers ``0..k-1`` on ``x``, or None if too large / k < 2.
+
+    ``prev`` (the cached inputs of layer ``k-1``) saves recomputing layers ``0..k-2``.
+    """
+    if k < 2:
+        return None
+    shape = student.run(x[:1], 0, k).shape[1:]
+    if len(x) * math.prod(shape) * 4 > limit_gb * 2**30:
+        return None
+    out = torch.empty((len(x),) + tuple(shape), device=x.device)
+    for i in range(0, len(x), 500):
+        if prev is not None:
+            out[i : i + 500] = student.run_layer(k - 1, prev[i : i + 500])
+        else:
+            out[i : i + 500] = student.run(x[i : i + 500], 0, k)
+    return out
+
+
+def snapshot(run: Run, student: LeNet, tutor: LeNet, k: int, acc: float) -> None:
+    """Save the student path after layer ``k`` (student layers <= k, tutor tail) as a model."""
+    comp = copy.deepcopy(student)
+    for i in range(k + 1, len(comp.layers)):
+        comp.layers[i] = copy.deepcopy(tutor.layers[i])
+    torch.save(
+        {**net_to_dict(comp), "result": {"accuracy": acc, "layers_bm": k + 1}},
+        run.dir / f"after_layer{k}.pt",
+    )
+
+
+def _lwkd_stage(
+    run: Run,
+    data,
+    student: LeNet,
+    tutor: LeNet,
+    k: int,
+    *,
+    ep0: int,
+    opt_state,
+    accs: list,
+    caches: tuple,
+    tag: str,
+) -> tuple:
+    """One stage of :func:`method_lwkd`: convert and train layer ``k``; returns the input caches."""
+    cfg = run.cfg
+    xtr, ytr, xte, yte = data
+    n = len(student.layers)
+    epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
+    layer = student.layers[k]
+    for m in student.layers:
+        m.requires_grad_(False)
+    tutor.requires_grad_(False)
+    if ep0 == 0 or not isinstance(layer, BMLayer):
+        layer = convert_layer(cfg, student, k, src=tutor.layers[k])
+        if k == n - 1 and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
+            layer.set_op(MaxOp("lse", alpha=1.0))
+        elif cfg.refit:
+            refit_to(cfg, student, k, tutor, xtr[: cfg.refit_images], run.log)
+    layer.requires_grad_(True)
+    if isinstance(layer, BM15Layer) and not cfg.learn_corr:
+        layer.corr_x.requires_grad_(False) if isinstance(layer.corr_x, nn.Parameter) else None
+    tail = tutor.layers[k + 1 :]
+    tail.requires_grad_(True)
+    student.eval()
+    tutor.eval()
+    t0 = time.time()
+    joint = k == n - 1 and cfg.last_joint == 1
+    first = k - 1 if joint else k  # first trainable student layer
+    if joint:
+        student.layers[first].requires_grad_(True)
+        if caches[0] is None:
+            caches = (
+                cache_inputs(student, first, xtr, cfg.cache_limit_gb),
+                cache_inputs(student, first, xte, cfg.cache_limit_gb),
+            )
+        cache_tr, cache_te = caches
+    else:
+        cache_tr = cache_inputs(student, k, xtr, cfg.cache_limit_gb, prev=caches[0])
+        cache_te = cache_inputs(student, k, xte, cfg.cache_limit_gb, prev=caches[1])
+        caches = (cache_tr, cache_te)
+    lse_epochs = epochs - cfg.last_max_epochs if (k == n - 1 and cfg.last_op) else 0
+    if cache_tr is not None:
+        run.log(
+            f"layer {k}: cached student inputs {tuple(cache_tr.shape)} ({time.time() - t0:.0f}s)"
+        )
+
+    def s_in(xb, idx, cache):
+        return cache[idx] if cache is not None else student.run(xb, 0, first)
+
+    def s_out(h):
+        return student.run(h, first, k + 1)
+
+    def student_path(xb, idx=None, cache=None):
+        return tutor.run(s_out(s_in(xb, idx, cache)), k + 1)
+
+    last_stage = k == n - 1 and bool(cfg.last_op)
+
+    def set_last_op(ep):
+        if last_stage and ep < lse_epochs and layer.op.kind != "lse":
+            layer.set_op(MaxOp("lse", alpha=1.0))
+        elif last_stage and ep >= lse_epochs and layer.op.kind != "max":
+            layer.set_op(MaxOp("max"))
+            run.log(f"layer {k}: LSE -> hard max")
+
+    def eval_path():
+        fn_idx = torch.arange(len(xte), device=xte.device)
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(xte), 500):
+                sl = fn_idx[i : i + 500]
+                out = student_path(xte[sl], sl, cache_te)
+                correct += int((out.argmax(1) == yte[sl]).sum())
+        return correct / len(xte)
+
+    set_last_op(ep0)
+    if ep0 == 0:
+        acc0 = eval_path()
+        run.log(f"layer {k} ({student.forms[k]}) converted: student-path test acc {acc0:.4f}")
+    trainable = [
+        p for m in student.layers[first : k + 1] for p in m.parameters() if p.requires_grad
+    ]
+    groups = [{"params": trainable, "lr": cfg.lr}]
+    tail_params = [p for p in tail.parameters()]
+    if tail_params:
+        groups.append({"params": tail_params, "lr": cfg.tail_lr})
+    opt = torch.optim.Adam(groups)
+    steps = epochs * math.ceil(len(xtr) / cfg.batch_size)
+    sched = cosine(opt, steps)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state["opt"])
+        sched.load_state_dict(opt_state["sched"])
+        opt_state = None
+    asched = alpha_schedule(cfg, student, [layer])
+    if lse_epochs:
+
+        def asched(frac, _e=epochs, _l=lse_epochs):  # noqa: F811
+            f = min(1.0, frac * _e / _l / 0.75)
+            if layer.op.kind == "lse":
+                layer.op.set_alpha(cfg.last_alpha_end**f)
+
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
+    for ep in range(epochs):
+        order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
+        if ep < ep0:
+            continue
+        if cfg.learn_alpha and cfg.alpha_epochs and ep >= cfg.alpha_epochs:
+            layer.op.freeze()
+        set_last_op(ep)
+        t0 = time.time()
+        tot = 0.0
+        for j, idx in enumerate(run.progress(order, len(order), f"L{k} ep{ep + 1}/{epochs}")):
+            if asched is not None:
+                asched((ep + j / len(order)) / epochs)
+            xb, yb = xtr[idx], ytr[idx]
+            with torch.no_grad():
+                ht = tutor.run(xb, 0, k + 1)
+                hin = s_in(xb, idx, cache_tr)
+            hs = s_out(hin)
+            if k == n - 1:  # logits: compared up to a shift common to all classes
+                loss = cfg.last_beta * F.mse_loss(centred(hs), centred(ht))
+            else:
+                loss = cfg.beta * feature_mse(hs, ht, cfg.kd_norm)
+            out1 = tutor.run(hs, k + 1)
+            out2 = tutor.run(ht, k + 1)
+            loss = loss + cfg.ce_weight * (F.cross_entropy(out1, yb) + F.cross_entropy(out2, yb))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss.detach())
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"layer {k}: loss {float(loss.detach())}")
+        acc = eval_path()
+        run.log(
+            f"layer {k} epoch {ep + 1}/{epochs}: loss {tot / len(order):.4f} "
+            f"student-path test acc {acc:.4f} ({time.time() - t0:.0f}s) "
+            f"{layer.extra_repr() if isinstance(layer, BM15Layer) else ''}"
+        )
+        last = ep + 1 == epochs
+        if last:
+            accs.append(acc)
+            snapshot(run, student, tutor, k, acc)
+        run.save_ckpt(
+            {
+                "tag": tag,
+                "stage": k + 1 if last else k,
+                "epoch": 0 if last else ep + 1,
+                "opt_state": None
+                if last
+                else {"opt": opt.state_dict(), "sched": sched.state_dict()},
+                "accs": accs,
+                "student": student.state_dict(),
+                "tutor": tutor.state_dict(),
+            }
+        )
+    student.requires_grad_(False)
+    if isinstance(layer, BMLayer):
+        layer.op.freeze()  # a learned alpha is frozen after its stage
+    return caches
+
+
+def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd"):
+    cfg = run.cfg
+    teacher = load_teacher(cfg) if teacher is None else teacher
+    tutor = copy.deepcopy(teacher)  # its tail is fine-tuned stage by stage
+    student = copy.deepcopy(teacher)
+    n = len(student.layers)
+    ck = run.load_ckpt()
+    stage, ep0, opt_state, accs = 0, 0, None, []
+    if ck is not None and ck.get("tag") == tag:
+        stage, ep0, opt_state, accs = ck["stage"], ck["epoch"], ck["opt_state"], ck["accs"]
+        for i in range(stage + (1 if ep0 > 0 else 0)):
+            if i not in cfg.keep:
+                convert_layer(cfg, student, i)
+        student.load_state_dict(ck["student"])
+        tutor.load_state_dict(ck["tutor"])
+        run.log(f"resuming {tag} at layer {stage} epoch {ep0}")
+    caches = (None, None)  # inputs of the previous stage's layer, reused incrementally
+    for k in range(stage, n):
+        if k in cfg.keep:
+            continue
+        caches = _lwkd_stage(
+            run,
+            data,
+            student,
+            tutor,
+            k,
+            ep0=ep0,
+            opt_state=opt_state,
+            accs=accs,
+            caches=caches,
+            tag=tag,
+        )
+        ep0, opt_state = 0, None
+    last = max(i for i in range(n) if i not in cfg.keep)
+    for i in range(last + 1, n):  # kept layers after the last conversion: the tutor's tail
+        student.layers[i] = copy.deepcopy(tutor.layers[i])
+    student.requires_grad_(True)
+    result = {"accuracy": accs[-1], "per_layer_accuracy": accs}
+    run.log(f"{tag}: per-layer student-path accuracy {[round(a, 4) for a in accs]}")
+    return student, result
+
+
+def method_lwkd_full(run: Run, data):
+    cfg = run.cfg
+    student, res = method_lwkd(run, data)
+    if cfg.final_epochs:
+        teacher = load_teacher(cfg)
+        cfg2 = replace(cfg, epochs=cfg.final_epochs)
+        run.cfg = cfg2
+        r2 = run_simple(
+            run,
+            data,
+            student,
+            kd_loss_fn(cfg2, teacher, layers=False),
+            epochs=cfg.final_epochs,
+            tag="final",
+            lr=cfg.final_lr,
+        )
+        run.cfg = cfg
+        res = {**res, "accuracy_before_final": res["accuracy"], "accuracy": r2["accuracy"]}
+    return student, res
