@@ -59,7 +59,8 @@ class RegisterSlice(wiring.Component):
     o : Out(stream.Signature(shape))
     """
 
-    LATENCY = 1  # a beat taken on ``i`` is on ``o`` the next cycle
+    latency = 1
+    """A beat taken on ``i`` is on ``o`` the next cycle."""
 
     def __init__(self, shape):
         self._shape = shape

@@ -188,18 +188,10 @@ class Accelerator(wiring.Component):
         w = _Wires(platform=platform)
         w.C, w.R, w.bm, w.fc_head, w.groups, w.layers = C, R, bm, fc_head, groups, layers
         w.lgR, w.n_layers, w.overlap, w.p, w.plan = lgR, n_layers, overlap, p, plan
-        self._units(m, w)
-        self._tables(m, w)
-        self._memories(m, w)
-        self._control(m, w)
-        self._feeder(m, w)
-        self._feeder_counters(m, w)
-        self._output_rows(m, w)
-        self._logit_out(m, w)
-        self._image_load(m, w)
-        self._to_write_path(m, w)
-        self._write_stage(m, w)
-        self._sequencer(m, w)
+        for step in (self._units, self._tables, self._memories, self._control, self._feeder,
+                     self._feeder_counters, self._output_rows, self._logit_out, self._image_load,
+                     self._to_write_path, self._write_stage, self._sequencer):
+            step(m, w)
         return m
 
     def _units(self, m, w):

@@ -62,6 +62,7 @@ from model.params import BMParams, LayerSpec
 from model.reference import bm2_acc_bits, lns_acc_bits
 
 from .array import SystolicArray, array_latency
+from .logexp import ExpUnit
 from .requant import Requant, window_sum_bits
 
 __all__ = ["FC_HEADS", "FCEngine", "fc_cycles", "fc_step_order", "head_acc_bits"]
@@ -72,8 +73,8 @@ FC_HEADS = ("bm15", "lns", "bm2")
 # cycles from ``start`` to the first beat out of the memories: the start register, the counter
 # stage and the memory read
 FC_START = 2
-EXP_LATENCY = 2  # hw.logexp.ExpUnit.latency
-REQUANT_LATENCY = 3  # hw.requant.Requant.latency
+EXP_LATENCY = ExpUnit.latency
+REQUANT_LATENCY = Requant.latency
 # a signed head, from its last beat out of the memories to its sums at the requantization:
 # the branch-sum register, then lns: the exp unit and the accumulator; bm2: the two maxima
 # and the exp unit
@@ -351,8 +352,6 @@ class FCEngine(wiring.Component):
         with m.If(c_valid):
             m.d.sync += s_acc.eq(s_acc + c_x)
 
-        from .logexp import ExpUnit
-
         m.submodules.exp = ex = ExpUnit(p, lanes=N)
         m.d.comb += [
             ex.i.payload.eq(arr.o.payload.acc),
@@ -388,8 +387,6 @@ class FCEngine(wiring.Component):
 
     def _elaborate_lns(self, m, go, beat):
         """``acc = sum (-1)**s * EXP(Lx + Lw)``, then ``acc + bias`` in the requantization."""
-        from .logexp import ExpUnit
-
         p, N, W = self.params, self.n_out, self.acc_bits
         m.submodules.exp = ex = ExpUnit(p, lanes=N)
         m.submodules.requant = rq = Requant(p, lanes=N, relu=False, sum_bits=W)
@@ -425,7 +422,7 @@ class FCEngine(wiring.Component):
 
     def _elaborate_bm2(self, m, go, beat):
         """``M+``, ``M-``: running maxima by sign, then ``EXP(M+) - EXP(M-)`` and the bias."""
-        from .logexp import ExpUnit, branch_layout
+        from .logexp import branch_layout
 
         p, N = self.params, self.n_out
         m.submodules.exp = ex = ExpUnit(p, lanes=2 * N)

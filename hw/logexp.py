@@ -72,12 +72,8 @@ class LogUnit(wiring.Component):
             }
         )
 
-    LATENCY = 2  # cycles from a code taken on ``i`` to its log on ``o`` (``o.ready`` high)
-
-    @property
-    def latency(self) -> int:
-        """Cycles from a code taken on ``i`` to its log on ``o`` (with ``o.ready`` high)."""
-        return self.LATENCY
+    latency = 2
+    """Cycles from a code taken on ``i`` to its log on ``o`` (with ``o.ready`` high)."""
 
     def elaborate(self, platform):
         p = self.params
@@ -143,12 +139,8 @@ class ExpUnit(wiring.Component):
             }
         )
 
-    LATENCY = 2  # cycles from an ``M`` taken on ``i`` to its ``E`` on ``o`` (``o.ready`` high)
-
-    @property
-    def latency(self) -> int:
-        """Cycles from an ``M`` taken on ``i`` to its ``E`` on ``o`` (with ``o.ready`` high)."""
-        return self.LATENCY
+    latency = 2
+    """Cycles from an ``M`` taken on ``i`` to its ``E`` on ``o`` (with ``o.ready`` high)."""
 
     def elaborate(self, platform):
         p = self.params

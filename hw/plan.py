@@ -326,14 +326,14 @@ COPY_EXTRA = 2  # overlap: the staging memory's read and the write (beside the l
 def _after_array(bm: bool) -> int:
     """A row from the array's output to the requantizer's register slice: the exp unit and its
     slice (BM), then requantization and its slice."""
-    exp = ExpUnit.LATENCY + RegisterSlice.LATENCY if bm else 0
-    return exp + Requant.LATENCY + RegisterSlice.LATENCY
+    exp = ExpUnit.latency + RegisterSlice.latency if bm else 0
+    return exp + Requant.latency + RegisterSlice.latency
 
 
 # a layer's last row to the next layer's first beat; the last layer's logits; the image load
-POST_BM = _after_array(True) + LogUnit.LATENCY + WRITE_BACK + LAYER_TABLE + FEED_STAGE
+POST_BM = _after_array(True) + LogUnit.latency + WRITE_BACK + LAYER_TABLE + FEED_STAGE
 POST_MAC = _after_array(False) + WRITE_BACK + LAYER_TABLE + FEED_STAGE
 LAST_BM, LAST_MAC = _after_array(True) + CAPTURE, _after_array(False) + CAPTURE
-LOAD_BM, LOAD_MAC = LogUnit.LATENCY + LOAD_WRITE + FEED_STAGE, LOAD_WRITE + FEED_STAGE
-COPY_BM, COPY_MAC = LogUnit.LATENCY + COPY_EXTRA + FEED_STAGE, COPY_EXTRA + FEED_STAGE
+LOAD_BM, LOAD_MAC = LogUnit.latency + LOAD_WRITE + FEED_STAGE, LOAD_WRITE + FEED_STAGE
+COPY_BM, COPY_MAC = LogUnit.latency + COPY_EXTRA + FEED_STAGE, COPY_EXTRA + FEED_STAGE
 FC_GAP = 1  # overlap: the FC engine's busy low to the feeder layer's first beat

@@ -200,12 +200,8 @@ class Requant(wiring.Component):
             ports["c_shift"] = In(range(p.max_c_shift + 1))
         super().__init__(ports)
 
-    LATENCY = 3  # cycles from a beat taken on ``i`` to its results on ``o`` (``o.ready`` high)
-
-    @property
-    def latency(self) -> int:
-        """Cycles from a beat taken on ``i`` to its results on ``o`` (with ``o.ready`` high)."""
-        return self.LATENCY
+    latency = 3
+    """Cycles from a beat taken on ``i`` to its results on ``o`` (with ``o.ready`` high)."""
 
     def elaborate(self, platform):
         p = self.params

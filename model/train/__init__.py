@@ -64,6 +64,7 @@ from .methods import (
     method_kd,
     method_layerwise,
     method_two_stage,
+    run_method,
 )
 from .run import Run, load_model, net_from_dict, net_to_dict, save_model
 
@@ -75,4 +76,5 @@ __all__ = ["CORR_MIN", "METHODS", "TrainConfig", "load_data", "batches", "augmen
            "logit_kd_loss_fn", "centred", "feature_mse", "soft_ce", "kd_loss_fn", "cache_inputs",
            "snapshot", "method_lwkd", "method_lwkd_full", "method_classical", "method_direct",
            "method_kd", "method_layerwise", "layerwise_final", "channel_head_init",
-           "method_finetune", "method_two_stage", "parse_args", "main"]
+           "method_finetune", "method_two_stage", "run_method", "parse_args",
+           "main"]

@@ -13,15 +13,7 @@ import torch
 
 from .config import METHODS, TrainConfig
 from .data import evaluate, load_data
-from .lwkd import method_lwkd_full
-from .methods import (
-    method_classical,
-    method_direct,
-    method_finetune,
-    method_kd,
-    method_layerwise,
-    method_two_stage,
-)
+from .methods import run_method
 from .run import Run, save_model
 
 __all__ = ["parse_args", "main"]
@@ -135,20 +127,7 @@ def main(argv=None) -> dict:
     run = Run(cfg)
     run.log(f"{cfg.method}: {json.dumps(asdict(cfg))}")
     data = load_data(cfg)
-    if cfg.method == "classical":
-        net, res = method_classical(run, data)
-    elif cfg.method == "direct":
-        net, res = method_direct(run, data)
-    elif cfg.method in ("layerwise", "layerwise_freeze"):
-        net, res = method_layerwise(run, data, freeze=cfg.method == "layerwise_freeze")
-    elif cfg.method == "kd":
-        net, res = method_kd(run, data)
-    elif cfg.method == "lwkd":
-        net, res = method_lwkd_full(run, data)
-    elif cfg.method == "finetune":
-        net, res = method_finetune(run, data)
-    else:
-        net, res = method_two_stage(run, data)
+    net, res = run_method(run, data)
     net.eval()
     res["accuracy"] = evaluate(net, data[2], data[3])
     segments = run.segments()

@@ -17,11 +17,11 @@ from .convert import convert_layer, converted, load_teacher, refit_all, refit_to
 from .data import evaluate
 from .loop import alpha_schedule, freeze_alpha, run_simple, train_epochs
 from .losses import ce_loss, ce_loss_fn, kd_loss_fn, logit_kd_loss_fn
-from .lwkd import cache_inputs, method_lwkd
+from .lwkd import cache_inputs, method_lwkd, method_lwkd_full
 from .run import Run, load_model, net_to_dict
 
 __all__ = ["method_classical", "method_direct", "method_kd", "method_layerwise", "layerwise_final",
-           "channel_head_init", "method_finetune", "method_two_stage"]
+           "channel_head_init", "method_finetune", "method_two_stage", "run_method"]
 
 
 def method_classical(run: Run, data) -> tuple[LeNet, dict]:
@@ -315,3 +315,14 @@ def method_two_stage(run: Run, data):
         "accuracy_lse": r1["accuracy"],
         "accuracy_lse_max": acc_lse_max,
     }
+
+
+def run_method(run: Run, data) -> tuple[LeNet, dict]:
+    """The configured method (``run.cfg.method``) on ``data``: ``(network, result)``."""
+    method = run.cfg.method
+    if method in ("layerwise", "layerwise_freeze"):
+        return method_layerwise(run, data, freeze=method == "layerwise_freeze")
+    fn = {"classical": method_classical, "direct": method_direct, "kd": method_kd,
+          "lwkd": method_lwkd_full, "finetune": method_finetune,
+          "two_stage": method_two_stage}[method]
+    return fn(run, data)
