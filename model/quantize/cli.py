@@ -29,7 +29,8 @@ def load_float_net(checkpoint: str | Path) -> nn.Module:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
-        prog="python -m model.quantize", description=__doc__.split("\n")[0]
+        prog="python -m model.quantize",
+        description=sys.modules[__package__].__doc__.split("\n")[0],
     )
     ap.add_argument("--checkpoint", required=True, help="float checkpoint (model.train)")
     ap.add_argument("--out", required=True, help="export file to write (.npz)")

@@ -21,7 +21,8 @@ __all__ = ["parse_args", "main"]
 
 def parse_args(argv=None) -> TrainConfig:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m model.train",
+                                description=sys.modules[__package__].__doc__.split("\n")[0])
     p.add_argument("--method", choices=METHODS, default=d.method)
     p.add_argument("--out", default=d.out)
     p.add_argument("--net", default=d.net)

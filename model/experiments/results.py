@@ -1,0 +1,117 @@
+"""Collecting the cells: ``results/<table>.json`` and ``.md``, loss curves from the logs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .cells import TABLES
+
+__all__ = ["loss_curves", "write_results"]
+
+
+_EPOCH_LINE = re.compile(r"\] (.+?) epoch (\d+)/(\d+): loss (\S+)")
+
+
+def loss_curves(log: str) -> dict[str, list[float]]:
+    """Each training stage's mean loss per epoch, from a ``model.train`` log (``{stage: [epoch
+    1, epoch 2, ...]}``; an epoch logged twice, by a resumed run, counts once, the last)."""
+    by: dict[str, dict[int, float]] = {}
+    for tag, ep, _n, loss in _EPOCH_LINE.findall(log):
+        try:
+            by.setdefault(tag, {})[int(ep)] = float(loss)
+        except ValueError:
+            continue
+    return {tag: [eps[e] for e in sorted(eps)] for tag, eps in by.items()}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def write_results(table: str, entries: list[dict], results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{table}.json").write_text(json.dumps(entries, indent=2) + "\n")
+    spec = TABLES[table]
+    cols = spec["columns"]
+    if table == "table3":
+        scored = sorted(
+            {
+                (e.get("data"), e.get("train_images"), e.get("test_images"))
+                for e in entries
+                if e.get("accuracy") is not None
+            },
+            key=str,
+        )
+        where = "; ".join(f"{d}, {tr} training / {te} test images" for d, tr, te in scored)
+        what = f"Ours ({where or 'nothing run yet'}) / paper."
+    else:
+        what = "Ours (full MNIST test set) / paper."
+    lines = [
+        f"# {spec['title']}",
+        "",
+        f"{what} In brackets: the training wall time of the cell and where it ran (its last "
+        "part, for a cell resumed before runs summed their parts). Commands in the JSON beside "
+        "this file.",
+        "",
+        "| | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+
+    def ours(e):
+        """Our figure with its wall time and device, or why there is none."""
+        if e is None:
+            return "-"
+        a = e["accuracy"]
+        if a is None:
+            return e.get("status", "not run")
+        took = ""
+        if e.get("wall_s"):
+            part = "last part " if e.get("last_segment_only") else ""
+            split = e.get("wall_s_by_device")
+            where = (
+                ", ".join(f"{d} {_duration(t)}" for d, t in split.items())
+                if split
+                else e.get("device") or "cpu"
+            )
+            took = f" ({part}{_duration(e['wall_s'])}{': ' if split else ', '}{where})"
+        return f"{a:.4f}{took}"
+
+    def fmt(e):
+        return "-" if e is None else f"{ours(e)} / {e['paper']:.4f}"
+
+    protocols = table != "table3"
+    if protocols:  # each cell: authors / allbm / paper
+        lines[2] = (
+            "Each cell: **authors' protocol** (convolutions BM, classifier classical, alpha "
+            "learned from 1 and frozen, KD normalised per layer) / **all-BM protocol** (every "
+            "layer BM) / paper, on the full MNIST test set. In brackets: the training wall time "
+            "and where it ran. Commands, frozen alphas, per-stage accuracies and loss curves in "
+            "the JSON beside this file."
+        )
+
+    by = {(e["row"], e["method"], e.get("protocol") if protocols else None): e for e in entries}
+    cls = by.get(("classical reference", "classical", "classical" if protocols else None))
+    lines.append(
+        "| classical reference | " + " | ".join([fmt(cls)] + ["-"] * (len(cols) - 1)) + " |"
+    )
+    for row, (_op, papers) in spec["rows"].items():
+        if protocols:
+            cells_ = [f"{ours(by.get((row, c, 'authors')))} / {ours(by.get((row, c, 'allbm')))}"
+                      f" / {paper:.4f}" for c, paper in zip(cols, papers, strict=True)]
+        else:
+            cells_ = [fmt(by.get((row, c, None))) for c in cols]
+        lines.append(f"| {row} | " + " | ".join(cells_) + " |")
+    total = sum(e.get("wall_s") or 0 for e in entries)
+    devices = sorted(
+        {d for e in entries if e.get("device") for d in e.get("wall_s_by_device") or [e["device"]]}
+    )
+    lines += [
+        "",
+        f"Schedule: {entries[0]['schedule'] if entries else '-'}; total training wall time "
+        f"{total / 3600:.1f} h (sum over cells; device: {', '.join(devices) or '-'}).",
+    ]
+    (results / f"{table}.md").write_text("\n".join(lines) + "\n")

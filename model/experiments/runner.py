@@ -1,0 +1,134 @@
+"""Running the cells: the teacher first, then ``--jobs`` at a time; the LSE -> max swaps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["swap_to_max", "swap_to_max_cifar", "run_cells"]
+
+
+def swap_to_max(src: Path, dst: Path, data_dir: str | None) -> dict:
+    """Evaluate ``src/model.pt`` with every BM layer's op replaced by the hard max."""
+    import torch
+
+    from ..maxops import MaxOp
+    from ..train import TrainConfig, evaluate, load_data, load_model, net_to_dict
+
+    net = load_model(src / "model.pt")
+    for m in net.bm_layers():
+        m.set_op(MaxOp("max"))
+    _, _, xte, yte = load_data(TrainConfig(data_dir=data_dir))
+    acc = evaluate(net.eval(), xte, yte)
+    dst.mkdir(parents=True, exist_ok=True)
+    res = {"accuracy": acc, "swapped_from": str(src)}
+    torch.save({**net_to_dict(net), "result": res}, dst / "model.pt")
+    (dst / "result.json").write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def swap_to_max_cifar(src: Path, dst: Path, data_dir: str | None, device: str = "cpu") -> dict:
+    """:func:`swap_to_max` for a ResNet-22 run (scored on the source run's test images)."""
+    import torch
+
+    from ..maxops import MaxOp
+    from ..train import net_to_dict
+    from ..train_cifar import CifarConfig, evaluate, load_cifar_tensors, load_resnet
+
+    net = load_resnet(src / "model.pt", device)
+    for m in net.bm_layers():
+        m.set_op(MaxOp("max"))
+    src_res = json.loads((src / "result.json").read_text())
+    src_cfg = json.loads((src / "config.json").read_text())
+    cfg = CifarConfig(
+        data_dir=data_dir,
+        subset=1,
+        test_subset=src_cfg.get("test_subset", 0),
+        threads=src_cfg.get("threads", 1),
+        device=device,
+    )
+    _, _, xte, yte = load_cifar_tensors(cfg)
+    t0 = time.time()
+    acc = evaluate(net, xte, yte)
+    dst.mkdir(parents=True, exist_ok=True)
+    res = {
+        "accuracy": acc,
+        "swapped_from": str(src),
+        "wall_s": round(time.time() - t0, 1),
+        "train_images": src_res.get("train_images"),
+        "test_images": len(xte),
+        "data": src_res.get("data"),
+        "budget_hit": src_res.get("budget_hit"),
+    }
+    torch.save({**net_to_dict(net), "result": res}, dst / "model.pt")
+    (dst / "result.json").write_text(json.dumps(res, indent=2) + "\n")
+    (dst / "config.json").write_text(json.dumps(src_cfg, indent=2) + "\n")
+    return res
+
+
+def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
+    """Train every selected cell without a result: the teacher first, then ``--jobs`` at a time.
+
+    A failed cell is reported and the others go on; the exit status is non-zero at the end.
+    """
+    pending = [
+        c
+        for c in todo
+        if not (c["out"] / "result.json").exists() and not c.get("given")
+        and (only is None or c["out"].name in only or c["method"] == "classical")
+    ]
+    failed = []
+
+    def start(c):
+        print(f"[{table}] {c['row']} / {c['method']}: {c['shown']}", flush=True)
+        c["t0"] = time.time()
+        if c.get("swap_from"):
+            if table == "table3":
+                swap_to_max_cifar(
+                    c["out"].parent / c["swap_from"], c["out"], args.data_dir, args.device
+                )
+            else:
+                swap_to_max(c["out"].parent / c["swap_from"], c["out"], args.data_dir)
+            return None
+        cmd = [sys.executable, "-m", c.get("module", "model.train"), *c["argv"]]
+        if args.nproc > 1:  # each cell data-parallel over nproc processes (torchrun)
+            run = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+            cmd = [sys.executable, *run, *cmd[1:]]
+        c["out"].mkdir(parents=True, exist_ok=True)
+        log = open(c["out"] / "train.log", "a")  # noqa: SIM115 - closed when the job ends
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+
+    def finish(c, rc):
+        msg = "done" if rc == 0 else f"FAILED (exit {rc}, log {c['out'] / 'train.log'})"
+        print(f"[{table}] {c['out'].name}: {msg} in {time.time() - c['t0']:.0f}s", flush=True)
+        if rc:
+            failed.append(c["out"].name)
+
+    queue = list(pending)
+    running: list = []
+    while queue or running:
+        # the teacher and the swap cells wait until everything before them has finished
+        while queue and len(running) < max(1, args.jobs):
+            c = queue[0]
+            if (c["method"] == "classical" or c.get("swap_from")) and running:
+                break
+            if any(r[0]["method"] == "classical" for r in running):
+                break
+            queue.pop(0)
+            job = start(c)
+            if job is None:
+                finish(c, 0)
+            else:
+                running.append((c, *job))
+        time.sleep(0.5)
+        for item in list(running):
+            c, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                running.remove(item)
+                finish(c, proc.returncode)
+    if failed:
+        raise SystemExit(f"{len(failed)} cell(s) failed: {', '.join(failed)}")
