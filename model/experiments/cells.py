@@ -243,7 +243,7 @@ def cells(table: str, schedule: str, runs: Path, common: list[str],
                     argv += ["--layer-epochs", sch["layer_epochs"]]
                 if col == "lwkd" and op == "max":
                     # the classifier: LSE annealed to 64, then the hard max, trained with the
-                    # last conv; then the whole student end to end (train.py, METHOD.md sec. 6)
+                    # last conv; then the whole student end to end (model.train, METHOD.md sec. 6)
                     argv += [
                         "--last-op",
                         "lse",
