@@ -281,7 +281,7 @@ def _load_exports():
 
 
 def _commit() -> str:
-    from .build import git_commit
+    from .build_report import git_commit
 
     return git_commit() or "unknown"
 

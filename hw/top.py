@@ -37,6 +37,7 @@ from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .boards import Board
 from .uart import UARTRx, UARTTx
 
 __all__ = [
@@ -388,3 +389,38 @@ def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int
     if export.arith != arith:
         raise ValueError(f"{weights}: the export is {export.arith!r} arithmetic, not {arith!r}")
     return _check_core(Accelerator.from_export(export, rows=rows, cols=cols, overlap=overlap))
+
+
+class PlatformTop:
+    """Pins of ``board`` wired to a :class:`hw.top.BoardTop`, clocked from the board clock or,
+    with ``pll`` (:class:`hw.pll.PLLSettings`), from the family's PLL."""
+
+    def __new__(cls, board: Board, top, pll=None):
+        from amaranth.hdl import ClockDomain, Elaboratable, Module
+        from amaranth.lib import io
+
+        from .pll import PLLDomain
+
+        class _PlatformTop(Elaboratable):
+            def elaborate(self, platform):
+                m = Module()
+                if pll is not None:  # else the platform makes ``sync`` from the board clock
+                    m.domains.sync = ClockDomain("sync")
+                    m.domains.por = ClockDomain("por", reset_less=True)
+                    m.submodules.pll = PLLDomain(pll, platform.default_clk)
+                m.submodules.top = top
+                uart = platform.request("uart", 0, dir="-")
+                m.submodules.uart_rx_buf = rx = io.Buffer("i", uart.rx)
+                m.submodules.uart_tx_buf = tx = io.Buffer("o", uart.tx)
+                m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+                outs = []
+                if board.uart_tx_enable:
+                    outs.append(("uart_tx_enable", 0, 1))
+                outs += [(name, idx, top.leds[bit]) for name, idx, bit in board.leds]
+                for name, idx, value in outs:
+                    buf = io.Buffer("o", platform.request(name, idx, dir="-"))
+                    m.submodules[f"{name}{idx}_buf"] = buf
+                    m.d.comb += buf.o.eq(value)
+                return m
+
+        return _PlatformTop()
