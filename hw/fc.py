@@ -70,9 +70,9 @@ __all__ = ["FC_HEADS", "FCEngine", "fc_cycles", "fc_step_order", "head_acc_bits"
 FC_HEADS = ("bm15", "lns", "bm2")
 """The classifier neurons the engine builds (``LayerSpec.neuron``)."""
 
-# cycles from ``start`` to the first beat into the lanes: the start register, the counter stage
-# and the memory read, and stage R (the memory outputs registered)
-FC_START = 3
+# cycles from ``start`` to the first beat out of the memories: the start register, the counter
+# stage and the memory read
+FC_START = 2
 EXP_LATENCY = ExpUnit.latency
 REQUANT_LATENCY = Requant.latency
 # a signed head, from its last beat out of the memories to its sums at the requantization:
@@ -115,8 +115,8 @@ def fc_cycles(params, fan_in: int, n_out: int, neuron: str = "bm15") -> int:
     ``FC_START + fan_in + tail + REQUANT_LATENCY + n_out``: one step per cycle, then ``tail``
     from the last step out of the memories to the requantization (``bm15``: the array's
     latency and, for BM, the exp unit, 4 + 2; ``lns`` and ``bm2``: 4, see ``HEAD_TAIL``), and
-    one cycle per logit. For the paper LeNet's ``Linear(5184, 10)`` that is 5,206 cycles with
-    the ``bm15`` head and 5,204 with ``lns`` or ``bm2``.
+    one cycle per logit. For the paper LeNet's ``Linear(5184, 10)`` that is 5,205 cycles with
+    the ``bm15`` head and 5,203 with ``lns`` or ``bm2``.
     """
     _check_head(params, neuron)
     if neuron == "bm15":
@@ -246,12 +246,11 @@ class FCEngine(wiring.Component):
         ready = Signal()  # the lanes take the beat at stage B
         transfer = Signal()
         adv = Signal()
-        rv = Signal()  # stage R: the buffer word and the weights of stage B, registered
         m.d.comb += [
             self.busy.eq(busy),
             go.eq(self.start & ~busy),
-            transfer.eq(rv & ready),
-            adv.eq(~rv | transfer),
+            transfer.eq(bv & ready),
+            adv.eq(~bv | transfer),
             rp.addr.eq(addr),
             rp.en.eq(adv),
         ]
@@ -275,26 +274,19 @@ class FCEngine(wiring.Component):
                 with m.If(k == self.fan_in - 1):
                     m.d.sync += run.eq(0)
 
-        b_word = Signal(self.word)
+        word = Signal(self.word)
         with m.Switch(b_ch):
             for c in range(C):
                 with m.Case(c):
-                    m.d.comb += b_word.eq(rp.data[c])
-        # stage R (timing: an ECP5 block RAM's output comes about 6 ns after the clock, and the
-        # lanes' zero flag and adders do not fit after it): stages B and R advance together
-        word = Signal(self.word)
-        wdata = [Signal(self.weight_layout, name=f"r_w{o}") for o in range(N)]
-        r_last = Signal()
-        with m.If(adv):
-            m.d.sync += [rv.eq(bv), r_last.eq(b_last), word.eq(b_word)]
-            m.d.sync += [wdata[o].eq(wport.data) for o, wport in enumerate(wports)]
+                    m.d.comb += word.eq(rp.data[c])
+        wdata = [wport.data for wport in wports]
 
         # -- the lanes, up to the requantization ---------------------------------------------------
         if self.neuron == "bm15":
-            rq = self._elaborate_array(m, go, rv, ready, transfer, word, wdata, r_last)
+            rq = self._elaborate_array(m, go, bv, ready, transfer, word, wdata, b_last)
         else:
             m.d.comb += ready.eq(1)  # a lane takes one step every cycle
-            beat = self._branch_sums(m, transfer, word, wdata, r_last)
+            beat = self._branch_sums(m, transfer, word, wdata, b_last)
             if self.neuron == "lns":
                 rq = self._elaborate_lns(m, go, beat)
             else:
