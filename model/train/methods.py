@@ -155,14 +155,16 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
     if cfg.final_epochs and not freeze:
         res["accuracy_before_final"] = res["accuracy"]
         res.update(
-            layerwise_final(run, net, data, loss_fn, ck if ck and "final_epoch" in ck else None)
+            layerwise_final(run, net, data, loss_fn, ck if ck and "final_epoch" in ck else None,
+                            accs=accs)
         )
     return net, res
 
 
-def layerwise_final(run: Run, net: LeNet, data, loss_fn, ck) -> dict:
+def layerwise_final(run: Run, net: LeNet, data, loss_fn, ck, *, accs: list) -> dict:
     """``--final-epochs`` of whole-network training at ``--final-lr`` after the last conversion
-    (resumable: its checkpoints carry ``layers_done`` = every layer and ``final_epoch``)."""
+    (resumable: its checkpoints carry ``layers_done`` = every layer, ``final_epoch`` and the
+    per-stage accuracies ``accs``, so that a resumed run still reports them)."""
     cfg = run.cfg
     n = len(net.layers)
     start = ck.get("final_epoch", 0) if ck is not None else 0
@@ -176,7 +178,7 @@ def layerwise_final(run: Run, net: LeNet, data, loss_fn, ck) -> dict:
                 "final_epoch": ep,
                 "net": net.state_dict(),
                 "opt_state": st,
-                "accs": ck.get("accs", []) if ck else [],
+                "accs": accs,
             }
         )
 
