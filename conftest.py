@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hw.toolchain import setup_tool_env  # noqa: E402
+from hw.flow.toolchain import setup_tool_env  # noqa: E402
 
 setup_tool_env()
 

@@ -87,7 +87,7 @@ def run_stream(
 
 
 def fc_buffer_words(params, x, cols: int) -> list[int]:
-    """The FC engine's buffer (:class:`hw.fc.FCEngine`) for a ``(n_ch, n_pix)`` code map, as
+    """The FC engine's buffer (:class:`hw.blocks.fc.FCEngine`) for a ``(n_ch, n_pix)`` code map, as
     the feeder writes it: word ``g * n_pix + q`` holds channels ``g * cols ..`` of pixel ``q``,
     lane ``c`` in bits ``c * w ..`` of the word (``w`` the stored activation's width: the code,
     then for BM its log code from :func:`model.reference.ref_log`); missing channels are 0."""

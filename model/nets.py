@@ -160,7 +160,7 @@ NET_CONFIGS: dict[str, object] = {
     "lenet": LeNetConfig(),
     "lenet-bm15": LeNetConfig(forms=("bm15",) * 6),
     "lenet-bm4": LeNetConfig(forms=("bm4",) * 6),
-    # board-sized variants (hw/boards.py): the same shape with fewer channels
+    # board-sized variants (hw/boards/platforms.py): the same shape with fewer channels
     "lenet-w4": LeNetConfig(name="lenet-w4", widths=(4, 4, 4, 4, 4)),
     "lenet-w4n1": LeNetConfig(name="lenet-w4n1", widths=(4, 4, 4, 4, 1)),
 }

@@ -12,9 +12,9 @@ the test suite's testbench (``sim/tb_accel.py``, Verilator or Icarus through VPI
     python -m sim.fullset --weights model/weights/lenet_bm15_max.npz          # 10000 images
     python -m sim.fullset --weights model/weights/lenet_mac8.npz --limit 200  # a quick look
 
-``--overlap`` checks the pipelined accelerator (the ULX3S build, ``hw.accel.plan_network``): the
-images then go in back to back, as in use, and the interval between consecutive images must equal
-``hw.accel.predict_interval`` too.
+``--overlap`` checks the pipelined accelerator (the ULX3S build,
+``hw.accel.plan.plan_network``): the images then go in back to back, as in use, and the
+interval between consecutive images must equal ``hw.accel.plan.predict_interval`` too.
 
 ``--flip-weight LAYER,INDEX,BIT`` flips one bit of one weight in the RTL's memory only (the
 reference keeps the true weight): the mutation check, which must report mismatches.
@@ -104,7 +104,7 @@ def flip_weight(tensors, spec: str, params) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from hw.accel import plan_network, predict_image_cycles, predict_interval
+    from hw.accel.plan import plan_network, predict_image_cycles, predict_interval
     from model.data import DatasetError, default_data_dir, load_mnist_split
     from model.export import ExportError, load_export
     from model.reference import ref_network_batch
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
 def _build_rtl(args, plan, tensors) -> dict:
     """The simulator build of the accelerator: ``{"dir", "exe"}`` (``exe`` for the native
     harness)."""
-    from hw.accel import Accelerator
+    from hw.accel.accelerator import Accelerator
     from sim.runner import build, build_native
 
     if args.harness == "native":

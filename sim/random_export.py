@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PRESET_OF = {"bm": "bm8", "mac": "mac8"}
 
 # Board-sized variants of the paper LeNet: the same five 3x3 valid convolutions and the final
-# linear layer, with fewer channels (see hw/boards.py for which board builds which, and why).
+# linear layer, with fewer channels (see hw/boards/platforms.py for which board builds which, and
+# why).
 VARIANTS = {
     "lenet": None,  # the paper LeNet: 32, 16, 16, 16, 16
     "lenet-w4": (4, 4, 4, 4, 4),  # Tang Nano 9K (Gowin GW1NR-9)

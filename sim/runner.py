@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.toolchain import setup_tool_env
+from hw.flow.toolchain import setup_tool_env
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "sim" / "build"

@@ -1,12 +1,13 @@
 """cocotb: the board top end to end on its serial pins. Bytes go in on ``rx`` and the answers
 are decoded from ``tx`` and checked against the expected logits the pytest side computed
-(:func:`hw.top.fixture_logits` for the fixture core, :mod:`model.reference` for the accelerator).
+(:func:`hw.boards.top.fixture_logits` for the fixture core, :mod:`model.reference` for the
+accelerator).
 """
 
 import cocotb
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 
-from hw.top import REPLY, SYNC, reply_length
+from hw.boards.top import REPLY, SYNC, reply_length
 from sim.tb import TB, Scoreboard, params
 
 

@@ -3,7 +3,7 @@ reference and the cycles from ``start`` to the last logit against the cycle mode
 
 Params (JSON): ``maps`` (per input map, the engine's buffer words as integers, see
 :func:`hw.testing.fc_buffer_words`), ``expected`` (per map, the reference logits), ``cycles``
-(:func:`hw.fc.fc_cycles`), ``backpressure`` (probability of ``o__ready`` low in a cycle).
+(:func:`hw.blocks.fc.fc_cycles`), ``backpressure`` (probability of ``o__ready`` low in a cycle).
 """
 
 import cocotb

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import require_data
-from hw.accel import Accelerator, plan_network, predict_image_cycles, predict_interval
+from hw.accel.accelerator import Accelerator
+from hw.accel.plan import plan_network, predict_image_cycles, predict_interval
 from model.params import PRESETS, BMParams, LayerSpec
 from model.reference import ref_network
 from sim.nets import SHIPPED, lenet_layers, random_tensors

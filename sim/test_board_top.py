@@ -1,14 +1,15 @@
 """RTL: the board top over its UART pins, in Icarus or Verilator (``SIM``).
 
 With the fixture core (until the accelerator exists) on seeded random images and, when MNIST is
-available, on real test images. With the accelerator (``hw/accel.py``) on real MNIST test images
-checked against :mod:`model.reference`; that test skips while ``hw/accel.py`` does not exist.
+available, on real test images. With the accelerator (``hw/accel/accelerator.py``) on real MNIST
+test images checked against :mod:`model.reference`; that test skips while
+``hw/accel/accelerator.py`` does not exist.
 """
 
 import numpy as np
 import pytest
 
-from hw.top import BoardTop, FixtureCore, FixtureParams, fixture_logits
+from hw.boards.top import BoardTop, FixtureCore, FixtureParams, fixture_logits
 from sim.runner import run_cocotb
 
 pytestmark = pytest.mark.rtl
@@ -55,7 +56,7 @@ def test_board_top_fixture_core():
 @pytest.mark.slow  # the whole LeNet behind a UART: run in Verilator (CI's second pass)
 @pytest.mark.parametrize("overlap", [True])  # as the ULX3S and Arty builds make it
 def test_board_top_accelerator_mnist(mnist, overlap):
-    from hw.top import make_core
+    from hw.boards.top import make_core
     from model.export import load_export
     from model.reference import ref_network
 
@@ -73,7 +74,7 @@ def test_board_top_accelerator_mnist(mnist, overlap):
 def _default_weights():
     """The shipped BM export, or the MAC baseline while no BM export ships."""
     from conftest import require_data
-    from hw.build import default_weights
+    from hw.flow.build import default_weights
 
     path = default_weights("bm")
     if not path.exists():

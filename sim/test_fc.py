@@ -1,6 +1,6 @@
 """RTL: the FC engine alone (each classifier head) in Icarus or Verilator (``SIM``): random
 layers and maps, every logit against :mod:`model.reference`, exactly, and the cycles against
-:func:`hw.fc.fc_cycles`."""
+:func:`hw.blocks.fc.fc_cycles`."""
 
 import zlib
 
@@ -9,7 +9,7 @@ import pytest
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from hw.fc import FCEngine, fc_cycles
+from hw.blocks.fc import FCEngine, fc_cycles
 from hw.testing import fc_buffer_words
 from model.params import PRESETS, BMParams, LayerSpec
 from model.reference import ref_bm_layer, ref_mac_layer

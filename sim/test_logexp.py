@@ -14,7 +14,7 @@ TRAFFIC = {"smooth": (0.0, 0.0), "stalls": (0.3, 0.4)}
 @pytest.mark.parametrize("traffic", list(TRAFFIC))
 @pytest.mark.parametrize("preset", PRESET_IDS)
 def test_log_unit(preset, traffic):
-    from hw.logexp import LogUnit
+    from hw.blocks.logexp import LogUnit
 
     p = PRESETS[preset]
     stall, bp = TRAFFIC[traffic]
@@ -25,7 +25,7 @@ def test_log_unit(preset, traffic):
 
 @pytest.mark.parametrize("preset", PRESET_IDS)
 def test_exp_unit(preset):
-    from hw.logexp import ExpUnit
+    from hw.blocks.logexp import ExpUnit
 
     p = PRESETS[preset]
     run_cocotb(ExpUnit(p), toplevel="exp_unit", module="tb_logexp", testcase="exp_unit_exhaustive",

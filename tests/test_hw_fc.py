@@ -10,7 +10,14 @@ import pytest
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from hw.fc import EXP_LATENCY, REQUANT_LATENCY, FCEngine, fc_cycles, fc_step_order, head_acc_bits
+from hw.blocks.fc import (
+    EXP_LATENCY,
+    REQUANT_LATENCY,
+    FCEngine,
+    fc_cycles,
+    fc_step_order,
+    head_acc_bits,
+)
 from hw.testing import fc_buffer_words
 from model.params import PRESETS, BMParams, LayerSpec
 from model.reference import (
@@ -47,8 +54,8 @@ def test_fc_cycles_counts_the_fan_in():
 
 
 def test_unit_latencies_match_the_cycle_model():
-    from hw.logexp import ExpUnit
-    from hw.requant import Requant
+    from hw.blocks.logexp import ExpUnit
+    from hw.blocks.requant import Requant
 
     p = PRESETS["bm8"]
     assert ExpUnit(p).latency == EXP_LATENCY

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hw.logexp import ExpUnit, LogUnit
+from hw.blocks.logexp import ExpUnit, LogUnit
 from hw.testing import run_stream
 from model.params import PRESETS, BMParams
 from model.reference import ref_exp, ref_log

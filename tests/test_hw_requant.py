@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hw.requant import MaxPool, Requant, WindowSum, window_sum_bits
+from hw.blocks.requant import MaxPool, Requant, WindowSum, window_sum_bits
 from hw.testing import run_stream
 from model.params import PRESETS, BMParams, MACParams
 from model.reference import ref_correction, ref_maxpool, ref_requant, ref_window_sum
@@ -168,7 +168,7 @@ def test_requant_mac(name, lanes, out_shift, relu, seed):
 def test_requant_head_sums(neuron, out_shift, relu, seed):
     """The ``sum_bits`` form that the classifier heads use: a finished signed sum (as wide as
     ``lns_acc_bits`` of the paper classifier) plus the bias, then the same requantization."""
-    from hw.fc import head_acc_bits
+    from hw.blocks.fc import head_acc_bits
 
     p = PRESETS["bm8"]
     width = head_acc_bits(p, 5184, 10, neuron)

@@ -1,5 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""The register slice of :mod:`hw._util`: order, throughput, and no handshake path through it."""
+"""The register slice of :mod:`hw.blocks.util`: order, throughput, and no handshake path through
+it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from amaranth.hdl import unsigned
 from amaranth.sim import Simulator
 
-from hw._util import RegisterSlice
+from hw.blocks.util import RegisterSlice
 from hw.testing import run_stream
 
 

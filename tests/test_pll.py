@@ -3,9 +3,9 @@ reachable, and refused clearly where it is not; the PLL primitive in the elabora
 
 import pytest
 
-from hw.boards import get_board
-from hw.pll import GOWIN_LIMITS, TOLERANCE, ecp5_pll, gowin_pll, ice40_pll, pll_settings
-from hw.top import BoardTop, FixtureCore, PlatformTop
+from hw.boards.platforms import get_board
+from hw.boards.pll import GOWIN_LIMITS, TOLERANCE, ecp5_pll, gowin_pll, ice40_pll, pll_settings
+from hw.boards.top import BoardTop, FixtureCore, PlatformTop
 
 
 def check_ecp5(s):

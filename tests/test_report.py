@@ -10,9 +10,9 @@ import pytest
 from amaranth.hdl import Fragment
 
 from conftest import require_tool
-from hw.report import compare_runs, main, plan_jobs, render_markdown, summarise
-from hw.report_blocks import ArrayDatapath, ooc_wrapper, verilog_ports
-from hw.report_flow import Job, family_counts, measure
+from hw.reports.blocks import ArrayDatapath, ooc_wrapper, verilog_ports
+from hw.reports.flow import Job, family_counts, measure
+from hw.reports.report import compare_runs, main, plan_jobs, render_markdown, summarise
 from model.params import PRESETS
 
 VERILOG = """\
@@ -132,7 +132,7 @@ def test_quick_report(tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# BM against MAC")
     assert (tmp_path / "ratio_vs_lanes.png").exists()
     # with the accelerator measured, the headline gives each network's accuracy beside its rate
-    from hw.report import render_markdown
+    from hw.reports.report import render_markdown
 
     row = dict.fromkeys(("lut", "ff", "dsp", "bram", "lut_eq", "fmax_mhz", "images_per_s"), 1)
     s["figure_of_merit"] = [
@@ -148,8 +148,8 @@ def test_quick_report(tmp_path):
 def test_rtlil_ports_in_port_order():
     from amaranth.back import rtlil
 
-    from hw.pe import BMPE
-    from hw.report_blocks import rtlil_ports
+    from hw.blocks.pe import BMPE
+    from hw.reports.blocks import rtlil_ports
 
     text = rtlil.convert(BMPE(PRESETS["bm8"]), name="x")
     ports = rtlil_ports(text, "x")

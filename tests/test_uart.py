@@ -1,5 +1,5 @@
-"""The UART (hw/uart.py) in amaranth's simulator: exact bit timing, loopback over divisors and
-back-pressure, baud mismatch, framing errors, overruns and the constructor checks."""
+"""The UART (hw/boards/uart.py) in amaranth's simulator: exact bit timing, loopback over divisors
+and back-pressure, baud mismatch, framing errors, overruns and the constructor checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
-from hw.uart import MIN_DIVISOR, UARTRx, UARTTx, uart_divisor
+from hw.boards.uart import MIN_DIVISOR, UARTRx, UARTTx, uart_divisor
 
 SEED = 1234
 

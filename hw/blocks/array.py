@@ -4,8 +4,8 @@ Dataflow
 --------
 The array computes tiles of ``out[r, c] = (+)_k a[r, k] (x) b[c, k]`` for ``rows`` input rows
 (im2col windows, i.e. output pixels) and ``cols`` weight rows (output channels), with
-``(x), (+)`` from the PE kind (:mod:`hw.pe`). It is *output stationary*: PE ``(r, c)`` keeps the
-accumulator of output ``(r, c)`` for the whole tile while one step ``k`` per cycle streams past.
+``(x), (+)`` from the PE kind (:mod:`hw.blocks.pe`). It is *output stationary*: PE ``(r, c)`` keeps
+the accumulator of output ``(r, c)`` for the whole tile while one step ``k`` per cycle streams past.
 One input beat carries step ``k`` of every row and every column; a beat with ``last`` set ends
 the tile. Tiles go back to back: the first beat after ``last`` restarts every accumulator, so
 fill and drain of one tile overlap the next tile's compute and no cycle is lost between tiles of
@@ -51,8 +51,8 @@ from amaranth.hdl import Const, EnableInserter, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ._util import check_count, check_params
 from .pe import pe_class
+from .util import check_count, check_params
 
 __all__ = [
     "DATAFLOWS",
@@ -137,7 +137,7 @@ class SystolicArray(wiring.Component):
     Parameters
     ----------
     params : BMParams or MACParams
-        Picks the PE kind: :class:`hw.pe.BMPE` (max-plus) or :class:`hw.pe.MACPE`.
+        Picks the PE kind: :class:`hw.blocks.pe.BMPE` (max-plus) or :class:`hw.blocks.pe.MACPE`.
     rows : int
         Input rows (im2col windows) per tile.
     cols : int

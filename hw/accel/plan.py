@@ -1,10 +1,12 @@
 """The plan of a network on the accelerator, derived once from the export's layers: each
 layer's geometry, groups and memory layout (:class:`NetPlan`), and the cycle model
 (:func:`predict_image_cycles`, :func:`predict_interval`), exact against the RTL
-(:class:`hw.accel.Accelerator` builds from the same plan; the tests compare them cycle for cycle).
+(:class:`hw.accel.accelerator.Accelerator` builds from the same plan; the tests compare them cycle
+for cycle).
 
-The cycle model's pipeline constants are the units' own latencies (:mod:`hw.logexp`,
-:mod:`hw.requant`, :class:`hw._util.RegisterSlice`) plus the accelerator's registers, named below.
+The cycle model's pipeline constants are the units' own latencies (:mod:`hw.blocks.logexp`,
+:mod:`hw.blocks.requant`, :class:`hw.blocks.util.RegisterSlice`) plus the accelerator's registers,
+named below.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from dataclasses import dataclass
 
 from model.params import BMParams, MACParams
 
-from ._util import RegisterSlice, check_count
-from .array import predict_cycles
-from .fc import FC_HEADS, fc_cycles
-from .logexp import ExpUnit, LogUnit
-from .requant import Requant
+from ..blocks.array import predict_cycles
+from ..blocks.fc import FC_HEADS, fc_cycles
+from ..blocks.logexp import ExpUnit, LogUnit
+from ..blocks.requant import Requant
+from ..blocks.util import RegisterSlice, check_count
 
 __all__ = ["LayerPlan", "NetPlan", "plan_network", "predict_image_cycles", "predict_interval",
            "POST_BM", "POST_MAC", "LAST_BM", "LAST_MAC", "LOAD_BM", "LOAD_MAC", "COPY_BM",
@@ -93,13 +95,13 @@ class NetPlan:
 
     @property
     def fc_head(self) -> bool:
-        """The classifier runs on the FC engine (:class:`hw.fc.FCEngine`): with ``overlap``,
+        """The classifier runs on the FC engine (:class:`hw.blocks.fc.FCEngine`): with ``overlap``,
         and always for a signed head (``lns``, ``bm2``)."""
         return not self.layers[-1].on_array
 
     @property
     def head(self) -> str:
-        """The classifier's neuron (:data:`hw.fc.FC_HEADS`)."""
+        """The classifier's neuron (:data:`hw.blocks.fc.FC_HEADS`)."""
         return self.layers[-1].neuron
 
     @property
@@ -138,8 +140,8 @@ def plan_network(params, layers, input_shape=(1, 28, 28), pixel_shift: int = 0, 
     """Lay a network of :class:`model.params.LayerSpec` out on a ``rows x cols`` accelerator.
 
     ``overlap``: pipeline consecutive images. The last layer (a linear one, after at least one
-    convolution) runs on its own engine (:class:`hw.fc.FCEngine`) beside the next image's first
-    layers, and the image is staged while the previous one computes and copied in ``cols``
+    convolution) runs on its own engine (:class:`hw.blocks.fc.FCEngine`) beside the next image's
+    first layers, and the image is staged while the previous one computes and copied in ``cols``
     pixels per cycle (single-channel images).
 
     The classifier's neuron (``layers[-1].neuron``) picks the head: ``bm15`` runs on the main
@@ -236,7 +238,7 @@ def _check_heads(params, layers) -> str:
 
 
 def _layer_cycles(plan: NetPlan, lp: LayerPlan) -> int:
-    """:func:`hw.array.predict_cycles` of one layer on the main array."""
+    """:func:`hw.blocks.array.predict_cycles` of one layer on the main array."""
     return predict_cycles(plan.rows, plan.cols, fan_in=lp.fan_in,
                           tiles=plan.n_groups(lp) * plan.tiles(lp))
 
@@ -259,15 +261,15 @@ def predict_image_cycles(plan: NetPlan) -> int:
     (the tests compare it with simulation) as long as a group's logits leave before the next
     group's row arrives (``cols <= max(fan_in, rows)``, true of every network here).
 
-    Per layer the array needs :func:`hw.array.predict_cycles` (first beat in to last row out,
+    Per layer the array needs :func:`hw.blocks.array.predict_cycles` (first beat in to last row out,
     fill and drain included); after it the last row takes ``POST_BM`` or ``POST_MAC`` cycles
     through the exp, requantization and log units and the write-back before the next layer's
     first beat. Without ``overlap`` the image streams in one pixel a cycle through the log unit
     and the write stage (``LOAD_BM``, ``LOAD_MAC`` after the last pixel), and the last layer
     ends when its logits (the first row of its last tile) leave; with a signed head the array
-    layers run instead, then the FC engine (:func:`hw.fc.fc_cycles`). With ``overlap``, the
+    layers run instead, then the FC engine (:func:`hw.blocks.fc.fc_cycles`). With ``overlap``, the
     image streams into the staging memory (one cycle a pixel), is copied in ``load_words``
-    rows, the array layers run, and the FC engine takes :func:`hw.fc.fc_cycles`.
+    rows, the array layers run, and the FC engine takes :func:`hw.blocks.fc.fc_cycles`.
     """
     R, C = plan.rows, plan.cols
     bm = isinstance(plan.params, BMParams)

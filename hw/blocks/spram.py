@@ -1,8 +1,8 @@
 """A feature-map bank in one iCE40 UltraPlus SPRAM (``SB_SPRAM256KA``: 16384 x 16 bits).
 
 The SPRAM has one address for reads and writes. :class:`SPRAMBank` offers the read port and
-write port that :class:`hw.accel.Accelerator` uses for its banks and shares the address, write
-first: a cycle with ``w.en`` writes ``w.data`` at ``w.addr``; any other cycle with ``r.en``
+write port that :class:`hw.accel.accelerator.Accelerator` uses for its banks and shares the address,
+write first: a cycle with ``w.en`` writes ``w.data`` at ``w.addr``; any other cycle with ``r.en``
 reads ``r.addr``. ``r.data`` is valid the cycle after a read and holds until the next read, like
 an ``amaranth.lib.memory`` read port with ``transparent_for=()``. A read requested in the same
 cycle as a write is lost (``r.data`` keeps its value): the accelerator never reads the buffer it

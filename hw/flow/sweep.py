@@ -6,7 +6,7 @@ build misses timing is kept in the table with the Fmax nextpnr found. The table 
 ``sweep.md`` and ``sweep.json`` beside the board's build, and the highest clock that met timing
 with :data:`MARGIN` to spare (Fmax at least ``1 + MARGIN`` times the clock) is published as the
 board's build, its report naming the sweep. That clock is what a board's ``build_mhz`` should
-be (:mod:`hw.boards`).
+be (:mod:`hw.boards.platforms`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def _fmax_of(workdir: Path) -> float | None:
 def run_sweep(args, flow, *, root: Path) -> dict:
     """One ``flow.build(args)`` per clock of ``args.sweep``; returns the sweep record (see the
     module docstring) after publishing the chosen build with ``sweep.md`` and ``sweep.json``.
-    ``flow`` is :mod:`hw.build` (passed in, so that this module does not import it back)."""
-    from .boards import get_board
+    ``flow`` is :mod:`hw.flow.build` (passed in, so that this module does not import it back)."""
+    from ..boards.platforms import get_board
 
     build, BuildError, log, publish = flow.build, flow.BuildError, flow.log, flow.publish
     board = get_board(args.board)

@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from model.params import BMParams
 
-from ._util import check_count, check_params, stall_pipeline
+from .util import check_count, check_params, stall_pipeline
 
 __all__ = ["WindowSum", "Requant", "MaxPool", "window_sum_bits"]
 

@@ -1,8 +1,8 @@
 """What the flow's tools report, read back: nextpnr's Fmax and utilisation, Yosys' cell
 statistics, the multiplier cells among them, and each family's resource columns.
 
-Used by the board builds (:mod:`hw.build`), the clock sweep (:mod:`hw.sweep`) and the resource
-reports (:mod:`hw.report_flow`).
+Used by the board builds (:mod:`hw.flow.build`), the clock sweep (:mod:`hw.flow.sweep`) and the
+resource reports (:mod:`hw.reports.flow`).
 """
 
 from __future__ import annotations

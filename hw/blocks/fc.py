@@ -22,14 +22,15 @@ Dataflow
 Heads (``neuron``, :data:`FC_HEADS`; see :mod:`model.reference`, "The classifier heads")
 ---------------------------------------------------------------------------------------
 ``bm15`` (and every MAC network)
-    A ``1 x n_out`` :class:`hw.array.SystolicArray` of the main array's processing elements;
+    A ``1 x n_out`` :class:`hw.blocks.array.SystolicArray` of the main array's processing elements;
     after it the exp unit (BM) and the requantization with the window sum ``S`` of the map.
 ``lns``
-    Per lane: the adder ``Lx + Lw`` (a register), the exp unit (:class:`hw.logexp.ExpUnit`,
+    Per lane: the adder ``Lx + Lw`` (a register), the exp unit (:class:`hw.blocks.logexp.ExpUnit`,
     one lane per output; 0 for a flagged input), the conditional negate by the weight's sign
     bit (``e XOR s`` with ``s`` as the carry in) and a signed accumulator of
     :func:`model.reference.lns_acc_bits` bits, which holds every sum exactly (no wrap, no
-    saturation). The requantization adds the bias (:class:`hw.requant.Requant`, ``sum_bits``).
+    saturation). The requantization adds the bias (:class:`hw.blocks.requant.Requant`,
+    ``sum_bits``).
 ``bm2``
     Per lane: the adder ``Lx + Lw`` (a register), then two max registers with their empty
     flags, one per weight sign: the sum goes to the register its weight's sign bit selects and

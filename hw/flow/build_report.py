@@ -1,5 +1,5 @@
 """A board build's report: what was built (``report_head``), the tool versions and commit, and
-``report.md`` (:func:`render_markdown`); :mod:`hw.build` fills in the results."""
+``report.md`` (:func:`render_markdown`); :mod:`hw.flow.build` fills in the results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 __all__ = ["git_commit", "network_summary", "render_markdown", "report_head", "sha256", "versions"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str | None:
@@ -88,7 +88,7 @@ def render_markdown(rep: dict) -> str:
         over = [k for k, t in cap.items() if util.get(k, 0) > t]
         if over:
             lines += ["", f"**Does not fit this part** ({', '.join(over)} over its total); "
-                      "see `hw/boards.py` for the sizes that do."]
+                      "see `hw/boards/platforms.py` for the sizes that do."]
     else:
         lines.append("(none)")
     if rep.get("missing"):

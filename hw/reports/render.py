@@ -1,5 +1,6 @@
 """The BM-against-MAC report's rendering: ``report.md`` and the plots, from the summary
-that :func:`hw.report.summarise` makes (:mod:`hw.report` runs the tools and writes them)."""
+that :func:`hw.reports.report.summarise` makes (:mod:`hw.reports.report` runs the tools and
+writes them)."""
 
 from __future__ import annotations
 
@@ -169,9 +170,9 @@ def render_markdown(s: dict, meta: dict) -> str:
 
     sec = s["sections"]
     L += ["## Level 1: one processing element (one lane)", "",
-          "The whole per-lane arithmetic an array replicates (`hw/pe.py`): BM an adder, a "
+          "The whole per-lane arithmetic an array replicates (`hw/blocks/pe.py`): BM an adder, a "
           "comparator and the max register; MAC a multiplier, an adder and the accumulator. "
-          "Fmax: block inside the register wrapper (`hw/report_blocks.py`), nextpnr `--seed 1`, "
+          "Fmax: block inside the register wrapper (`hw/reports/blocks.py`), nextpnr `--seed 1`, "
           "100 MHz target.", ""]
     L += _block_table(sec.get("pe", []), _title) + [""]
     L += ["## Level 2: the systolic array", "",
@@ -190,7 +191,8 @@ def render_markdown(s: dict, meta: dict) -> str:
         L += _breakdown_md(s["breakdown"])
     if sec.get("accel"):
         L += ["## Level 3: the whole accelerator", "",
-              "`hw.accel.Accelerator`: the LeNet of `sim/nets.py` (five 3x3 convolutions and a "
+              "`hw.accel.accelerator.Accelerator`: the LeNet of `sim/nets.py` (five 3x3 "
+              "convolutions and a "
               "5184->10 linear layer) on one array, with its feature-map buffers, weight "
               "memories, feeder and control. Generic gates exclude the memories (kept as macros; "
               "their bits are listed). iCE40 rows are synthesis only when the design does not fit "
@@ -211,7 +213,8 @@ def render_markdown(s: dict, meta: dict) -> str:
     if fom:
         L += ["## Figure of merit", "",
               "Images/s per 1,000 LUT of the whole accelerator. Throughput is Fmax (nextpnr) "
-              "over the exact steady-state cycles per image (`hw.accel.predict_interval`). "
+              "over the exact steady-state cycles per image "
+              "(`hw.accel.plan.predict_interval`). "
               "With DSPs allowed a DSP block counts as the LUTs it saved in this very design "
               "(LUTs without DSP minus LUTs with DSP, per DSP). Families without a place and "
               "route here use a nominal 100 MHz, marked.", "",
@@ -232,7 +235,8 @@ def render_markdown(s: dict, meta: dict) -> str:
               f"{'identical' if det['match'] else 'DIFFERENT: ' + '; '.join(det['diffs'])}.", ""]
     L += ["## Method", "",
           "- Generic gates: `synth -flatten; dfflegalize -cell $_DFF_P_ 01; "
-          "abc -g AND,NAND,OR,NOR,XOR,XNOR,MUX; opt_clean; stat -tech cmos` (as `hw/gates.py`).",
+          "abc -g AND,NAND,OR,NOR,XOR,XNOR,MUX; opt_clean; stat -tech cmos` "
+          "(as `hw/reports/gates.py`).",
           "- FPGA: `synth_ecp5` (and `-nodsp`), `synth_ice40`, `synth_gowin -nodsp`, "
           "`synth_xilinx` (and `-nodsp`) of a wrapper that feeds every input from a shift "
           "register and loads every output into one, so the block's paths start and end at "
@@ -348,8 +352,8 @@ def unit_name(u: str) -> str:
 
 
 def units_of(modules: dict | None) -> dict | None:
-    """Per-module counts (:func:`hw.report_flow._parse_hier`) grouped into the units of
-    :class:`hw.report_blocks.ArrayDatapath`: the array's PEs apart from its registers and
+    """Per-module counts (:func:`hw.reports.flow._parse_hier`) grouped into the units of
+    :class:`hw.reports.blocks.ArrayDatapath`: the array's PEs apart from its registers and
     control, all window sums together."""
     if not modules:
         return modules

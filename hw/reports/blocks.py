@@ -1,12 +1,14 @@
-"""The blocks that :mod:`hw.report` measures, and the out-of-context wrapper it times them in.
+"""The blocks that :mod:`hw.reports.report` measures, and the out-of-context wrapper it times them
+in.
 
 Three levels, each built for a :class:`model.params.BMParams` or a :class:`model.params.MACParams`
 from the same generators, with the same lanes and the same dataflow:
 
-1. ``pe``: one processing element (:mod:`hw.pe`), the lane an array replicates;
-2. ``array``: :class:`hw.array.SystolicArray` alone, and ``datapath``: the array with the units
+1. ``pe``: one processing element (:mod:`hw.blocks.pe`), the lane an array replicates;
+2. ``array``: :class:`hw.blocks.array.SystolicArray` alone, and ``datapath``: the array with the
+units
    around it that the accelerator uses (:class:`ArrayDatapath`);
-3. ``accel``: :class:`hw.accel.Accelerator`, the whole LeNet with memories and control.
+3. ``accel``: :class:`hw.accel.accelerator.Accelerator`, the whole LeNet with memories and control.
 
 :func:`ooc_wrapper` writes a Verilog top that feeds every input port of a block from a shift
 register and captures every output port into a shift register, so that a place-and-route tool
@@ -24,10 +26,10 @@ from amaranth.lib.wiring import In, Out
 
 from model.params import BMParams
 
-from ._util import check_count, check_params
-from .array import SystolicArray
-from .pe import pe_class
-from .requant import Requant, WindowSum, window_sum_bits
+from ..blocks.array import SystolicArray
+from ..blocks.pe import pe_class
+from ..blocks.requant import Requant, WindowSum, window_sum_bits
+from ..blocks.util import check_count, check_params
 
 __all__ = ["ArrayDatapath", "ooc_wrapper", "rtlil_ports", "verilog_ports"]
 
@@ -35,12 +37,13 @@ __all__ = ["ArrayDatapath", "ooc_wrapper", "rtlil_ports", "verilog_ports"]
 class ArrayDatapath(wiring.Component):
     """The systolic array with the units the accelerator puts around it (a cost model).
 
-    The same units and widths as :class:`hw.accel.Accelerator`, without its memories and
-    control: BM: per input row a :class:`hw.requant.WindowSum` of the raw codes, the array,
-    the exp unit (``cols`` lanes), the correction and requantization (:class:`hw.requant.Requant`,
-    ``cols`` lanes) and the log unit on the write side (``cols`` lanes). MAC: the array and the
-    requantization. The window sum of drain row ``r`` follows its row through the exp pipeline.
-    It is built for measuring cost, not verified cycle by cycle; the accelerator is.
+    The same units and widths as :class:`hw.accel.accelerator.Accelerator`, without its memories and
+    control: BM: per input row a :class:`hw.blocks.requant.WindowSum` of the raw codes, the array,
+    the exp unit (``cols`` lanes), the correction and requantization
+    (:class:`hw.blocks.requant.Requant`, ``cols`` lanes) and the log unit on the write side
+    (``cols`` lanes). MAC: the array and the requantization. The window sum of drain row ``r``
+    follows its row through the exp pipeline. It is built for measuring cost, not verified cycle by
+    cycle; the accelerator is.
 
     Parameters
     ----------
@@ -58,7 +61,7 @@ class ArrayDatapath(wiring.Component):
         BM: ``{lx, zero}`` per column (the log of the requantized code); MAC: the code.
     bias : In(ArrayLayout(signed(bias_bits), cols))
     c_shift, out_shift, relu : In
-        As :class:`hw.requant.Requant`.
+        As :class:`hw.blocks.requant.Requant`.
     """
 
     def __init__(self, params, *, rows: int, cols: int, max_fan_in: int = 5184):
@@ -75,7 +78,7 @@ class ArrayDatapath(wiring.Component):
             "last": 1,
         })
         if self.bm:
-            from .logexp import log_layout
+            from ..blocks.logexp import log_layout
 
             o_shape = data.ArrayLayout(log_layout(p), cols)
         else:
@@ -120,7 +123,7 @@ class ArrayDatapath(wiring.Component):
                 m.d.comb += self.o.payload[c].eq(rq.o.payload[c][: p.a_bits])
             return m
 
-        from .logexp import ExpUnit, LogUnit
+        from ..blocks.logexp import ExpUnit, LogUnit
 
         s_bits = window_sum_bits(p, self.max_fan_in)
         m.submodules.exp = ex = ExpUnit(p, lanes=C)

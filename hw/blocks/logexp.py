@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from model.params import BMParams
 
-from ._util import check_count, check_params, rom, stall_pipeline
+from .util import check_count, check_params, rom, stall_pipeline
 
 __all__ = ["log_layout", "branch_layout", "LogUnit", "ExpUnit"]
 
