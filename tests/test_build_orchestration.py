@@ -13,7 +13,7 @@ from conftest import require_tool
 from hw.boards.host import HostError, decode_reply, encode_request
 from hw.boards.top import REPLY, SYNC, fixture_logits
 from hw.flow import build as hwbuild
-from hw.flow import flowlog
+from hw.flow import build_report, flowlog
 from hw.flow.nextpnr_gowin import translate
 
 STUB = """#!/bin/sh
@@ -346,7 +346,7 @@ def test_sweep_publishes_the_highest_clock_met_with_margin(tmp_path, monkeypatch
             f"({'PASS' if fmax >= args.freq else 'FAIL'} at {args.freq:.2f} MHz)\n")
         if fmax < args.freq:
             raise hwbuild.BuildError(f"timing MISSED: Fmax {fmax} MHz < requested {args.freq}")
-        hwbuild.publish(args.out_dir, {"report.md": f"built at {args.freq:g}\n"})
+        build_report.publish(args.out_dir, {"report.md": f"built at {args.freq:g}\n"})
         return {"clock_mhz": args.freq, "fmax_mhz": fmax, "timing_met": True,
                 "images_per_s_at_requested": args.freq * 1e6 / 1000, "cycles_per_image": 1000}
 

@@ -46,12 +46,10 @@ from pathlib import Path
 from ..boards.platforms import BOARDS, get_board
 from ..boards.pll import pll_settings
 from ..boards.top import PlatformTop
-from .build_report import git_commit, render_markdown, report_head, versions
-from .flowlog import (  # noqa: F401 - some re-exported from their old home
-    MultiplierFound,
-    assert_multiplier_free,
+from .build_report import git_commit, publish, render_markdown, report_head, versions
+from .flowlog import (
     family_counts,
-    multiplier_cells,
+    multipliers_of,
     parse_nextpnr_log,
     stat_cells,
     xilinx_capacity,
@@ -59,9 +57,7 @@ from .flowlog import (  # noqa: F401 - some re-exported from their old home
 )
 from .toolchain import setup_tool_env
 
-__all__ = ["main", "parse_args", "default_weights", "BuildError", "parse_nextpnr_log",
-           "xilinx_utilization", "multiplier_cells", "assert_multiplier_free", "MultiplierFound",
-           "ROOT"]
+__all__ = ["main", "parse_args", "default_weights", "BuildError", "build"]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXIT_FAIL, EXIT_USAGE, EXIT_MISSING = 1, 2, 3
@@ -178,29 +174,6 @@ def _missing_xray(platform, env: dict) -> list[str]:
     return missing
 
 
-# -- publishing --------------------------------------------------------------------------------
-def publish(out_dir: Path, files: dict) -> None:
-    """Write ``files`` (name -> Path to copy, or str/bytes) to ``out_dir`` all at once: into a
-    temporary sibling folder first, then renamed into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for name, content in files.items():
-            if isinstance(content, Path):
-                shutil.copyfile(content, tmp / name)
-            else:
-                (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # -- the command line --------------------------------------------------------------------------
 def _array_arg(text: str) -> tuple[int, int]:
     try:
@@ -247,7 +220,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--synth-only", action="store_true", help="stop after synthesis")
     ap.add_argument("--sweep", type=_mhz_list, metavar="MHZ,MHZ,...",
                     help="one full build per clock; the table into sweep.md, the highest clock "
-                         "that met timing with margin published (hw.sweep)")
+                         "that met timing with margin published (hw.flow.sweep)")
     ap.add_argument("--list-boards", action="store_true")
     ap.add_argument("--out-dir", type=Path, help="default bitstreams/<board>")
     ap.add_argument("--work-dir", type=Path, help="default build/<board>")
@@ -444,7 +417,7 @@ def build(args) -> dict:
     rep = report_head(args, board, platform, variant, core, weights, (rows, cols),
                        (requested, freq, pll), divisor)
     products = {}
-    rep["multipliers"] = _multipliers(workdir)
+    rep["multipliers"] = multipliers_of(workdir)
     if args.core == "accel" and args.arith == "bm":
         _require_multiplier_free(rep["multipliers"])
     if args.synth_only or missing:
@@ -470,16 +443,6 @@ def build(args) -> dict:
             + f"\nsynthesis results were written to {out_dir} (status: incomplete)",
             EXIT_MISSING)
     return rep
-
-
-def _multipliers(workdir: Path) -> dict:
-    """:func:`multiplier_cells` of the design as read (``rtl``) and as mapped (``mapped``), for
-    each statistic the synthesis wrote."""
-    out = {}
-    for stage, name in (("rtl", "top.rtl_stat.json"), ("mapped", "top.stat.json")):
-        if (workdir / name).exists():
-            out[stage] = multiplier_cells(json.loads((workdir / name).read_text()))
-    return out
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -158,3 +160,25 @@ def versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
+
+
+def publish(out_dir: Path, files: dict) -> None:
+    """Write ``files`` (name -> Path to copy, or str/bytes) to ``out_dir`` all at once: into a
+    temporary sibling folder first, then renamed into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, content in files.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, tmp / name)
+            else:
+                (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -7,7 +7,9 @@ resource reports (:mod:`hw.reports.flow`).
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 __all__ = ["CELL_PATTERNS", "LUT_EQUIVALENT", "MULTIPLIER_CELLS", "MultiplierFound",
            "assert_multiplier_free", "family_counts", "multiplier_cells", "parse_nextpnr_log",
@@ -170,4 +172,14 @@ def family_counts(flow: str, cells: dict) -> dict:
         return {k: v for k, v in u.items() if k != "cells_by_type"}
     out = {col: _count(cells, pat) for col, pat in CELL_PATTERNS[fam].items()}
     out["LUT"] = LUT_EQUIVALENT[fam](out)
+    return out
+
+
+def multipliers_of(workdir: Path) -> dict:
+    """:func:`multiplier_cells` of the design as read (``rtl``) and as mapped (``mapped``), for
+    each statistic the synthesis wrote."""
+    out = {}
+    for stage, name in (("rtl", "top.rtl_stat.json"), ("mapped", "top.stat.json")):
+        if (workdir / name).exists():
+            out[stage] = multiplier_cells(json.loads((workdir / name).read_text()))
     return out

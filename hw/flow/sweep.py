@@ -15,6 +15,9 @@ import copy
 import json
 from pathlib import Path
 
+from .build_report import publish
+from .flowlog import parse_nextpnr_log
+
 __all__ = ["MARGIN", "render_sweep", "run_sweep"]
 
 MARGIN = 0.05  # the Fmax a chosen clock must leave to spare, as a fraction of the clock
@@ -22,8 +25,6 @@ MARGIN = 0.05  # the Fmax a chosen clock must leave to spare, as a fraction of t
 
 def _fmax_of(workdir: Path) -> float | None:
     """The lowest Fmax in a build folder's nextpnr log, or None without one."""
-    from .flowlog import parse_nextpnr_log
-
     tim = workdir / "top.tim"
     if not tim.exists():
         return None
@@ -37,7 +38,7 @@ def run_sweep(args, flow, *, root: Path) -> dict:
     ``flow`` is :mod:`hw.flow.build` (passed in, so that this module does not import it back)."""
     from ..boards.platforms import get_board
 
-    build, BuildError, log, publish = flow.build, flow.BuildError, flow.log, flow.publish
+    build, BuildError, log = flow.build, flow.BuildError, flow.log
     board = get_board(args.board)
     work = (args.work_dir or root / "build" / board.name).resolve()
     out = (args.out_dir or root / "bitstreams" / board.name).resolve()
