@@ -1,0 +1,233 @@
+"""The CIFAR-10 training loop (:func:`train_phase`), its losses, and the conversion and refit of
+ResNet-22 layers."""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+
+import torch
+import torch.nn.functional as F
+
+from ..layers import BMLayer
+from ..maxops import MaxOp
+from ..resnet import ResNet22
+from ..train import refit_layer
+from .setup import CifarConfig, Run, augment, load_resnet, make_optimizer, to_float
+
+
+def set_alpha(net: ResNet22, a: float) -> None:
+    for m in net.bm_layers():
+        if m.op.kind != "max":
+            m.op.set_alpha(a)
+
+
+def train_phase(
+    run: Run,
+    net: ResNet22,
+    data,
+    loss_fn,
+    *,
+    epochs: float,
+    lr: float,
+    tag: str,
+    sgd: bool = False,
+    frozen: int = 0,
+    deadline: float | None = None,
+    on_alpha=None,
+) -> None:
+    """Train ``net`` for ``epochs`` (fractions allowed) with a cosine learning rate.
+
+    Layers ``< frozen`` and their batch norms are frozen. Resumes from ``ckpt.pt`` when its tag
+    matches. LSE alphas anneal from ``cfg.alpha`` to ``cfg.alpha_end``; ``on_alpha()`` is called
+    each time alpha has doubled.
+    """
+    cfg, dd = run.cfg, run.dd
+    xtr, ytr = data[0], data[1]
+    n = len(xtr)
+    for i, layer in enumerate(net.layers):
+        on = i >= frozen
+        for p in layer.parameters():
+            p.requires_grad_(on)
+        if i < len(net.bns):
+            for p in net.bns[i].parameters():
+                p.requires_grad_(on)
+    bs = cfg.batch_size
+    per_rank = bs // dd.world if dd.on else bs
+    steps_per_epoch = max(1, n // bs)
+    total = max(1, round(epochs * steps_per_epoch))
+    opt = make_optimizer(cfg, net.parameters(), lr, sgd)
+    warm = min(total // 20, 200) if sgd else 0
+    start = 0
+    ck = run.load_ckpt(tag)
+    if ck is not None:
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        start = ck["step"]
+        run.log(f"{tag}: resuming at step {start}/{total}")
+    # with a time limit the schedule runs on whichever is further along, steps or the clock, so
+    # that a phase cut short by its budget still ends its cosine and its alpha annealing
+    end = run.t0 + cfg.budget_s if cfg.budget_s else None
+    if deadline is not None:
+        end = deadline if end is None else min(end, deadline)
+    t_phase = time.time()
+
+    def progress(step):
+        if end is None:
+            return min(1.0, step / total)
+        p = max(step / total, (time.time() - t_phase) / max(1e-3, end - t_phase))
+        return min(1.0, run.sync(p))  # the clock differs between processes
+
+    def set_lr(step, prog):
+        if step < warm:
+            f = (step + 1) / warm
+        else:
+            w = warm / total
+            f = 0.5 * (1 + math.cos(math.pi * max(0.0, prog - w) / max(1e-9, 1 - w)))
+        for g in opt.param_groups:
+            g["lr"] = lr * f
+
+    model = dd.wrap(net)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 997)
+    a0, a1 = cfg.alpha, cfg.alpha_end
+    lse = a1 is not None and any(m.op.kind != "max" for m in net.bm_layers())
+    use_amp = cfg.amp and cfg.device.startswith("cuda")
+    step = 0
+    ep = 0
+    a_fit = a0
+    t_log = time.time()
+    while step < total:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919 * ep))
+        for s0 in range(0, steps_per_epoch * bs, bs):
+            if step >= total:
+                break
+            if step < start:
+                step += 1
+                continue
+            if run.over_budget(deadline if step > start else None):  # one step at least
+                run.log(f"{tag}: stopped by the time budget at step {step}/{total}")
+                total = step
+                break
+            idx = perm[s0 : s0 + bs]
+            if dd.on:
+                idx = idx[dd.rank * per_rank : (dd.rank + 1) * per_rank]
+            idx = idx.to(xtr.device)
+            xb, yb = xtr[idx], ytr[idx]
+            if cfg.augment:
+                xb = augment(xb, gen)
+            prog = progress(step)
+            set_lr(step, prog)
+            if lse:
+                a = a0 * (a1 / a0) ** min(1.0, prog / 0.75)
+                set_alpha(net, a)
+                if on_alpha is not None and a >= 2 * a_fit:  # refit each time alpha doubles
+                    on_alpha()
+                    a_fit = a
+            net.train()
+            for i in range(min(frozen, len(net.bns))):
+                net.bns[i].eval()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                loss = loss_fn(model, to_float(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"{tag}: loss is {lv} at step {step}")
+            if (cfg.progress and time.time() - t_log > 60) or step == total:
+                t_log = time.time()
+                run.log(f"{tag}: step {step}/{total} loss {lv:.4f}")
+            if step % steps_per_epoch == 0 or step == total:
+                state = {"net": net.state_dict(), "opt": opt.state_dict()}
+                run.save_ckpt({"tag": tag, "step": step, **state})
+        ep += 1
+    if lse:
+        set_alpha(net, a1)
+
+
+def ce_loss(model, x, y):
+    return F.cross_entropy(model(x), y)
+
+
+def kd_loss(teacher: ResNet22, beta: float, layers: list[int] | None):
+    """Section 4.1 (``layers=None``: every layer's tap) or 4.2 (``layers=[k]``)."""
+
+    def f(model, x, y):
+        with torch.no_grad():
+            t_out, t_taps = teacher(x, taps=True)
+        s_out, s_taps = model(x, taps=True)
+        keys = list(t_taps) if layers is None else layers
+        mse = sum(F.mse_loss(s_taps[k].float(), t_taps[k].float()) for k in keys) / len(keys)
+        soft = F.cross_entropy(s_out, F.softmax(t_out.float(), 1))
+        return beta * mse + soft + F.cross_entropy(s_out, y)
+
+    return f
+
+
+def load_teacher(cfg: CifarConfig) -> ResNet22:
+    t = load_resnet(cfg.teacher, cfg.device).eval()
+    for p in t.parameters():
+        p.requires_grad_(False)
+    if t.cfg.stem != cfg.stem or any(f != "classical" for f in t.forms):
+        raise ValueError(f"{cfg.teacher}: the teacher must be a classical ResNet (stem {cfg.stem})")
+    return t
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def layer_input(net: ResNet22, i: int, x: torch.Tensor) -> torch.Tensor:
+    """The input of ``net.layers[i]`` on images ``x`` (the forward stops there)."""
+    got = []
+
+    def hook(_m, args):
+        got.append(args[0])
+        raise _Stop
+
+    h = net.layers[i].register_forward_pre_hook(hook)
+    try:
+        net(x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return got[0]
+
+
+@torch.no_grad()
+def refit(run: Run, net: ResNet22, teacher: ResNet22, x: torch.Tensor, layers) -> None:
+    """Least-squares refit (:func:`model.train.refit_layer`) of BM ``layers``, in order, to the
+    teacher's conv outputs: ``corr_x`` (a power of two), a gain per output channel and the bias,
+    on the student's own inputs. Without it the window-sum correction ``dw * sum x`` dominates
+    every pre-activation once the max replaces the sum, and training collapses (METHOD.md 6)."""
+    from types import SimpleNamespace
+
+    was = net.training
+    net.eval()
+    opts = SimpleNamespace(snap_corr=True)
+    for i in layers:
+        if not isinstance(net.layers[i], BMLayer):
+            continue
+        h_in = layer_input(net, i, x)
+        target = teacher.layers[i](layer_input(teacher, i, x))
+        refit_layer(opts, net.layers[i], h_in, target)
+    net.train(was)
+    run.log(f"refit layers {list(layers)[0]}..{list(layers)[-1]} on {len(x)} images")
+
+
+def calib_images(cfg: CifarConfig, data, n: int = 128) -> torch.Tensor:
+    return to_float(data[0][:n])
+
+
+def convert_all(cfg: CifarConfig, net: ResNet22, op: str | None = None) -> None:
+    for i in range(len(net.layers)):
+        convert(cfg, net, i, op)
+
+
+def convert(cfg: CifarConfig, net: ResNet22, i: int, op: str | None = None) -> None:
+    kind = op or cfg.op
+    net.convert_layer(i, cfg.form, op=MaxOp(kind, alpha=cfg.alpha)).to(cfg.device)
