@@ -33,6 +33,7 @@ is not a neural network.
 """
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
@@ -135,113 +136,122 @@ class BoardTop(wiring.Component):
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
 
         n_pix, n_log = core.n_pixels, core.n_logits
-        pix = Signal(range(n_pix))
-        gap = Signal(range(self.timeout_cycles + 1))
-        logit_idx = Signal(range(n_log + 1))
-        word = Signal(32)
-        byte_idx = Signal(range(LOGIT_BYTES))
-        have_word = Signal()
-        best = Signal(signed(32))
-        best_idx = Signal(range(max(n_log, 2)))
-        cls = Signal(4)
-        error = Signal()
-        receiving = Signal()
-        answering = Signal()
+        w = SimpleNamespace(
+            core=core, urx=urx, utx=utx, n_pix=n_pix, n_log=n_log,
+            pix=Signal(range(n_pix), name="pix"),
+            gap=Signal(range(self.timeout_cycles + 1), name="gap"),
+            logit_idx=Signal(range(n_log + 1), name="logit_idx"),
+            word=Signal(32, name="word"),
+            byte_idx=Signal(range(LOGIT_BYTES), name="byte_idx"),
+            have_word=Signal(name="have_word"),
+            best=Signal(signed(32), name="best"),
+            best_idx=Signal(range(max(n_log, 2)), name="best_idx"),
+            cls=Signal(4, name="cls"),
+            error=Signal(name="error"),
+            receiving=Signal(name="receiving"),
+            answering=Signal(name="answering"),
+        )
         heartbeat = Signal(self.heartbeat_bits)
 
         m.d.sync += heartbeat.eq(heartbeat + 1)
         with m.If(urx.overrun | urx.frame_error):
-            m.d.sync += error.eq(1)
-        m.d.comb += self.leds.eq(
-            cls | (receiving << 4) | (answering << 5) | (error << 6) | (heartbeat[-1] << 7))
+            m.d.sync += w.error.eq(1)
+        m.d.comb += self.leds.eq(w.cls | (w.receiving << 4) | (w.answering << 5)
+                                 | (w.error << 6) | (heartbeat[-1] << 7))
 
         with m.FSM():
-            with m.State("START"):
-                # One cycle out of reset. The state register then always changes once, which
-                # makes Icarus evaluate the FSM's combinational blocks (it skips them at time 0).
-                m.next = "SYNC"
-            with m.State("SYNC"):
-                m.d.comb += urx.o.ready.eq(1)
-                with m.If(urx.o.valid & (urx.o.payload == SYNC)):
-                    m.d.sync += [pix.eq(0), gap.eq(0)]
-                    m.next = "PIXELS"
-            with m.State("PIXELS"):
-                m.d.comb += [
-                    receiving.eq(1),
-                    core.i.valid.eq(urx.o.valid),
-                    core.i.payload.eq(urx.o.payload),
-                    urx.o.ready.eq(core.i.ready),
-                ]
-                with m.If(core.i.valid & core.i.ready):
-                    m.d.sync += [pix.eq(pix + 1), gap.eq(0)]
-                    with m.If(pix == n_pix - 1):
-                        m.next = "REPLY"
-                with m.Elif(gap == self.timeout_cycles):
-                    m.d.sync += error.eq(1)
-                    m.next = "FLUSH"
-                with m.Else():
-                    m.d.sync += gap.eq(gap + 1)
-            with m.State("FLUSH"):
-                # pad the abandoned image with zeros so the core stays in step
-                m.d.comb += [receiving.eq(1), core.i.valid.eq(1), urx.o.ready.eq(1)]
-                with m.If(core.i.ready):
-                    m.d.sync += pix.eq(pix + 1)
-                    with m.If(pix == n_pix - 1):
-                        m.d.sync += logit_idx.eq(0)
-                        m.next = "DRAIN"
-            with m.State("DRAIN"):
-                m.d.comb += [answering.eq(1), urx.o.ready.eq(1), core.o.ready.eq(1)]
-                with m.If(core.o.valid):
-                    m.d.sync += logit_idx.eq(logit_idx + 1)
-                    with m.If(logit_idx == n_log - 1):
-                        m.next = "SYNC"
-            with m.State("REPLY"):
-                m.d.comb += [
-                    answering.eq(1),
-                    urx.o.ready.eq(1),
-                    utx.i.valid.eq(1),
-                    utx.i.payload.eq(REPLY),
-                ]
-                with m.If(utx.i.ready):
-                    m.d.sync += [logit_idx.eq(0), have_word.eq(0)]
-                    m.next = "LOGITS"
-            with m.State("LOGITS"):
-                m.d.comb += [answering.eq(1), urx.o.ready.eq(1)]
-                with m.If(have_word):
-                    m.d.comb += [
-                        utx.i.valid.eq(1),
-                        # byte ``byte_idx``: a shift by ``byte_idx << 3`` (``word_select``
-                        # would multiply the index by 8)
-                        utx.i.payload.eq((word >> Cat(Const(0, 3), byte_idx))[:8]),
-                    ]
-                    with m.If(utx.i.ready):
-                        m.d.sync += byte_idx.eq(byte_idx + 1)
-                        with m.If(byte_idx == LOGIT_BYTES - 1):
-                            m.d.sync += have_word.eq(0)
-                            with m.If(logit_idx == n_log):
-                                m.next = "CLASS"
-                with m.Else():
-                    m.d.comb += core.o.ready.eq(1)
-                    with m.If(core.o.valid):
-                        m.d.sync += [
-                            word.eq(core.o.payload),
-                            byte_idx.eq(0),
-                            have_word.eq(1),
-                            logit_idx.eq(logit_idx + 1),
-                        ]
-                        with m.If((logit_idx == 0) | (core.o.payload > best)):
-                            m.d.sync += [best.eq(core.o.payload), best_idx.eq(logit_idx)]
-            with m.State("CLASS"):
-                m.d.comb += [
-                    answering.eq(1),
-                    urx.o.ready.eq(1),
-                    utx.i.valid.eq(1),
-                    utx.i.payload.eq(best_idx),
-                ]
-                with m.If(utx.i.ready):
-                    m.d.sync += cls.eq(best_idx)
-                    m.next = "SYNC"
+            self._receive_states(m, w)
+            self._answer_states(m, w)
         return m
+
+    def _receive_states(self, m, w):
+        """START, SYNC, PIXELS and, after a timeout, FLUSH and DRAIN."""
+        core, urx, pix, gap, n_pix = w.core, w.urx, w.pix, w.gap, w.n_pix
+        with m.State("START"):
+            # One cycle out of reset. The state register then always changes once, which
+            # makes Icarus evaluate the FSM's combinational blocks (it skips them at time 0).
+            m.next = "SYNC"
+        with m.State("SYNC"):
+            m.d.comb += urx.o.ready.eq(1)
+            with m.If(urx.o.valid & (urx.o.payload == SYNC)):
+                m.d.sync += [pix.eq(0), gap.eq(0)]
+                m.next = "PIXELS"
+        with m.State("PIXELS"):
+            m.d.comb += [
+                w.receiving.eq(1),
+                core.i.valid.eq(urx.o.valid),
+                core.i.payload.eq(urx.o.payload),
+                urx.o.ready.eq(core.i.ready),
+            ]
+            with m.If(core.i.valid & core.i.ready):
+                m.d.sync += [pix.eq(pix + 1), gap.eq(0)]
+                with m.If(pix == n_pix - 1):
+                    m.next = "REPLY"
+            with m.Elif(gap == self.timeout_cycles):
+                m.d.sync += w.error.eq(1)
+                m.next = "FLUSH"
+            with m.Else():
+                m.d.sync += gap.eq(gap + 1)
+        with m.State("FLUSH"):
+            # pad the abandoned image with zeros so the core stays in step
+            m.d.comb += [w.receiving.eq(1), core.i.valid.eq(1), urx.o.ready.eq(1)]
+            with m.If(core.i.ready):
+                m.d.sync += pix.eq(pix + 1)
+                with m.If(pix == n_pix - 1):
+                    m.d.sync += w.logit_idx.eq(0)
+                    m.next = "DRAIN"
+        with m.State("DRAIN"):
+            m.d.comb += [w.answering.eq(1), urx.o.ready.eq(1), core.o.ready.eq(1)]
+            with m.If(core.o.valid):
+                m.d.sync += w.logit_idx.eq(w.logit_idx + 1)
+                with m.If(w.logit_idx == w.n_log - 1):
+                    m.next = "SYNC"
+
+    @staticmethod
+    def _send(m, w, payload):
+        """Answer with one byte; the caller's ``m.If(utx.i.ready)`` moves on."""
+        m.d.comb += [w.answering.eq(1), w.urx.o.ready.eq(1), w.utx.i.valid.eq(1),
+                     w.utx.i.payload.eq(payload)]
+
+    def _answer_states(self, m, w):
+        """REPLY, LOGITS (four bytes each, tracking the largest) and CLASS."""
+        core, urx, utx, logit_idx, byte_idx = w.core, w.urx, w.utx, w.logit_idx, w.byte_idx
+        with m.State("REPLY"):
+            self._send(m, w, REPLY)
+            with m.If(utx.i.ready):
+                m.d.sync += [logit_idx.eq(0), w.have_word.eq(0)]
+                m.next = "LOGITS"
+        with m.State("LOGITS"):
+            m.d.comb += [w.answering.eq(1), urx.o.ready.eq(1)]
+            with m.If(w.have_word):
+                m.d.comb += [
+                    utx.i.valid.eq(1),
+                    # byte ``byte_idx``: a shift by ``byte_idx << 3`` (``word_select``
+                    # would multiply the index by 8)
+                    utx.i.payload.eq((w.word >> Cat(Const(0, 3), byte_idx))[:8]),
+                ]
+                with m.If(utx.i.ready):
+                    m.d.sync += byte_idx.eq(byte_idx + 1)
+                    with m.If(byte_idx == LOGIT_BYTES - 1):
+                        m.d.sync += w.have_word.eq(0)
+                        with m.If(logit_idx == w.n_log):
+                            m.next = "CLASS"
+            with m.Else():
+                m.d.comb += core.o.ready.eq(1)
+                with m.If(core.o.valid):
+                    m.d.sync += [
+                        w.word.eq(core.o.payload),
+                        byte_idx.eq(0),
+                        w.have_word.eq(1),
+                        logit_idx.eq(logit_idx + 1),
+                    ]
+                    with m.If((logit_idx == 0) | (core.o.payload > w.best)):
+                        m.d.sync += [w.best.eq(core.o.payload), w.best_idx.eq(logit_idx)]
+        with m.State("CLASS"):
+            self._send(m, w, w.best_idx)
+            with m.If(utx.i.ready):
+                m.d.sync += w.cls.eq(w.best_idx)
+                m.next = "SYNC"
 
 
 # -- the test fixture core ---------------------------------------------------------------------
