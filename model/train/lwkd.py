@@ -54,6 +54,98 @@ def snapshot(run: Run, student: LeNet, tutor: LeNet, k: int, acc: float) -> None
     )
 
 
+def _convert_stage_layer(run: Run, student: LeNet, tutor: LeNet, k: int, ep0: int, xtr):
+    """Freeze everything, convert student layer ``k`` from the tutor's (on a fresh stage), and
+    make it and the tutor's tail trainable; returns the layer and the tail."""
+    cfg = run.cfg
+    n = len(student.layers)
+    layer = student.layers[k]
+    for m in student.layers:
+        m.requires_grad_(False)
+    tutor.requires_grad_(False)
+    if ep0 == 0 or not isinstance(layer, BMLayer):
+        layer = convert_layer(cfg, student, k, src=tutor.layers[k])
+        if k == n - 1 and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
+            layer.set_op(MaxOp("lse", alpha=1.0))
+        elif cfg.refit:
+            refit_to(cfg, student, k, tutor, xtr[: cfg.refit_images], run.log)
+    layer.requires_grad_(True)
+    if isinstance(layer, BM15Layer) and not cfg.learn_corr:
+        layer.corr_x.requires_grad_(False) if isinstance(layer.corr_x, nn.Parameter) else None
+    tail = tutor.layers[k + 1 :]
+    tail.requires_grad_(True)
+    student.eval()
+    tutor.eval()
+    return layer, tail
+
+
+def _stage_caches(run: Run, student: LeNet, k: int, first: int, joint: bool, caches, data):
+    """The frozen student's outputs feeding the stage's first trainable layer (train, test)."""
+    cfg, (xtr, _, xte, _) = run.cfg, data
+    t0 = time.time()
+    if joint:
+        if caches[0] is None:
+            caches = (
+                cache_inputs(student, first, xtr, cfg.cache_limit_gb),
+                cache_inputs(student, first, xte, cfg.cache_limit_gb),
+            )
+    else:
+        caches = (
+            cache_inputs(student, k, xtr, cfg.cache_limit_gb, prev=caches[0]),
+            cache_inputs(student, k, xte, cfg.cache_limit_gb, prev=caches[1]),
+        )
+    if caches[0] is not None:
+        run.log(f"layer {k}: cached student inputs {tuple(caches[0].shape)} "
+                f"({time.time() - t0:.0f}s)")
+    return caches
+
+
+def _stage_optimizer(cfg, student: LeNet, first: int, k: int, tail, steps: int, opt_state):
+    """Adam over the stage's student layers (``lr``) and the tutor's tail (``tail_lr``), with
+    its cosine schedule, restored from ``opt_state`` when resuming."""
+    trainable = [
+        p for m in student.layers[first : k + 1] for p in m.parameters() if p.requires_grad
+    ]
+    groups = [{"params": trainable, "lr": cfg.lr}]
+    tail_params = [p for p in tail.parameters()]
+    if tail_params:
+        groups.append({"params": tail_params, "lr": cfg.tail_lr})
+    opt = torch.optim.Adam(groups)
+    sched = cosine(opt, steps)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state["opt"])
+        sched.load_state_dict(opt_state["sched"])
+    return opt, sched
+
+
+def _stage_alpha(cfg, student: LeNet, layer, epochs: int, lse_epochs: int):
+    """The stage's alpha schedule: the classifier's LSE annealed to ``last_alpha_end`` over
+    three quarters of its LSE epochs, else :func:`alpha_schedule`."""
+    if not lse_epochs:
+        return alpha_schedule(cfg, student, [layer])
+
+    def asched(frac):
+        f = min(1.0, frac * epochs / lse_epochs / 0.75)
+        if layer.op.kind == "lse":
+            layer.op.set_alpha(cfg.last_alpha_end**f)
+
+    return asched
+
+
+def _stage_loss(cfg, tutor: LeNet, k: int, n: int, hs, xb, yb):
+    """Section 4.2's loss: the student layer against the tutor's, and cross-entropy of the
+    student path and of the tutor alone."""
+    with torch.no_grad():
+        ht = tutor.run(xb, 0, k + 1)
+    if k == n - 1:  # logits: compared up to a shift common to all classes
+        loss = cfg.last_beta * F.mse_loss(centred(hs), centred(ht))
+    else:
+        loss = cfg.beta * feature_mse(hs, ht, cfg.kd_norm)
+    out1 = tutor.run(hs, k + 1)
+    out2 = tutor.run(ht, k + 1)
+    return loss + cfg.ce_weight * (F.cross_entropy(out1, yb) + F.cross_entropy(out2, yb))
+
+
 def _lwkd_stage(
     run: Run,
     data,
@@ -72,54 +164,21 @@ def _lwkd_stage(
     xtr, ytr, xte, yte = data
     n = len(student.layers)
     epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
-    layer = student.layers[k]
-    for m in student.layers:
-        m.requires_grad_(False)
-    tutor.requires_grad_(False)
-    if ep0 == 0 or not isinstance(layer, BMLayer):
-        layer = convert_layer(cfg, student, k, src=tutor.layers[k])
-        if k == n - 1 and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
-            layer.set_op(MaxOp("lse", alpha=1.0))
-        elif cfg.refit:
-            refit_to(cfg, student, k, tutor, xtr[: cfg.refit_images], run.log)
-    layer.requires_grad_(True)
-    if isinstance(layer, BM15Layer) and not cfg.learn_corr:
-        layer.corr_x.requires_grad_(False) if isinstance(layer.corr_x, nn.Parameter) else None
-    tail = tutor.layers[k + 1 :]
-    tail.requires_grad_(True)
-    student.eval()
-    tutor.eval()
-    t0 = time.time()
+    layer, tail = _convert_stage_layer(run, student, tutor, k, ep0, xtr)
     joint = k == n - 1 and cfg.last_joint == 1
     first = k - 1 if joint else k  # first trainable student layer
     if joint:
         student.layers[first].requires_grad_(True)
-        if caches[0] is None:
-            caches = (
-                cache_inputs(student, first, xtr, cfg.cache_limit_gb),
-                cache_inputs(student, first, xte, cfg.cache_limit_gb),
-            )
-        cache_tr, cache_te = caches
-    else:
-        cache_tr = cache_inputs(student, k, xtr, cfg.cache_limit_gb, prev=caches[0])
-        cache_te = cache_inputs(student, k, xte, cfg.cache_limit_gb, prev=caches[1])
-        caches = (cache_tr, cache_te)
-    lse_epochs = epochs - cfg.last_max_epochs if (k == n - 1 and cfg.last_op) else 0
-    if cache_tr is not None:
-        run.log(
-            f"layer {k}: cached student inputs {tuple(cache_tr.shape)} ({time.time() - t0:.0f}s)"
-        )
+    caches = _stage_caches(run, student, k, first, joint, caches, data)
+    cache_tr, cache_te = caches
+    last_stage = k == n - 1 and bool(cfg.last_op)
+    lse_epochs = epochs - cfg.last_max_epochs if last_stage else 0
 
     def s_in(xb, idx, cache):
         return cache[idx] if cache is not None else student.run(xb, 0, first)
 
-    def s_out(h):
-        return student.run(h, first, k + 1)
-
     def student_path(xb, idx=None, cache=None):
-        return tutor.run(s_out(s_in(xb, idx, cache)), k + 1)
-
-    last_stage = k == n - 1 and bool(cfg.last_op)
+        return tutor.run(student.run(s_in(xb, idx, cache), first, k + 1), k + 1)
 
     def set_last_op(ep):
         if last_stage and ep < lse_epochs and layer.op.kind != "lse":
@@ -142,28 +201,9 @@ def _lwkd_stage(
     if ep0 == 0:
         acc0 = eval_path()
         run.log(f"layer {k} ({student.forms[k]}) converted: student-path test acc {acc0:.4f}")
-    trainable = [
-        p for m in student.layers[first : k + 1] for p in m.parameters() if p.requires_grad
-    ]
-    groups = [{"params": trainable, "lr": cfg.lr}]
-    tail_params = [p for p in tail.parameters()]
-    if tail_params:
-        groups.append({"params": tail_params, "lr": cfg.tail_lr})
-    opt = torch.optim.Adam(groups)
     steps = epochs * math.ceil(len(xtr) / cfg.batch_size)
-    sched = cosine(opt, steps)
-    if opt_state is not None:
-        opt.load_state_dict(opt_state["opt"])
-        sched.load_state_dict(opt_state["sched"])
-        opt_state = None
-    asched = alpha_schedule(cfg, student, [layer])
-    if lse_epochs:
-
-        def asched(frac, _e=epochs, _l=lse_epochs):  # noqa: F811
-            f = min(1.0, frac * _e / _l / 0.75)
-            if layer.op.kind == "lse":
-                layer.op.set_alpha(cfg.last_alpha_end**f)
-
+    opt, sched = _stage_optimizer(cfg, student, first, k, tail, steps, opt_state)
+    asched = _stage_alpha(cfg, student, layer, epochs, lse_epochs)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
     for ep in range(epochs):
         order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
@@ -179,22 +219,14 @@ def _lwkd_stage(
                 asched((ep + j / len(order)) / epochs)
             xb, yb = xtr[idx], ytr[idx]
             with torch.no_grad():
-                ht = tutor.run(xb, 0, k + 1)
                 hin = s_in(xb, idx, cache_tr)
-            hs = s_out(hin)
-            if k == n - 1:  # logits: compared up to a shift common to all classes
-                loss = cfg.last_beta * F.mse_loss(centred(hs), centred(ht))
-            else:
-                loss = cfg.beta * feature_mse(hs, ht, cfg.kd_norm)
-            out1 = tutor.run(hs, k + 1)
-            out2 = tutor.run(ht, k + 1)
-            loss = loss + cfg.ce_weight * (F.cross_entropy(out1, yb) + F.cross_entropy(out2, yb))
+            loss = _stage_loss(cfg, tutor, k, n, student.run(hin, first, k + 1), xb, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             tot += float(loss.detach())
-            if not math.isfinite(float(loss.detach())):
+            if not math.isfinite(tot):
                 raise FloatingPointError(f"layer {k}: loss {float(loss.detach())}")
         acc = eval_path()
         run.log(
@@ -206,19 +238,10 @@ def _lwkd_stage(
         if last:
             accs.append(acc)
             snapshot(run, student, tutor, k, acc)
-        run.save_ckpt(
-            {
-                "tag": tag,
-                "stage": k + 1 if last else k,
-                "epoch": 0 if last else ep + 1,
-                "opt_state": None
-                if last
-                else {"opt": opt.state_dict(), "sched": sched.state_dict()},
-                "accs": accs,
-                "student": student.state_dict(),
-                "tutor": tutor.state_dict(),
-            }
-        )
+        opt_state = None if last else {"opt": opt.state_dict(), "sched": sched.state_dict()}
+        run.save_ckpt({"tag": tag, "stage": k + 1 if last else k, "epoch": 0 if last else ep + 1,
+                       "opt_state": opt_state, "accs": accs, "student": student.state_dict(),
+                       "tutor": tutor.state_dict()})
     student.requires_grad_(False)
     if isinstance(layer, BMLayer):
         layer.op.freeze()  # a learned alpha is frozen after its stage
