@@ -88,15 +88,12 @@ def quantize_bm(
     (the log unit truncates, so its products are biased low): ``Lw = round(2**f * (log2(w_pos
     * k) - log2 g_c))`` with ``g_c = sum E_int / sum E_float``, still a code of ``w_pos * k'``.
     """
-    from ..reference import batch_bm_layer, ref_requant
-
     sigma = 2.0 ** (pixel_shift - 8)
     layers, tensors, info = [], [], []
     codes = None
     if calib_images is not None:
         x = np.asarray(calib_images)
         codes = (x[:, None] if x.ndim == 3 else x).astype(np.int64) >> pixel_shift
-    wmax_code = 2.0 ** (p.w_log_max / (1 << p.log_frac))
     for li, (st, s) in enumerate(zip(stages, stats, strict=True)):
         m = st.module
         last = li == len(stages) - 1
@@ -106,47 +103,12 @@ def quantize_bm(
             tensors.append(t)
             info.append(inf)
             break
-        if not isinstance(m, BM15Layer):
-            raise QuantizeError(
-                f"layer {li} is {type(m).__name__}, not a 1.5-BM layer"
-                + ("" if last else " (only the classifier may be lns or bm2)")
-            )
-        if m.op.kind != "max":
-            raise QuantizeError(f"layer {li} uses {m.op.kind!r}: the integer datapath is hard max")
         kind, cin, cout, k = st.geometry
-        w_pos = m.w_pos().detach().double().numpy().reshape(cout, -1)
-        fb = m.folded_bias().detach().double().numpy()
-        cx = float(m.corr_x.detach())
-        if not cx > 0:
-            raise QuantizeError(f"layer {li}: corr_x must be > 0 for a shift, not {cx}")
-        if bool(m.corr_exponents().detach().ne(0).any()):
-            raise QuantizeError(
-                f"layer {li}: per-channel corrections (--corr-channels) are not in the datapath"
-            )
-        last = li == len(stages) - 1
+        w_pos, fb, cx = _bm_float_layer(li, m, last)
         d = None
         if not last:
             d = math.ceil(math.log2(_clip(s, pct) / (p.a_max * sigma * cx)))
-        chosen = None
-        for c in range(p.max_c_shift, -1, -1):
-            if d is not None and c + d < 0:
-                break
-            kk = 2.0**c / cx
-            a_acc = kk / sigma
-            if s.e_max * a_acc * 2 > p.exp_max:
-                continue
-            if float(w_pos.max()) * kk * 2 ** (1 / (1 << p.log_frac)) > wmax_code:
-                continue
-            if float(np.abs(fb).max(initial=0)) * a_acc * 2 >= 2 ** (p.bias_bits - 1):
-                continue
-            chosen = (c, kk, a_acc)
-            break
-        if chosen is None:
-            raise QuantizeError(
-                f"layer {li}: no c_shift in 0..{p.max_c_shift} fits exp_bits/w_log_bits/bias_bits"
-                f" (e_max={s.e_max:.3g}, corr_x={cx:.3g}, sigma={sigma:.3g}, d={d})"
-            )
-        c, kk, a_acc = chosen
+        c, kk, a_acc = _choose_c_shift(p, li, s, w_pos, fb, cx, sigma, d)
         if last:
             bound = (s.z_absmax + s.e_max) * a_acc * 2
             out_shift = _last_shift(bound, p.acc_bits)
@@ -178,20 +140,70 @@ def quantize_bm(
             }
         )
         if codes is not None and not last:
-            acc = batch_bm_layer(p, spec, codes, lw, bias)
-            y = ref_requant(p, acc, spec.out_shift, spec.relu).transpose(0, 3, 1, 2)
-            if spec.pool > 1:
-                n_, c_, h_, w_ = y.shape
-                h2, w2 = h_ // spec.pool, w_ // spec.pool
-                y = (
-                    y[:, :, : h2 * spec.pool, : w2 * spec.pool]
-                    .reshape(n_, c_, h2, spec.pool, w2, spec.pool)
-                    .max(axis=(3, 5))
-                )
-            codes = np.ascontiguousarray(y)
+            codes = _next_codes(p, spec, codes, lw, bias)
         if not last:
             sigma = 2.0**out_shift / a_acc
     return layers, tensors, info
+
+
+def _bm_float_layer(li: int, m, last: bool):
+    """``(w + dw, folded bias, corr_x)`` of a hard-max 1.5-BM layer, or a QuantizeError."""
+    if not isinstance(m, BM15Layer):
+        raise QuantizeError(
+            f"layer {li} is {type(m).__name__}, not a 1.5-BM layer"
+            + ("" if last else " (only the classifier may be lns or bm2)")
+        )
+    if m.op.kind != "max":
+        raise QuantizeError(f"layer {li} uses {m.op.kind!r}: the integer datapath is hard max")
+    w_pos = m.w_pos().detach().double().numpy().reshape(m.out_ch, -1)
+    fb = m.folded_bias().detach().double().numpy()
+    cx = float(m.corr_x.detach())
+    if not cx > 0:
+        raise QuantizeError(f"layer {li}: corr_x must be > 0 for a shift, not {cx}")
+    if bool(m.corr_exponents().detach().ne(0).any()):
+        raise QuantizeError(
+            f"layer {li}: per-channel corrections (--corr-channels) are not in the datapath"
+        )
+    return w_pos, fb, cx
+
+
+def _choose_c_shift(p: BMParams, li: int, s, w_pos, fb, cx: float, sigma: float, d):
+    """The largest correction shift ``c`` (and its weight scale ``k = 2**c / corr_x`` and
+    accumulator scale) whose exp values, weight codes and bias fit their widths."""
+    wmax_code = 2.0 ** (p.w_log_max / (1 << p.log_frac))
+    for c in range(p.max_c_shift, -1, -1):
+        if d is not None and c + d < 0:
+            break
+        kk = 2.0**c / cx
+        a_acc = kk / sigma
+        if s.e_max * a_acc * 2 > p.exp_max:
+            continue
+        if float(w_pos.max()) * kk * 2 ** (1 / (1 << p.log_frac)) > wmax_code:
+            continue
+        if float(np.abs(fb).max(initial=0)) * a_acc * 2 >= 2 ** (p.bias_bits - 1):
+            continue
+        return c, kk, a_acc
+    raise QuantizeError(
+        f"layer {li}: no c_shift in 0..{p.max_c_shift} fits exp_bits/w_log_bits/bias_bits"
+        f" (e_max={s.e_max:.3g}, corr_x={cx:.3g}, sigma={sigma:.3g}, d={d})"
+    )
+
+
+def _next_codes(p: BMParams, spec: LayerSpec, codes, lw, bias):
+    """The integer network's codes after this layer (its calibration inputs for the next)."""
+    from ..reference import batch_bm_layer, ref_requant
+
+    acc = batch_bm_layer(p, spec, codes, lw, bias)
+    y = ref_requant(p, acc, spec.out_shift, spec.relu).transpose(0, 3, 1, 2)
+    if spec.pool > 1:
+        n_, c_, h_, w_ = y.shape
+        h2, w2 = h_ // spec.pool, w_ // spec.pool
+        y = (
+            y[:, :, : h2 * spec.pool, : w2 * spec.pool]
+            .reshape(n_, c_, h2, spec.pool, w2, spec.pool)
+            .max(axis=(3, 5))
+        )
+    return np.ascontiguousarray(y)
 
 
 def head_neuron(st: Stage) -> str:

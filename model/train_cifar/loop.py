@@ -44,15 +44,8 @@ def train_phase(
     each time alpha has doubled.
     """
     cfg, dd = run.cfg, run.dd
-    xtr, ytr = data[0], data[1]
-    n = len(xtr)
-    for i, layer in enumerate(net.layers):
-        on = i >= frozen
-        for p in layer.parameters():
-            p.requires_grad_(on)
-        if i < len(net.bns):
-            for p in net.bns[i].parameters():
-                p.requires_grad_(on)
+    n = len(data[0])
+    _freeze_below(net, frozen)
     bs = cfg.batch_size
     per_rank = bs // dd.world if dd.on else bs
     steps_per_epoch = max(1, n // bs)
@@ -68,9 +61,8 @@ def train_phase(
         run.log(f"{tag}: resuming at step {start}/{total}")
     # with a time limit the schedule runs on whichever is further along, steps or the clock, so
     # that a phase cut short by its budget still ends its cosine and its alpha annealing
-    end = run.t0 + cfg.budget_s if cfg.budget_s else None
-    if deadline is not None:
-        end = deadline if end is None else min(end, deadline)
+    limits = [x for x in (run.t0 + cfg.budget_s if cfg.budget_s else None, deadline) if x]
+    end = min(limits) if limits else None
     t_phase = time.time()
 
     def progress(step):
@@ -78,15 +70,6 @@ def train_phase(
             return min(1.0, step / total)
         p = max(step / total, (time.time() - t_phase) / max(1e-3, end - t_phase))
         return min(1.0, run.sync(p))  # the clock differs between processes
-
-    def set_lr(step, prog):
-        if step < warm:
-            f = (step + 1) / warm
-        else:
-            w = warm / total
-            f = 0.5 * (1 + math.cos(math.pi * max(0.0, prog - w) / max(1e-9, 1 - w)))
-        for g in opt.param_groups:
-            g["lr"] = lr * f
 
     model = dd.wrap(net)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 997)
@@ -109,15 +92,10 @@ def train_phase(
                 run.log(f"{tag}: stopped by the time budget at step {step}/{total}")
                 total = step
                 break
-            idx = perm[s0 : s0 + bs]
-            if dd.on:
-                idx = idx[dd.rank * per_rank : (dd.rank + 1) * per_rank]
-            idx = idx.to(xtr.device)
-            xb, yb = xtr[idx], ytr[idx]
-            if cfg.augment:
-                xb = augment(xb, gen)
+            xb, yb = _batch(run, data, perm[s0 : s0 + bs], per_rank, gen)
             prog = progress(step)
-            set_lr(step, prog)
+            for g in opt.param_groups:
+                g["lr"] = lr * _lr_factor(step, prog, warm, total)
             if lse:
                 a = a0 * (a1 / a0) ** min(1.0, prog / 0.75)
                 set_alpha(net, a)
@@ -145,6 +123,37 @@ def train_phase(
         ep += 1
     if lse:
         set_alpha(net, a1)
+
+
+def _freeze_below(net: ResNet22, frozen: int) -> None:
+    """Layers ``< frozen`` and their batch norms stop learning; the rest learn."""
+    for i, layer in enumerate(net.layers):
+        on = i >= frozen
+        for p in layer.parameters():
+            p.requires_grad_(on)
+        if i < len(net.bns):
+            for p in net.bns[i].parameters():
+                p.requires_grad_(on)
+
+
+def _lr_factor(step: int, prog: float, warm: int, total: int) -> float:
+    """Linear warm-up over ``warm`` steps, then a cosine over the rest of the phase."""
+    if step < warm:
+        return (step + 1) / warm
+    w = warm / total
+    return 0.5 * (1 + math.cos(math.pi * max(0.0, prog - w) / max(1e-9, 1 - w)))
+
+
+def _batch(run: Run, data, idx, per_rank: int, gen):
+    """This process's share of one batch, augmented when the run says so."""
+    dd, xtr, ytr = run.dd, data[0], data[1]
+    if dd.on:
+        idx = idx[dd.rank * per_rank : (dd.rank + 1) * per_rank]
+    idx = idx.to(xtr.device)
+    xb, yb = xtr[idx], ytr[idx]
+    if run.cfg.augment:
+        xb = augment(xb, gen)
+    return xb, yb
 
 
 def ce_loss(model, x, y):
