@@ -36,14 +36,18 @@ def _clog2(n: int) -> int:
     return max(1, (n - 1).bit_length())
 
 
-def _check_ints(params) -> None:
-    """Every field an int (not a bool), and ``a_bits`` in 2..16."""
+def _check_ints(params, ranges: dict) -> None:
+    """Every field an int (not a bool), and each named field within its ``(lo, hi)`` (the
+    bounds' names, as the message shows them, may be other fields)."""
     for f in fields(params):
         v = getattr(params, f.name)
         if not isinstance(v, int) or isinstance(v, bool):
             raise TypeError(f"{f.name} must be an int, not {v!r}")
-    if not 2 <= params.a_bits <= 16:
-        raise ValueError(f"a_bits must be in 2..16, not {params.a_bits!r}")
+    for name, (lo, hi) in {"a_bits": (2, 16), **ranges}.items():
+        v = getattr(params, name)
+        top = getattr(params, hi) if isinstance(hi, str) else hi
+        if not lo <= v <= top:
+            raise ValueError(f"{name} must be in {lo}..{hi}, not {v!r}")
 
 
 @dataclass(frozen=True)
@@ -88,25 +92,11 @@ class BMParams:
     max_c_shift: int = 15
 
     def __post_init__(self):
-        _check_ints(self)
+        _check_ints(self, {"log_frac": (1, 8), "mant_bits": (1, 12), "w_log_bits": (4, 16),
+                           "exp_table_bits": (2, 16), "exp_bits": (4, 48), "bias_bits": (2, 48),
+                           "acc_bits": (4, 64), "max_c_shift": (0, 31)})
         if self.dx < 0 or self.a_max + self.dx >= 1 << 16:
             raise ValueError(f"dx must be >= 0 and keep x + dx below 2**16, not {self.dx!r}")
-        if not 1 <= self.log_frac <= 8:
-            raise ValueError(f"log_frac must be in 1..8, not {self.log_frac!r}")
-        if not 1 <= self.mant_bits <= 12:
-            raise ValueError(f"mant_bits must be in 1..12, not {self.mant_bits!r}")
-        if not 4 <= self.w_log_bits <= 16:
-            raise ValueError(f"w_log_bits must be in 4..16, not {self.w_log_bits!r}")
-        if not 2 <= self.exp_table_bits <= 16:
-            raise ValueError(f"exp_table_bits must be in 2..16, not {self.exp_table_bits!r}")
-        if not 4 <= self.exp_bits <= 48:
-            raise ValueError(f"exp_bits must be in 4..48, not {self.exp_bits!r}")
-        if not 2 <= self.bias_bits <= 48:
-            raise ValueError(f"bias_bits must be in 2..48, not {self.bias_bits!r}")
-        if not 4 <= self.acc_bits <= 64:
-            raise ValueError(f"acc_bits must be in 4..64, not {self.acc_bits!r}")
-        if not 0 <= self.max_c_shift <= 31:
-            raise ValueError(f"max_c_shift must be in 0..31, not {self.max_c_shift!r}")
 
     # -- derived values ----------------------------------------------------------------------
     @property
@@ -196,13 +186,7 @@ class MACParams:
     acc_bits: int = 32
 
     def __post_init__(self):
-        _check_ints(self)
-        if not 2 <= self.w_bits <= 16:
-            raise ValueError(f"w_bits must be in 2..16, not {self.w_bits!r}")
-        if not 4 <= self.acc_bits <= 64:
-            raise ValueError(f"acc_bits must be in 4..64, not {self.acc_bits!r}")
-        if not 2 <= self.bias_bits <= self.acc_bits:
-            raise ValueError(f"bias_bits must be in 2..acc_bits, not {self.bias_bits!r}")
+        _check_ints(self, {"w_bits": (2, 16), "acc_bits": (4, 64), "bias_bits": (2, "acc_bits")})
 
     @property
     def a_max(self) -> int:

@@ -154,15 +154,9 @@ def run_tests(build_dir: Path, toplevel: str, module: str, sim: str, params: dic
     env.update(extra_env or {})
     try:
         results = runner.test(
-            hdl_toplevel_lang="verilog",
-            test_module=f"sim.{module}",
-            hdl_toplevel=toplevel,
-            build_dir=build_dir,
-            test_dir=test_dir,
-            extra_env=env,
-            waves=waves,
-            testcase=testcase,
-            results_xml=str(test_dir / "results.xml"),
+            hdl_toplevel_lang="verilog", test_module=f"sim.{module}", hdl_toplevel=toplevel,
+            build_dir=build_dir, test_dir=test_dir, extra_env=env, waves=waves,
+            testcase=testcase, results_xml=str(test_dir / "results.xml"),
             log_file=test_dir / "test.log",
         )
     except SystemExit:  # cocotb's runner exits when a test failed; the results file says which

@@ -113,9 +113,7 @@ def test_edited_checksum(saved, tmp_path):
         s[0] = ord("0") if s[0] != ord("0") else ord("1")
         arrays["checksum"] = np.frombuffer(bytes(s), dtype=np.uint8)
 
-    rewrite(path, bad, edit)
-    with pytest.raises(ExportError, match="edited.npz.*checksum mismatch"):
-        load_export(bad)
+    rejects(path, bad, edit, "edited.npz.*checksum mismatch")
 
 
 def test_edited_tensor_fails_checksum(saved, tmp_path):
@@ -125,8 +123,13 @@ def test_edited_tensor_fails_checksum(saved, tmp_path):
     def edit(arrays):
         arrays["layer0.bias"] = arrays["layer0.bias"] + 1
 
+    rejects(path, bad, edit, "checksum mismatch")
+
+
+def rejects(path, bad, edit, match: str) -> None:
+    """``path`` rewritten through ``edit`` into ``bad`` fails to load with ``match``."""
     rewrite(path, bad, edit)
-    with pytest.raises(ExportError, match="checksum mismatch"):
+    with pytest.raises(ExportError, match=match):
         load_export(bad)
 
 
@@ -172,9 +175,7 @@ def test_mismatched_shape(saved, tmp_path):
         rest = {k: v for k, v in arrays.items() if k not in ("meta", "checksum")}
         arrays["checksum"] = np.frombuffer(compute_checksum(meta, rest).encode(), np.uint8)
 
-    rewrite(path, bad, edit)
-    with pytest.raises(ExportError, match=r"shape.npz.*layer 1 .*w has shape \(3, 2, 3, 3\)"):
-        load_export(bad)
+    rejects(path, bad, edit, r"shape.npz.*layer 1 .*w has shape \(3, 2, 3, 3\)")
 
 
 def test_broken_layer_chain(saved, tmp_path):

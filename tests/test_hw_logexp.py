@@ -33,15 +33,9 @@ def rtl_log(p: BMParams, codes, *, lanes: int = 1, seed: int = 0, p_valid=1.0, p
     codes += [0] * (-len(codes) % lanes)
     beats = [codes[k : k + lanes] for k in range(0, len(codes), lanes)]
     dut = LogUnit(p, lanes=lanes)
-    run = run_stream(
-        dut,
-        beats,
-        len(beats),
-        seed=seed,
-        p_valid=p_valid,
-        p_ready=p_ready,
-        decode=lambda o: [(int(o[j].lx), bool(o[j].zero)) for j in range(lanes)],
-    )
+    flow = {"seed": seed, "p_valid": p_valid, "p_ready": p_ready}
+    decode = lambda o: [(int(o[j].lx), bool(o[j].zero)) for j in range(lanes)]  # noqa: E731
+    run = run_stream(dut, beats, len(beats), decode=decode, **flow)
     flat = [v for beat in run.outputs for v in beat][: len(codes)]
     return np.array([v[0] for v in flat]), np.array([v[1] for v in flat]), run
 
@@ -51,15 +45,9 @@ def rtl_exp(p: BMParams, ms, zeros, *, lanes: int = 1, seed: int = 0, p_valid=1.
     items += [{"m": 0, "zero": 1}] * (-len(items) % lanes)
     beats = [items[k : k + lanes] for k in range(0, len(items), lanes)]
     dut = ExpUnit(p, lanes=lanes)
-    run = run_stream(
-        dut,
-        beats,
-        len(beats),
-        seed=seed,
-        p_valid=p_valid,
-        p_ready=p_ready,
-        decode=lambda o: [int(o[j]) for j in range(lanes)],
-    )
+    flow = {"seed": seed, "p_valid": p_valid, "p_ready": p_ready}
+    run = run_stream(dut, beats, len(beats), decode=lambda o: [int(o[j]) for j in range(lanes)],
+                     **flow)
     return np.array([v for beat in run.outputs for v in beat][: len(ms)]), run
 
 

@@ -77,16 +77,9 @@ def rtl_requant(
         ]
     else:
         beats = [{"acc": [int(v) for v in a], "bias": [int(v) for v in b]} for a, b in items]
-    run = run_stream(
-        dut,
-        beats,
-        len(beats),
-        seed=seed,
-        p_valid=p_valid,
-        p_ready=p_ready,
-        setup=setup,
-        decode=lambda o: [int(o[j]) for j in range(lanes)],
-    )
+    flow = {"seed": seed, "p_valid": p_valid, "p_ready": p_ready}
+    run = run_stream(dut, beats, len(beats), setup=setup,
+                     decode=lambda o: [int(o[j]) for j in range(lanes)], **flow)
     return np.array(run.outputs), dut
 
 
@@ -113,18 +106,9 @@ def test_requant_bm(name, lanes, out_shift, c_shift, relu, seed):
     e[1], s[1], bias[1] = 0, s_max, -(1 << (p.bias_bits - 1))
     e[2] //= 1 << 12
     s[2] //= 1 << 8
-    got, dut = rtl_requant(
-        p,
-        list(zip(e, s, bias, strict=True)),
-        lanes=lanes,
-        out_shift=out_shift,
-        relu=relu,
-        c_shift=c_shift,
-        max_fan_in=max_fan_in,
-        seed=seed,
-        p_valid=0.8,
-        p_ready=0.7,
-    )
+    got, dut = rtl_requant(p, list(zip(e, s, bias, strict=True)), lanes=lanes,
+                           out_shift=out_shift, relu=relu, c_shift=c_shift,
+                           max_fan_in=max_fan_in, seed=seed, p_valid=0.8, p_ready=0.7)
     acc = ref_correction(p, e, s, bias, c_shift)
     np.testing.assert_array_equal(got, ref_requant(p, acc, out_shift, relu))
 
@@ -145,16 +129,8 @@ def test_requant_mac(name, lanes, out_shift, relu, seed):
     acc = rng.integers(-lim, lim, size=(n, lanes)) >> rng.integers(0, p.acc_bits, size=(n, 1))
     bias = rng.integers(-(1 << (p.bias_bits - 1)), 1 << (p.bias_bits - 1), size=(n, lanes))
     bias >>= rng.integers(0, p.bias_bits, size=(n, 1))
-    got, _ = rtl_requant(
-        p,
-        list(zip(acc, bias, strict=True)),
-        lanes=lanes,
-        out_shift=out_shift,
-        relu=relu,
-        seed=seed,
-        p_valid=0.8,
-        p_ready=0.7,
-    )
+    got, _ = rtl_requant(p, list(zip(acc, bias, strict=True)), lanes=lanes, out_shift=out_shift,
+                         relu=relu, seed=seed, p_valid=0.8, p_ready=0.7)
     np.testing.assert_array_equal(got, ref_requant(p, acc + bias, out_shift, relu))
 
 

@@ -14,14 +14,28 @@ from hw.boards.uart import MIN_DIVISOR, UARTRx, UARTTx, uart_divisor
 SEED = 1234
 
 
-def run(dut, testbench, *, processes=()):
-    """Simulate until ``testbench`` returns; ``processes`` run alongside as monitors."""
+def run(dut, *testbenches, processes=()):
+    """Simulate until the ``testbenches`` return; ``processes`` run alongside as monitors."""
     sim = Simulator(dut)
     sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
+    for tb in testbenches:
+        sim.add_testbench(tb)
     for p in processes:
         sim.add_process(p)
     sim.run()
+
+
+def received(rx: UARTRx, testbench) -> list[int]:
+    """The bytes ``rx`` presents (``o.valid``) while ``testbench`` drives its line."""
+    got = []
+
+    async def watch(ctx):
+        async for _, _, valid, payload in ctx.tick().sample(rx.o.valid, rx.o.payload):
+            if valid:
+                got.append(payload)
+
+    run(rx, testbench, processes=[watch])
+    return got
 
 
 def frame_bits(byte: int) -> list[int]:
@@ -143,12 +157,7 @@ def test_loopback_random_bytes(divisor, backpressure):
             if ovr or ferr:
                 flags.append((ovr, ferr))
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(send)
-    sim.add_testbench(recv)
-    sim.add_process(watch)
-    sim.run()
+    run(m, send, recv, processes=[watch])
     assert got == data
     assert flags == []
 
@@ -158,7 +167,6 @@ def test_rx_tolerates_baud_mismatch(mismatch):
     divisor = 16
     dut = UARTRx(divisor)
     data = [0x55, 0xAA, 0x00, 0xFF, 0x3C, 0x81]
-    got = []
 
     async def tb(ctx):
         ctx.set(dut.o.ready, 1)
@@ -166,19 +174,12 @@ def test_rx_tolerates_baud_mismatch(mismatch):
         await drive_line(ctx, dut.rx, data, divisor * (1 + mismatch))
         await ctx.tick().repeat(4 * divisor)
 
-    async def watch(ctx):
-        async for _, _, valid, payload in ctx.tick().sample(dut.o.valid, dut.o.payload):
-            if valid:
-                got.append(payload)
-
-    run(dut, tb, processes=[watch])
-    assert got == data
+    assert received(dut, tb) == data
 
 
 def test_rx_ignores_glitch():
     divisor = 8
     dut = UARTRx(divisor)
-    got = []
 
     async def tb(ctx):
         ctx.set(dut.o.ready, 1)
@@ -190,13 +191,7 @@ def test_rx_ignores_glitch():
         await drive_line(ctx, dut.rx, [0x42], divisor)
         await ctx.tick().repeat(2 * divisor)
 
-    async def watch(ctx):
-        async for _, _, valid, payload in ctx.tick().sample(dut.o.valid, dut.o.payload):
-            if valid:
-                got.append(payload)
-
-    run(dut, tb, processes=[watch])
-    assert got == [0x42]
+    assert received(dut, tb) == [0x42]
 
 
 def test_rx_frame_error_drops_byte_and_resyncs():

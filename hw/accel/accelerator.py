@@ -130,6 +130,8 @@ class Accelerator(FeedSteps, DrainSteps, wiring.Component):
         if len(tensors) != len(plan.layers):
             raise ValueError(f"{len(plan.layers)} layers but {len(tensors)} tensor sets")
         self.tensors = tensors
+        self.n_pixels = plan.n_pixels  # pixels per image in, logits per image out
+        self.n_logits = plan.n_logits
         super().__init__({
             "i": In(stream.Signature(unsigned(8))),
             "o": Out(stream.Signature(signed(32))),
@@ -142,13 +144,6 @@ class Accelerator(FeedSteps, DrainSteps, wiring.Component):
                             export.pixel_shift, rows=rows, cols=cols, overlap=overlap)
         return cls(plan, export.tensors)
 
-    @property
-    def n_pixels(self) -> int:
-        return self.plan.n_pixels
-
-    @property
-    def n_logits(self) -> int:
-        return self.plan.n_logits
 
     @property
     def cycles_per_image(self) -> int:

@@ -46,6 +46,7 @@ class LogUnit(wiring.Component):
     Parameters
     ----------
     params : BMParams
+        The code width, ``dx`` and the mantissa table's size and resolution.
     lanes : int
         Codes per beat, each with its own log unit.
 

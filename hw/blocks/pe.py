@@ -75,10 +75,8 @@ class BMPE(wiring.Component):
     def acc_shape(p: BMParams):
         return branch_layout(p)
 
-    @property
-    def latency(self) -> int:
-        """Cycles from an operand pair to the accumulator that includes it."""
-        return 1
+    latency = 1
+    """Cycles from an operand pair to the accumulator that includes it."""
 
     def elaborate(self, platform):
         m = Module()
@@ -100,6 +98,7 @@ class MACPE(wiring.Component):
     Parameters
     ----------
     params : MACParams
+        The activation, weight and accumulator widths.
 
     Members
     -------
@@ -139,10 +138,8 @@ class MACPE(wiring.Component):
     def acc_shape(p: MACParams):
         return signed(p.acc_bits)
 
-    @property
-    def latency(self) -> int:
-        """Cycles from an operand pair to the accumulator that includes it."""
-        return 1
+    latency = 1
+    """Cycles from an operand pair to the accumulator that includes it."""
 
     def elaborate(self, platform):
         m = Module()

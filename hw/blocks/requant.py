@@ -253,7 +253,7 @@ class MaxPool(wiring.Component):
     Parameters
     ----------
     params : BMParams or MACParams
-        Only ``a_bits`` is used.
+        Its ``a_bits`` is the width of the codes compared.
     lanes : int
         Channels per beat.
 

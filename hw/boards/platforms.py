@@ -215,6 +215,14 @@ def _leds(name, n):
     return tuple((name, k, k) for k in range(n))
 
 
+def _gowin(name: str, title: str, chip: str, platform: str, **kw) -> Board:
+    """A Sipeed Gowin board: one chip, a 27 MHz clock, yowasp nextpnr-himbaechel + apycula, a
+    ``.fs`` bitstream, and the 4-channel LeNet without the FC engine."""
+    return Board(name=name, description=f"{title}, Gowin {chip} (yowasp nextpnr-himbaechel + "
+                 "apycula)", family="gowin", variants={chip: platform}, default_variant=chip,
+                 clk_mhz=27.0, bitstream="fs", overlap=False, network="lenet-w4", **kw)
+
+
 BOARDS: dict[str, Board] = {
     "ulx3s": Board(
         name="ulx3s",
@@ -255,31 +263,17 @@ BOARDS: dict[str, Board] = {
         overlap=False,  # no room for the FC engine: 72 % of the LCs are used without it
         network="lenet-w4n1",
     ),
-    "tang_nano_9k": Board(
-        name="tang_nano_9k",
-        description="Sipeed Tang Nano 9K, Gowin GW1NR-9C (yowasp nextpnr-himbaechel + apycula)",
-        family="gowin",
-        variants={"GW1NR-9C": "amaranth_boards.tang_nano_9k:TangNano9kPlatform"},
-        default_variant="GW1NR-9C",
-        clk_mhz=27.0,
-        bitstream="fs",
+    "tang_nano_9k": _gowin(
+        "tang_nano_9k", "Sipeed Tang Nano 9K", "GW1NR-9C",
+        "amaranth_boards.tang_nano_9k:TangNano9kPlatform",
         leds=_leds("led", 6),
-        array=(2, 2),
-        overlap=False,  # on a 2 x 2 array the classifier uses the whole array already
-        network="lenet-w4",
+        array=(2, 2),  # no FC engine: on a 2 x 2 array the classifier uses the whole array already
     ),
-    "tang_primer_20k": Board(
-        name="tang_primer_20k",
-        description="Sipeed Tang Primer 20K, Gowin GW2A-18C (yowasp nextpnr-himbaechel + apycula)",
-        family="gowin",
-        variants={"GW2A-18C": "amaranth_boards.tang_primer_20k:TangPrimer20kPlatform"},
-        default_variant="GW2A-18C",
-        clk_mhz=27.0,
-        bitstream="fs",
+    "tang_primer_20k": _gowin(
+        "tang_primer_20k", "Sipeed Tang Primer 20K", "GW2A-18C",
+        "amaranth_boards.tang_primer_20k:TangPrimer20kPlatform",
         leds=(),  # the core board alone has no user LEDs
         array=(4, 4),
-        overlap=False,
-        network="lenet-w4",
     ),
     "arty_a7": Board(
         name="arty_a7",

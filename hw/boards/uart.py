@@ -119,7 +119,8 @@ class UARTRx(wiring.Component):
     Parameters
     ----------
     divisor : int
-        Clock cycles per bit (at least :data:`MIN_DIVISOR`).
+        Clock cycles per bit, as for :class:`UARTTx`; the line is sampled in the middle of each
+        bit.
 
     Members
     -------

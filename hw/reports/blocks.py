@@ -112,15 +112,9 @@ class ArrayDatapath(wiring.Component):
             rq.relu.eq(self.relu),
         ]
         if not self.bm:
-            m.d.comb += [
-                rq.i.payload.acc.eq(arr.o.payload.acc),
-                rq.i.valid.eq(arr.o.valid),
-                arr.o.ready.eq(rq.i.ready),
-                self.o.valid.eq(rq.o.valid),
-                rq.o.ready.eq(self.o.ready),
-            ]
-            for c in range(C):
-                m.d.comb += self.o.payload[c].eq(rq.o.payload[c][: p.a_bits])
+            m.d.comb += rq.i.payload.acc.eq(arr.o.payload.acc)
+            _chain(m, arr.o, rq, self.o)
+            _codes(m, p, rq.o.payload, self.o.payload)
             return m
 
         from ..blocks.logexp import ExpUnit, LogUnit
@@ -168,26 +162,43 @@ class ArrayDatapath(wiring.Component):
             rq.i.valid.eq(ex.o.valid),
             ex.o.ready.eq(rq.i.ready),
             rq.c_shift.eq(self.c_shift),
-            lg.i.valid.eq(rq.o.valid),
-            rq.o.ready.eq(lg.i.ready),
-            self.o.valid.eq(lg.o.valid),
-            lg.o.ready.eq(self.o.ready),
-            self.o.payload.eq(lg.o.payload),
         ]
-        for c in range(C):
-            m.d.comb += lg.i.payload[c].eq(rq.o.payload[c][: p.a_bits])
+        _chain(m, rq.o, lg, self.o)
+        m.d.comb += self.o.payload.eq(lg.o.payload)
+        _codes(m, p, rq.o.payload, lg.i.payload)
         return m
+
+
+def _chain(m, src, unit, dst) -> None:
+    """The handshake of ``src -> unit -> dst``: valid forward, ready back."""
+    m.d.comb += [
+        unit.i.valid.eq(src.valid),
+        src.ready.eq(unit.i.ready),
+        dst.valid.eq(unit.o.valid),
+        unit.o.ready.eq(dst.ready),
+    ]
+
+
+def _codes(m, p, acc_lanes, dst) -> None:
+    """Each lane's requantized value, trimmed to an activation code."""
+    for c in range(len(dst)):
+        m.d.comb += dst[c].eq(acc_lanes[c][: p.a_bits])
 
 
 _PORT = re.compile(r"^\s*(input|output)\s+(?:signed\s+)?(?:\[(\d+):(\d+)\]\s+)?\\?(\S+)\s*;")
 
 
+def _module_body(text: str, head: str, end: str, top: str, what: str) -> str:
+    """The text of module ``top`` between its header (regex ``head``) and ``end``."""
+    start = re.search(head, text, re.M)
+    if start is None:
+        raise ValueError(f"no module {top!r} in the {what}")
+    return text[start.end() : text.index(end, start.end())]
+
+
 def verilog_ports(text: str, top: str) -> list[tuple[str, str, int]]:
     """``(direction, name, width)`` of every port of module ``top`` in Yosys-written Verilog."""
-    start = re.search(rf"^module\s+\\?{re.escape(top)}\s*\(", text, re.M)
-    if start is None:
-        raise ValueError(f"no module {top!r} in the Verilog")
-    body = text[start.end() : text.index("endmodule", start.end())]
+    body = _module_body(text, rf"^module\s+\\?{re.escape(top)}\s*\(", "endmodule", top, "Verilog")
     ports = []
     for line in body.splitlines():
         mo = _PORT.match(line)
@@ -200,10 +211,7 @@ def verilog_ports(text: str, top: str) -> list[tuple[str, str, int]]:
 
 def rtlil_ports(text: str, top: str) -> list[tuple[str, str, int]]:
     """``(direction, name, width)`` of every port of module ``top`` in RTLIL, in port order."""
-    start = re.search(rf"^module \\{re.escape(top)}$", text, re.M)
-    if start is None:
-        raise ValueError(f"no module {top!r} in the RTLIL")
-    body = text[start.end() : text.index("\nend\n", start.end())]
+    body = _module_body(text, rf"^module \\{re.escape(top)}$", "\nend\n", top, "RTLIL")
     ports = []
     for mo in re.finditer(r"^\s*wire (?:width (\d+) )?(input|output) (\d+)\s+(?:signed\s+)?"
                           r"\\(\S+)$", body, re.M):

@@ -7,24 +7,6 @@ import numpy as np
 
 from ..params import BMParams, LayerSpec, MACParams
 
-__all__ = [
-    "ref_log",
-    "ref_exp",
-    "ref_branch",
-    "ref_window_sum",
-    "ref_correction",
-    "ref_requant",
-    "ref_maxpool",
-    "im2col",
-    "ref_bm_layer",
-    "ref_lns_acc",
-    "ref_bm2_acc",
-    "ref_mac_layer",
-    "ref_network",
-    "lns_acc_bits",
-    "bm2_acc_bits",
-]
-
 
 def as_int(a) -> np.ndarray:
     return np.asarray(a, dtype=np.int64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CORR_MIN", "METHODS", "TrainConfig"]
+__all__ = ["CORR_MIN", "METHODS", "BaseConfig", "TrainConfig"]
 
 
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
@@ -23,14 +23,31 @@ METHODS = (
 
 
 @dataclass
-class TrainConfig:
-    method: str = "classical"
-    out: str = "runs/lenet_classical"
-    net: str = "lenet"
+class BaseConfig:
+    """The options every training run shares, LeNet (:class:`TrainConfig`) and ResNet-22
+    (:class:`model.train_cifar.CifarConfig`): the neuron and its max approximation, the teacher,
+    the batch, the KD weight and the machine."""
+
     form: str = "bm15"
     op: str = "max"
     alpha: float = 1.0
-    alpha_end: float | None = None  # anneal alpha linearly to this over each training phase
+    alpha_end: float | None = None  # anneal alpha to this over each training phase
+    teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
+    first_method: str = "lwkd"  # two_stage: the LSE stage
+    batch_size: int = 128
+    beta: float = 1.0  # weight of the MSE terms
+    seed: int = 0
+    threads: int = 1
+    device: str = "cpu"  # torch device of the whole run ("cuda" on a GPU machine)
+    data_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig(BaseConfig):
+    method: str = "classical"
+    out: str = "runs/lenet_classical"
+    net: str = "lenet"
     learn_alpha: bool = False
     alpha_epochs: int = 0  # epochs with learnable alpha before freezing (0: whole run)
     dx: float = 0.0
@@ -38,13 +55,11 @@ class TrainConfig:
     snap_corr: bool = True  # round corr_x to a power of two (before training when refitting)
     refit: bool = True  # least-squares refit of per-channel gain/bias and corr_x on conversion
     refit_images: int = 2000
-    teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
     train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
     last_form: str | None = None  # finetune: neuron of the classifier (default: --form)
     head_init: str = "convert"  # finetune: classifier init, "convert" or "channel" (see below)
-    first_method: str = "lwkd"  # two_stage: the LSE stage
     epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
     layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
     final_epochs: int = 0  # lwkd / two_stage: joint KD fine-tune of the whole student at the end
@@ -55,14 +70,8 @@ class TrainConfig:
     lr: float = 1e-3
     tail_lr: float = 3e-4
     final_lr: float = 2e-4
-    batch_size: int = 128
-    beta: float = 1.0  # weight of the MSE terms
     ce_weight: float = 1.0  # weight of the CE terms
     last_beta: float = 0.0  # lwkd: weight of the logit MSE in the classifier stage
-    seed: int = 0
-    threads: int = 1
-    device: str = "cpu"  # torch device of the whole run ("cuda" on a GPU machine)
-    data_dir: str | None = None
     train_limit: int = 0  # 0: whole training set
     test_limit: int = 0  # 0: whole test set
     cache_limit_gb: float = 3.0
@@ -76,7 +85,6 @@ class TrainConfig:
     corr_channels: bool = False  # bm15: one power-of-two correction per output channel
     kd_norm: bool = False  # kd, lwkd: each layer's MSE divided by the teacher layer's variance
     ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
-    progress: bool = True
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -193,20 +193,9 @@ def run_simple(
     if cfg.learn_alpha and cfg.alpha_epochs and start >= cfg.alpha_epochs:
         freeze_alpha(net)
     sched = alpha_sched if alpha_sched is not None else alpha_schedule(cfg, net)
-    return train_epochs(
-        run,
-        net,
-        data,
-        epochs=epochs,
-        lr=lr,
-        tag=tag,
-        loss_fn=loss_fn,
-        state=state,
-        start_epoch=start,
-        on_epoch=on_epoch,
-        alpha_sched=sched,
-        augment=cfg.augment,
-    )
+    return train_epochs(run, net, data, epochs=epochs, lr=lr, tag=tag, loss_fn=loss_fn,
+                        state=state, start_epoch=start, on_epoch=on_epoch, alpha_sched=sched,
+                        augment=cfg.augment)
 
 
 def alpha_schedule(cfg: TrainConfig, net: LeNet, layers=None):

@@ -16,40 +16,28 @@ from torch import nn
 
 from ..resnet import ResNet22
 from ..train import net_from_dict
+from ..train.config import BaseConfig
 
 METHODS = ("classical", "direct", "kd", "lwkd", "two_stage")
 LAYER_EVAL = 500  # test images behind lwkd's per-layer accuracy (the final figure uses all)
 
 
 @dataclass
-class CifarConfig:
+class CifarConfig(BaseConfig):
     method: str = "classical"
     out: str = "runs/cifar/classical"
-    form: str = "bm15"
-    op: str = "max"
-    alpha: float = 1.0
-    alpha_end: float | None = None
-    teacher: str | None = None
-    first_method: str = "lwkd"
     epochs: float = 30
     layer_epochs: float = 1.0  # lwkd: per layer (fractions allowed)
     final_epochs: float = 0
     lr: float | None = None  # default: 0.1 (SGD) for classical, 1e-3 (AdamW) otherwise
     final_lr: float = 3e-4
     weight_decay: float = 5e-4
-    batch_size: int = 128
-    beta: float = 1.0
     stem: int = 16  # ResNet width (16 is the paper's); smaller only for tests
     subset: int = 0  # training images (0: all 50,000)
     test_subset: int = 0  # test images (0: all 10,000)
     augment: bool = True
     amp: bool = False
     budget_s: float = 0  # 0: no limit
-    seed: int = 0
-    threads: int = 1
-    device: str = "cpu"
-    data_dir: str | None = None
-    progress: bool = True
 
     def __post_init__(self):
         if self.method not in METHODS:
