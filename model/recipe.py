@@ -7,12 +7,16 @@ stage also resumes from its own ``ckpt.pt`` mid-stage):
 
 1. ``teacher/``: the classical LeNet, ``--teacher-epochs`` epochs of Adam with a cosine
    schedule, random shifts (up to 2 px) and rotations (up to 10 degrees), label smoothing 0.1.
-2. ``bm/``: Algorithm 1 on the convolutions. Each of the five convolutions in turn is converted
-   to the 1.5-branch neuron with the hard max (least-squares refit of gain, bias and the
-   power-of-two correction), then the **whole** network is trained (``--stage-epochs``), with
-   cross-entropy plus logit KD from the teacher at temperature 4, on augmented images; then
-   ``--final-epochs`` of whole-network training at a lower rate. The classifier stays the float
-   linear layer: the integer ``lns`` head computes it in the log domain with no multiplier.
+2. ``bm/``: the five convolutions converted to the 1.5-branch neuron with the hard max, one at a
+   time (least-squares refit of gain, bias and the power-of-two correction on conversion).
+   ``--bm-method lwkd`` (the default) is the paper's layer-wise KD (section 4.2): while
+   convolution ``k`` trains (``--layer-epochs``, one entry per convolution) the converted ones
+   before it are frozen (their outputs cached) and the teacher's layers after it are fine-tuned
+   with it, against the teacher's output of layer ``k`` and the labels; then ``--final-epochs``
+   of KD on the whole student. ``--bm-method layerwise`` is Algorithm 1 (the whole network
+   trained after each conversion, ``--stage-epochs``, logit KD at temperature 4, augmented
+   images). The classifier stays the float linear layer: the integer ``lns`` head computes it
+   in the log domain with no multiplier.
 3. ``head_bm2/``, ``head_bm15/`` (when asked for in ``--heads``): the same convolutions with the
    classifier converted to the 2-branch (4-branch neuron on inputs >= 0) or 1.5-branch max
    neuron, fine-tuned end to end with KD (LSE from alpha 1 annealed, then the hard max).
@@ -85,7 +89,11 @@ def parse_args(argv=None):
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--heads", default="lns", help="comma list of lns, bm2, bm15")
     ap.add_argument("--teacher-epochs", type=int, default=30)
-    ap.add_argument("--stage-epochs", type=int, default=2)
+    ap.add_argument("--bm-method", choices=("lwkd", "layerwise"), default="lwkd",
+                    help="the convolutions' conversion: layer-wise KD (default) or Algorithm 1")
+    ap.add_argument("--layer-epochs", default="8,8,10,12,15",
+                    help="lwkd: epochs per convolution")
+    ap.add_argument("--stage-epochs", type=int, default=2, help="layerwise: epochs per step")
     ap.add_argument("--final-epochs", type=int, default=4)
     ap.add_argument("--head-epochs", type=int, default=6)
     ap.add_argument(
@@ -106,19 +114,31 @@ def parse_args(argv=None):
     return a
 
 
+def _bm_args(a, kd_teacher: str) -> list[str]:
+    """``model.train`` arguments of the BM convolution stage (``--bm-method``)."""
+    if a.bm_method == "lwkd":  # layer-wise KD: one layer at a time against the teacher's
+        return ["--method", "lwkd", "--keep", "5", "--layer-epochs", a.layer_epochs,
+                "--final-epochs", str(a.final_epochs), "--cache-limit-gb", "7",
+                "--teacher", kd_teacher]
+    return ["--method", "layerwise", "--keep", "5", "--epochs", str(a.stage_epochs),
+            "--final-epochs", str(a.final_epochs), "--lr", "1e-3", "--final-lr", "3e-4",
+            "--teacher", kd_teacher, "--augment", "--kd-temp", "4",
+            "--grad-alpha", str(a.grad_alpha)]
+
+
+def _head_args(a, form: str, init: Path, t_ck: str) -> list[str]:
+    """``model.train`` arguments of a max head's fine-tune on the ``lns`` stack."""
+    return ["--method", "finetune", "--init", str(init), "--teacher", t_ck, "--last-form", form,
+            "--last-op", "lse", "--epochs", str(a.head_epochs), "--last-max-epochs", "2",
+            "--lr", "5e-4", "--beta", "0"]
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
     t0 = time.time()
-    common = [
-        "--threads",
-        str(a.threads),
-        "--no-progress",
-        "--train-limit",
-        str(a.train_limit),
-        "--test-limit",
-        str(a.test_limit),
-    ]
+    common = ["--threads", str(a.threads), "--no-progress", "--train-limit", str(a.train_limit),
+              "--test-limit", str(a.test_limit)]
     if a.data_dir:
         common += ["--data-dir", a.data_dir]
     times = {}
@@ -132,82 +152,23 @@ def main(argv=None) -> int:
         _log(f"{name}: done in {times[name]:.0f} s" + (f", accuracy {acc:.4f}" if acc else ""))
         return r
 
-    teacher = stage(
-        "teacher",
-        lambda: _train(
-            out / "teacher",
-            [
-                "--method",
-                "classical",
-                "--epochs",
-                str(a.teacher_epochs),
-                "--lr",
-                "2e-3",
-                "--augment",
-                "--label-smoothing",
-                "0.1",
-                *common,
-            ],
-        ),
-    )
+    teacher_args = ["--method", "classical", "--epochs", str(a.teacher_epochs), "--lr", "2e-3",
+                    "--augment", "--label-smoothing", "0.1"]
+    teacher = stage("teacher", lambda: _train(out / "teacher", [*teacher_args, *common]))
     t_ck = str(out / "teacher" / "model.pt")
-    kd = ["--teacher", t_ck, "--augment", "--kd-temp", "4", "--grad-alpha", str(a.grad_alpha)]
-    bm = stage(
-        "bm convolutions",
-        lambda: _train(
-            out / "bm",
-            [
-                "--method",
-                "layerwise",
-                "--keep",
-                "5",
-                "--epochs",
-                str(a.stage_epochs),
-                "--final-epochs",
-                str(a.final_epochs),
-                "--lr",
-                "1e-3",
-                "--final-lr",
-                "3e-4",
-                *kd,
-                *common,
-            ],
-        ),
-    )
+    bm = stage("bm convolutions", lambda: _train(out / "bm", [*_bm_args(a, t_ck), *common]))
     floats = {"lns": out / "bm" / "model.pt"}
     for head in a.heads:
         if head == "lns":
             continue
         form = "bm4" if head == "bm2" else "bm15"
-        stage(
-            f"head {head}",
-            lambda form=form, head=head: _train(
-                out / f"head_{head}",
-                [
-                    "--method",
-                    "finetune",
-                    "--init",
-                    str(floats["lns"]),
-                    "--teacher",
-                    t_ck,
-                    "--last-form",
-                    form,
-                    "--last-op",
-                    "lse",
-                    "--epochs",
-                    str(a.head_epochs),
-                    "--last-max-epochs",
-                    "2",
-                    "--lr",
-                    "5e-4",
-                    "--beta",
-                    "0",
-                    *common,
-                ],
-            ),
-        )
+        hargs = _head_args(a, form, floats["lns"], t_ck)
+        stage(f"head {head}", lambda h=head, x=hargs: _train(out / f"head_{h}", [*x, *common]))
         floats[head] = out / f"head_{head}" / "model.pt"
     qcommon = ["--threads", str(a.threads)] + (["--data-dir", a.data_dir] if a.data_dir else [])
+    if a.train_limit:  # a smoke run: calibrate, validate and test on a few images
+        qcommon += ["--calib-images", "200", "--val-images", "200", "--test-limit",
+                    str(a.test_limit), "--no-qat"]
     exports = {}
     for head in a.heads:
         exports[head] = stage(
@@ -219,6 +180,7 @@ def main(argv=None) -> int:
     )
     summary = {
         "teacher_accuracy": teacher.get("accuracy"),
+        "bm_method": a.bm_method,
         "bm_float_accuracy": bm.get("accuracy"),
         "bm_per_stage_accuracy": bm.get("per_layer_accuracy"),
         "exports": exports,

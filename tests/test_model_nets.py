@@ -368,3 +368,26 @@ def test_weight_ema_averages_and_swaps_back():
     assert torch.equal(p.detach(), torch.full((3,), 1.0))
     with pytest.raises(ValueError):
         WeightEMA([p], 1.0)
+
+
+def test_recipe_smoke_writes_every_export_and_resumes(tmp_path: Path, mnist_dir):
+    """``model.recipe`` end to end on a few images: teacher, layer-wise KD of the five
+    convolutions, the lns export and the MAC twin with their accuracies; a second call resumes
+    from every stage's result instead of training again."""
+    from model import recipe
+
+    out = tmp_path / "recipe"
+    argv = ["--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "256",
+            "--test-limit", "64", "--teacher-epochs", "1", "--layer-epochs", "1",
+            "--final-epochs", "0", "--threads", "1"]
+    assert recipe.main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["bm_method"] == "lwkd" and len(s["bm_per_stage_accuracy"]) == 5
+    assert set(s["exports"]) == {"lns", "mac"}
+    for e in s["exports"].values():
+        assert Path(e["export"]).exists() and e["images"] == 64
+        assert 0.0 <= e["int_accuracy"] <= 1.0 and 0.0 <= e["agreement"] <= 1.0
+    assert s["exports"]["lns"]["head"] == "lns"
+    mtime = (out / "bm" / "model.pt").stat().st_mtime
+    assert recipe.main(argv) == 0
+    assert (out / "bm" / "model.pt").stat().st_mtime == mtime

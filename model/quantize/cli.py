@@ -58,6 +58,7 @@ def parse_args(argv=None):
     ap.add_argument("--qat-time-limit", type=float, default=None, help="seconds")
     ap.add_argument("--no-qat", action="store_true")
     ap.add_argument("--test", action="store_true", help="also report the full test set")
+    ap.add_argument("--test-limit", type=int, default=0, help="with --test: first N images only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -167,7 +168,8 @@ def main(argv=None) -> int:
         print(f"after QAT: held-out float {fa:.4f} integer {ia:.4f} agreement {ag:.4f}")
     exp.metadata["heldout"] = {"float_accuracy": fa, "int_accuracy": ia, "images": len(x_val)}
     if args.test:
-        _record_test(exp, stages, x_te, y_te)
+        n = args.test_limit or len(x_te)
+        _record_test(exp, stages, x_te[:n], y_te[:n])
     written = save_export(args.out, exp)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size} bytes, sha256 {written.checksum})")
     return 0
