@@ -1,4 +1,4 @@
-"""Float 1.5-BM ResNet-22 to the integer ResNet of :mod:`model.reference_resnet`.
+"""Float 1.5-BM ResNet-22 to the integer ResNet of :mod:`model.reference.resnet`.
 
 ``python -m model.quantize_resnet --checkpoint runs/table3/max_lwkd/model.pt --out F.npz
 --data-dir D`` calibrates on training images, writes the export, and scores the float model and
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .layers import BM15Layer
 from .maxops import MaxOp
-from .reference_resnet import (
+from .reference.resnet import (
     ResNetExport,
     ResNetIntParams,
     load_resnet_export,
@@ -182,7 +182,7 @@ def unit_errors(net: ResNet22, exp: ResNetExport, images: np.ndarray) -> list[fl
     """Per conv unit, the largest ``|integer - float|`` over ``images`` as a fraction of the
     unit's output range, where both get the same input: the integer unit its codes, the float
     unit (hard max) those codes dequantized. The float output is clipped to the code range."""
-    from .reference_resnet import bm_unit, residual_add
+    from .reference.resnet import bm_unit, residual_add
 
     p, u, ex = exp.params, exp.units, exp.exps
     errs: dict[int, float] = {}

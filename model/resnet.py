@@ -10,7 +10,7 @@ the classifier: 23 switchable layers, in ``net.layers`` in the order they run.
 One deliberate difference from Keras: every unit is ``conv -> BN (-> ReLU)`` (post-activation)
 instead of ``BN -> ReLU -> conv`` (pre-activation). Each batch norm then directly follows its
 conv and folds into it for integer inference. A pre-activation BN sits on the residual sum and
-would be a per-channel multiplication in the integer datapath (:mod:`model.reference_resnet`).
+would be a per-channel multiplication in the integer datapath (:mod:`model.reference.resnet`).
 The block output is ``ReLU(shortcut + BN(conv_c(...)))``.
 
 Inputs are pixels scaled to ``[0, 1)`` (``pixel / 256``, no mean subtraction), so that every BM

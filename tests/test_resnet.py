@@ -21,7 +21,7 @@ from model.maxops import MaxOp
 from model.params import BMParams
 from model.quantize_resnet import float_trace, hard_max, quantize_resnet
 from model.reference import ref_log
-from model.reference_resnet import (
+from model.reference.resnet import (
     SCHEMA,
     align,
     gap,
@@ -310,7 +310,7 @@ def test_log_wide_equals_the_code_log_unit_and_tracks_log2():
 
 
 def test_rescale_multiplies_by_the_gain_within_its_bound():
-    from model.reference_resnet import ResNetIntParams
+    from model.reference.resnet import ResNetIntParams
 
     p = ResNetIntParams()
     rng = np.random.default_rng(1)

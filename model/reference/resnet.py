@@ -45,8 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import BMParams
-from .reference import maxplus_conv, maxplus_dtype, ref_exp, ref_log, window_sums
+from ..params import BMParams
+from .batch import maxplus_conv, maxplus_dtype, window_sums
+from .core import ref_exp, ref_log
 
 __all__ = [
     "ResNetIntParams",
@@ -315,7 +316,7 @@ def _arrays_meta(exp: ResNetExport):
 
 def save_resnet_export(path, exp: ResNetExport) -> None:
     """Write ``exp`` as one ``.npz`` (arrays, JSON meta and its SHA-256), atomically."""
-    from .export import compute_checksum
+    from ..export import compute_checksum
 
     arrays, meta = _arrays_meta(exp)
     meta_json = json.dumps(meta, sort_keys=True)
@@ -332,7 +333,7 @@ def save_resnet_export(path, exp: ResNetExport) -> None:
 
 def load_resnet_export(path) -> ResNetExport:
     """Read and validate an export; a corrupt or mismatched file raises ``ValueError``."""
-    from .export import compute_checksum
+    from ..export import compute_checksum
 
     path = Path(path)
     try:
