@@ -32,12 +32,12 @@ from pathlib import Path
 from model.params import PRESETS
 
 from .flow import FLOWS, Job, measure, tool_versions
+from .plots import plot_all
 from .render import (  # noqa: F401 - render_markdown and ratio re-exported
     FAMILY_NAMES,
     GOAL_ECP5_ARRAY,
     GOAL_LANE_GATES,
     WIDTHS,
-    plot_all,
     ratio,
     render_markdown,
     unit_name,
