@@ -115,6 +115,25 @@ def test_lwkd_keep_and_kd_norm_and_corr_channels(tmp_path: Path, mnist_dir):
     assert load_model(f / "model.pt").forms == ("bm15",) * 5 + ("classical",)
 
 
+def test_lwkd_last_joint_acts_on_the_last_converted_layer(tmp_path: Path, mnist_dir):
+    """With ``--keep 5`` the last converted layer is conv5: ``--last-joint 1`` trains conv4 in
+    its stage too (conv4 moves after its own stage), the classifier stays the tutor's."""
+    from model.train import load_model, main
+
+    common = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    t = tmp_path / "cls"
+    main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
+    s = tmp_path / "joint"
+    main(["--method", "lwkd", "--teacher", str(t / "model.pt"), "--out", str(s),
+          "--layer-epochs", "1", "--refit-images", "64", "--keep", "5", "--last-joint", "1",
+          *common])
+    before = load_model(s / "after_layer3.pt").layers[3].weight
+    net = load_model(s / "model.pt")
+    assert net.forms == ("bm15",) * 5 + ("classical",)
+    assert not torch.equal(net.layers[3].weight, before)
+    assert torch.equal(load_model(s / "after_layer2.pt").layers[2].weight, net.layers[2].weight)
+
+
 def test_finetune_cli_tiny(tmp_path: Path, mnist_dir):
     """``finetune`` converts the remaining layers (classifier through LSE, or kept classical)
     and trains the whole student; the classifier ends with the hard max."""

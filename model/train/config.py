@@ -63,8 +63,9 @@ class TrainConfig(BaseConfig):
     epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
     layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
     final_epochs: int = 0  # lwkd / two_stage: joint KD fine-tune of the whole student at the end
-    last_joint: int = 0  # lwkd: also train the previous student layer in the classifier stage
-    last_op: str | None = None  # lwkd: op of the classifier stage ("lse": annealed, then max)
+    # lwkd, the stage of the last converted layer (the classifier, or conv5 with --keep 5):
+    last_joint: int = 0  # also train the student layer before it
+    last_op: str | None = None  # its op ("lse": from alpha 1 (exact, no refit), annealed, max)
     last_alpha_end: float = 64.0
     last_max_epochs: int = 2  # lwkd with last_op="lse": final epochs with the hard max
     lr: float = 1e-3

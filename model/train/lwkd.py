@@ -54,6 +54,12 @@ def snapshot(run: Run, student: LeNet, tutor: LeNet, k: int, acc: float) -> None
     )
 
 
+def _last_converted(cfg, n: int) -> int:
+    """The last layer the method converts (the classifier, or with ``--keep 5`` conv5): the
+    ``last_*`` options act on its stage."""
+    return max(i for i in range(n) if i not in cfg.keep)
+
+
 def _convert_stage_layer(run: Run, student: LeNet, tutor: LeNet, k: int, ep0: int, xtr):
     """Freeze everything, convert student layer ``k`` from the tutor's (on a fresh stage), and
     make it and the tutor's tail trainable; returns the layer and the tail."""
@@ -65,7 +71,7 @@ def _convert_stage_layer(run: Run, student: LeNet, tutor: LeNet, k: int, ep0: in
     tutor.requires_grad_(False)
     if ep0 == 0 or not isinstance(layer, BMLayer):
         layer = convert_layer(cfg, student, k, src=tutor.layers[k])
-        if k == n - 1 and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
+        if k == _last_converted(cfg, n) and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
             layer.set_op(MaxOp("lse", alpha=1.0))
         elif cfg.refit:
             refit_to(cfg, student, k, tutor, xtr[: cfg.refit_images], run.log)
@@ -165,13 +171,14 @@ def _lwkd_stage(
     n = len(student.layers)
     epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
     layer, tail = _convert_stage_layer(run, student, tutor, k, ep0, xtr)
-    joint = k == n - 1 and cfg.last_joint == 1
+    is_last = k == _last_converted(cfg, n)
+    joint = is_last and cfg.last_joint == 1
     first = k - 1 if joint else k  # first trainable student layer
     if joint:
         student.layers[first].requires_grad_(True)
     caches = _stage_caches(run, student, k, first, joint, caches, data)
     cache_tr, cache_te = caches
-    last_stage = k == n - 1 and bool(cfg.last_op)
+    last_stage = is_last and bool(cfg.last_op)
     lse_epochs = epochs - cfg.last_max_epochs if last_stage else 0
 
     def s_in(xb, idx, cache):
@@ -282,8 +289,8 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
             tag=tag,
         )
         ep0, opt_state = 0, None
-    last = max(i for i in range(n) if i not in cfg.keep)
-    for i in range(last + 1, n):  # kept layers after the last conversion: the tutor's tail
+    # kept layers after the last conversion: the tutor's tail
+    for i in range(_last_converted(cfg, n) + 1, n):
         student.layers[i] = copy.deepcopy(tutor.layers[i])
     student.requires_grad_(True)
     result = {"accuracy": accs[-1], "per_layer_accuracy": accs}
