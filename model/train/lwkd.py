@@ -90,7 +90,8 @@ def _stage_caches(run: Run, student: LeNet, k: int, first: int, joint: bool, cac
     cfg, (xtr, _, xte, _) = run.cfg, data
     t0 = time.time()
     if joint:
-        if caches[0] is None:
+        # the previous stage's caches feed layer k - 1: they serve when that is ``first``
+        if caches[0] is None or first != k - 1:
             caches = (
                 cache_inputs(student, first, xtr, cfg.cache_limit_gb),
                 cache_inputs(student, first, xte, cfg.cache_limit_gb),
@@ -172,10 +173,10 @@ def _lwkd_stage(
     epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
     layer, tail = _convert_stage_layer(run, student, tutor, k, ep0, xtr)
     is_last = k == _last_converted(cfg, n)
-    joint = is_last and cfg.last_joint == 1
-    first = k - 1 if joint else k  # first trainable student layer
-    if joint:
-        student.layers[first].requires_grad_(True)
+    joint = is_last and cfg.last_joint > 0
+    first = max(0, k - cfg.last_joint) if joint else k  # first trainable student layer
+    for i in range(first, k):
+        student.layers[i].requires_grad_(True)
     caches = _stage_caches(run, student, k, first, joint, caches, data)
     cache_tr, cache_te = caches
     last_stage = is_last and bool(cfg.last_op)
