@@ -263,7 +263,12 @@ def small_net(arith: str, name: str, rng):
 @pytest.mark.parametrize(
     "arith,name", [("bm", n) for n in BM_PRESETS] + [("mac", n) for n in MAC_PRESETS]
 )
-def test_batch_equals_per_image(arith, name):
+@pytest.mark.parametrize("chunk", [500, 5])
+def test_batch_equals_per_image(arith, name, chunk, monkeypatch):
+    """Also in chunks of 5 images (the last one short): the batch is split transparently."""
+    import model.reference.batch as batch
+
+    monkeypatch.setattr(batch, "CHUNK", chunk)
     rng = np.random.default_rng(4)
     p, specs, tensors = small_net(arith, name, rng)
     imgs = rng.integers(0, p.a_max + 1, (12, 1, 10, 10)) * (rng.random((12, 1, 10, 10)) < 0.5)

@@ -93,7 +93,7 @@ def batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, sign=None):
     lxm = np.where(zx, neg, lx).astype(dtype)
     if spec.kind == "conv":
         lw4 = lw.reshape(spec.out_ch, spec.in_ch, spec.k, spec.k)
-        m = maxplus_conv(lxm, lw4, dtype).transpose(1, 2, 3, 0).astype(np.int64)
+        m = maxplus_conv(lxm, lw4, dtype)  # (O, B, H, W): each channel's plane contiguous
         s = window_sums(x, spec.k)
     else:
         flat = lxm.reshape(x.shape[0], -1).astype(np.int64)
@@ -105,8 +105,17 @@ def batch_bm_layer(p: BMParams, spec: LayerSpec, x, lw, bias, sign=None):
     m = np.where(zm, 0, m)
     lo = min(int(m.min()), 0)
     e_tab = ref_exp(p, np.arange(lo, int(m.max()) + 1))
-    e = np.where(zm, 0, e_tab[m - lo])
-    return ref_correction(p, e, s, bias, spec.c_shift)
+    # one gather: a flagged maximum reads the 0 appended after the table
+    e = np.append(e_tab, 0)[np.where(zm, len(e_tab), m.astype(np.int32) - lo)]
+    if spec.kind != "conv":
+        return ref_correction(p, e, s, bias, spec.c_shift)
+    # channel by channel on the contiguous planes; (B, H, W, O) is returned as a view of the
+    # (O, B, H, W) result, whose memory order the caller's elementwise steps keep
+    bias = as_int(bias)
+    acc = np.empty(e.shape, dtype=np.int64)
+    for o in range(spec.out_ch):
+        acc[o] = ref_correction(p, e[o][..., None], s, bias[o : o + 1], spec.c_shift)[..., 0]
+    return acc.transpose(1, 2, 3, 0)
 
 
 def _batch_mac_layer(p: MACParams, spec: LayerSpec, x, w, bias):
@@ -146,11 +155,28 @@ def _batch_mac_layer(p: MACParams, spec: LayerSpec, x, w, bias):
 def ref_network_batch(p, layers, tensors, images, *, trace: bool = False):
     """:func:`ref_network` over a batch of ``(N, C, H, W)`` code images: ``(N, classes)`` logits.
 
-    Bit-identical to calling :func:`ref_network` on each image (proved by the tests).
+    Bit-identical to calling :func:`ref_network` on each image (proved by the tests). Runs
+    :data:`CHUNK` images at a time: the intermediate tensors then stay a few tens of MB (on the
+    whole MNIST test set at once this was 3.6x slower for every image).
     """
     x = as_int(images)
     if x.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), not {x.shape}")
+    if len(x) > CHUNK:
+        parts = [
+            _network_batch(p, layers, tensors, x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)
+        ]
+        outs = [np.concatenate(layer_outs) for layer_outs in zip(*parts, strict=True)]
+        return outs if trace else outs[-1]
+    outs = _network_batch(p, layers, tensors, x)
+    return outs if trace else outs[-1]
+
+
+CHUNK = 500  # images per pass of ref_network_batch
+
+
+def _network_batch(p, layers, tensors, x):
+    """Every layer's output on the batch ``x`` (see :func:`ref_network_batch`)."""
     bm = isinstance(p, BMParams)
     outs = []
     for spec, t in zip(layers, tensors, strict=True):
@@ -175,4 +201,4 @@ def ref_network_batch(p, layers, tensors, images, *, trace: bool = False):
             y = np.ascontiguousarray(y)
         x = y
         outs.append(x)
-    return outs if trace else x
+    return outs
