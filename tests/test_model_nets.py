@@ -196,6 +196,35 @@ def test_layerwise_freeze_with_cached_inputs_matches_recomputing(
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+def test_lwkd_stage_joint_with_cached_inputs_matches_recomputing(tmp_path: Path, mnist_dir,
+                                                                  capsys):
+    """``lwkd --stage-joint 1``: each stage also trains the layer before it, fed from the
+    inputs cached for that layer (built on the previous stage's cache); the result is the run
+    that recomputes every input (``--cache-limit-gb 0``)."""
+    from model.train import load_model, main
+
+    common = ["--train-limit", "192", "--test-limit", "96", "--no-progress", "--batch-size", "64"]
+    t = tmp_path / "cls"
+    main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
+    runs, logs = {}, {}
+    for name, limit in (("cached", "3"), ("recomputed", "0")):
+        capsys.readouterr()
+        runs[name] = main(["--method", "lwkd", "--teacher", str(t / "model.pt"), "--out",
+                           str(tmp_path / name), "--layer-epochs", "1", "--refit-images", "64",
+                           "--keep", "5", "--stage-joint", "1", "--cache-limit-gb", limit,
+                           *common])
+        logs[name] = capsys.readouterr().out
+    assert "layer 3: cached student inputs (192, 16, 22, 22)" in logs["cached"]
+    assert "cached student inputs" not in logs["recomputed"]
+    assert runs["cached"]["per_layer_accuracy"] == runs["recomputed"]["per_layer_accuracy"]
+    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in runs)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    # conv1 trained in conv2's stage: it moved after its own
+    before = load_model(tmp_path / "cached" / "after_layer0.pt").layers[0].weight
+    assert not torch.equal(load_model(tmp_path / "cached" / "model.pt").layers[0].weight, before)
+
+
 def test_interrupted_run_resumes_to_the_same_weights(
     tmp_path: Path, mnist_dir, monkeypatch, capsys
 ):

@@ -60,9 +60,11 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--layer-epochs", default="2", help="comma list per layer; last repeats")
     p.add_argument("--final-epochs", type=int, default=d.final_epochs)
+    p.add_argument("--stage-joint", type=int, default=d.stage_joint,
+                   help="lwkd: the student layers before each stage's own that train with it")
     p.add_argument("--last-joint", type=int, default=d.last_joint,
                    help="lwkd: the student layers before the last converted one that train in "
-                        "its stage (0: none)")
+                        "its stage (0: --stage-joint)")
     p.add_argument("--last-op", choices=("lse", "smorph", "lmorph"), default=None)
     p.add_argument("--last-alpha-end", type=float, default=d.last_alpha_end)
     p.add_argument("--last-max-epochs", type=int, default=d.last_max_epochs)

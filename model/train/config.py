@@ -62,9 +62,10 @@ class TrainConfig(BaseConfig):
     head_init: str = "convert"  # finetune: classifier init, "convert" or "channel" (see below)
     epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
     layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)
+    stage_joint: int = 0  # lwkd: every stage also trains this many student layers before its own
     final_epochs: int = 0  # lwkd / two_stage: joint KD fine-tune of the whole student at the end
     # lwkd, the stage of the last converted layer (the classifier, or conv5 with --keep 5):
-    last_joint: int = 0  # also train this many student layers before it
+    last_joint: int = 0  # also train this many student layers before it (0: stage_joint)
     last_op: str | None = None  # its op ("lse": from alpha 1 (exact, no refit), annealed, max)
     last_alpha_end: float = 64.0
     last_max_epochs: int = 2  # lwkd with last_op="lse": final epochs with the hard max
@@ -92,7 +93,8 @@ class TrainConfig(BaseConfig):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
         self.layer_epochs = tuple(int(e) for e in self.layer_epochs)
-        if self.last_joint < 0:
-            raise ValueError(f"last_joint must be >= 0, not {self.last_joint!r}")
+        for name in ("last_joint", "stage_joint"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         self.keep = tuple(int(i) for i in self.keep)
         self.train_layers = tuple(int(i) for i in self.train_layers)

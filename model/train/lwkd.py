@@ -24,20 +24,22 @@ __all__ = ["cache_inputs", "snapshot", "method_lwkd", "method_lwkd_full"]
 
 
 @torch.no_grad()
-def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float, prev=None):
+def cache_inputs(student: LeNet, k: int, x: torch.Tensor, limit_gb: float, prev=None, j=None):
     """Outputs of the frozen student layers ``0..k-1`` on ``x``, or None if too large / k < 2.
 
-    ``prev`` (the cached inputs of layer ``k-1``) saves recomputing layers ``0..k-2``.
+    ``prev`` (the cached inputs of layer ``j``, default ``k - 1``, with layers ``< j`` unchanged
+    since) saves recomputing layers ``0..j-1``.
     """
     if k < 2:
         return None
     shape = student.run(x[:1], 0, k).shape[1:]
     if len(x) * math.prod(shape) * 4 > limit_gb * 2**30:
         return None
+    j = k - 1 if j is None else j
     out = torch.empty((len(x),) + tuple(shape), device=x.device)
     for i in range(0, len(x), 500):
         if prev is not None:
-            out[i : i + 500] = student.run_layer(k - 1, prev[i : i + 500])
+            out[i : i + 500] = student.run(prev[i : i + 500], j, k)
         else:
             out[i : i + 500] = student.run(x[i : i + 500], 0, k)
     return out
@@ -85,25 +87,26 @@ def _convert_stage_layer(run: Run, student: LeNet, tutor: LeNet, k: int, ep0: in
     return layer, tail
 
 
-def _stage_caches(run: Run, student: LeNet, k: int, first: int, joint: bool, caches, data):
-    """The frozen student's outputs feeding the stage's first trainable layer (train, test)."""
+def _stage_caches(run: Run, student: LeNet, first: int, caches, data):
+    """The frozen student's outputs feeding the stage's first trainable layer ``first``:
+    ``(first, train, test)``. ``caches`` is the previous stage's ``(j, train, test)``, inputs of
+    layer ``j <= first`` (layers below a stage's first one never change after it)."""
     cfg, (xtr, _, xte, _) = run.cfg, data
     t0 = time.time()
-    if joint:
-        # the previous stage's caches feed layer k - 1: they serve when that is ``first``
-        if caches[0] is None or first != k - 1:
-            caches = (
-                cache_inputs(student, first, xtr, cfg.cache_limit_gb),
-                cache_inputs(student, first, xte, cfg.cache_limit_gb),
-            )
-    else:
+    j, ctr, cte = caches
+    if j is None or ctr is None or j > first:
+        j, ctr, cte = None, None, None
+    if j != first:
         caches = (
-            cache_inputs(student, k, xtr, cfg.cache_limit_gb, prev=caches[0]),
-            cache_inputs(student, k, xte, cfg.cache_limit_gb, prev=caches[1]),
+            first,
+            cache_inputs(student, first, xtr, cfg.cache_limit_gb, prev=ctr, j=j),
+            cache_inputs(student, first, xte, cfg.cache_limit_gb, prev=cte, j=j),
         )
-    if caches[0] is not None:
-        run.log(f"layer {k}: cached student inputs {tuple(caches[0].shape)} "
-                f"({time.time() - t0:.0f}s)")
+    if caches[1] is not None:
+        run.log(
+            f"layer {first}: cached student inputs {tuple(caches[1].shape)} "
+            f"({time.time() - t0:.0f}s)"
+        )
     return caches
 
 
@@ -173,12 +176,12 @@ def _lwkd_stage(
     epochs = cfg.layer_epochs[min(k, len(cfg.layer_epochs) - 1)]
     layer, tail = _convert_stage_layer(run, student, tutor, k, ep0, xtr)
     is_last = k == _last_converted(cfg, n)
-    joint = is_last and cfg.last_joint > 0
-    first = max(0, k - cfg.last_joint) if joint else k  # first trainable student layer
+    n_joint = cfg.last_joint if is_last and cfg.last_joint else cfg.stage_joint
+    first = max(0, k - n_joint)  # first trainable student layer
     for i in range(first, k):
         student.layers[i].requires_grad_(True)
-    caches = _stage_caches(run, student, k, first, joint, caches, data)
-    cache_tr, cache_te = caches
+    caches = _stage_caches(run, student, first, caches, data)
+    _, cache_tr, cache_te = caches
     last_stage = is_last and bool(cfg.last_op)
     lse_epochs = epochs - cfg.last_max_epochs if last_stage else 0
 
@@ -273,7 +276,7 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
         student.load_state_dict(ck["student"])
         tutor.load_state_dict(ck["tutor"])
         run.log(f"resuming {tag} at layer {stage} epoch {ep0}")
-    caches = (None, None)  # inputs of the previous stage's layer, reused incrementally
+    caches = (None, None, None)  # (layer, train, test): its inputs, reused incrementally
     for k in range(stage, n):
         if k in cfg.keep:
             continue
