@@ -169,11 +169,10 @@ def test_finetune_cli_tiny(tmp_path: Path, mnist_dir):
     assert not torch.equal(before.layers[5].weight, after.layers[5].weight)
 
 
-def test_layerwise_freeze_with_cached_inputs_matches_recomputing(
-    tmp_path: Path, mnist_dir, capsys
-):
-    """Layer-wise conversion with freezing computes the frozen layers' outputs once per stage;
-    the result is the run that recomputes them every batch (``--cache-limit-gb 0``)."""
+def _cached_against_recomputed(tmp_path: Path, capsys, argv: list[str]) -> dict[str, str]:
+    """Run ``model.train argv`` twice from one tiny teacher, the frozen layers' outputs cached
+    and recomputed every batch (``--cache-limit-gb 0``); both must end with the same
+    accuracies and weights. Returns the two logs."""
     from model.train import load_model, main
 
     common = ["--train-limit", "192", "--test-limit", "96", "--no-progress", "--batch-size", "64"]
@@ -182,44 +181,40 @@ def test_layerwise_freeze_with_cached_inputs_matches_recomputing(
     runs, logs = {}, {}
     for name, limit in (("cached", "3"), ("recomputed", "0")):
         capsys.readouterr()
-        out = tmp_path / name
-        runs[name] = main(["--method", "layerwise_freeze", "--teacher", str(t / "model.pt"),
-                           "--out", str(out), "--epochs", "1", "--form", "bm4", "--op", "lse",
-                           "--alpha", "1", "--alpha-end", "8", "--refit-images", "32",
+        runs[name] = main([*argv, "--teacher", str(t / "model.pt"), "--out", str(tmp_path / name),
                            "--cache-limit-gb", limit, *common])
         logs[name] = capsys.readouterr().out
-    assert "layer 4: cached inputs (192, 16, 20, 20)" in logs["cached"]
-    assert "cached inputs" not in logs["recomputed"]
     assert runs["cached"]["per_layer_accuracy"] == runs["recomputed"]["per_layer_accuracy"]
     a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in runs)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    return logs
+
+
+def test_layerwise_freeze_with_cached_inputs_matches_recomputing(
+    tmp_path: Path, mnist_dir, capsys
+):
+    """Layer-wise conversion with freezing computes the frozen layers' outputs once per stage;
+    the result is the run that recomputes them every batch."""
+    logs = _cached_against_recomputed(tmp_path, capsys, [
+        "--method", "layerwise_freeze", "--epochs", "1", "--form", "bm4", "--op", "lse",
+        "--alpha", "1", "--alpha-end", "8", "--refit-images", "32"])
+    assert "layer 4: cached inputs (192, 16, 20, 20)" in logs["cached"]
+    assert "cached inputs" not in logs["recomputed"]
 
 
 def test_lwkd_stage_joint_with_cached_inputs_matches_recomputing(tmp_path: Path, mnist_dir,
                                                                   capsys):
     """``lwkd --stage-joint 1``: each stage also trains the layer before it, fed from the
     inputs cached for that layer (built on the previous stage's cache); the result is the run
-    that recomputes every input (``--cache-limit-gb 0``)."""
-    from model.train import load_model, main
+    that recomputes every input."""
+    from model.train import load_model
 
-    common = ["--train-limit", "192", "--test-limit", "96", "--no-progress", "--batch-size", "64"]
-    t = tmp_path / "cls"
-    main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
-    runs, logs = {}, {}
-    for name, limit in (("cached", "3"), ("recomputed", "0")):
-        capsys.readouterr()
-        runs[name] = main(["--method", "lwkd", "--teacher", str(t / "model.pt"), "--out",
-                           str(tmp_path / name), "--layer-epochs", "1", "--refit-images", "64",
-                           "--keep", "5", "--stage-joint", "1", "--cache-limit-gb", limit,
-                           *common])
-        logs[name] = capsys.readouterr().out
+    logs = _cached_against_recomputed(tmp_path, capsys, [
+        "--method", "lwkd", "--layer-epochs", "1", "--refit-images", "64", "--keep", "5",
+        "--stage-joint", "1"])
     assert "layer 3: cached student inputs (192, 16, 22, 22)" in logs["cached"]
     assert "cached student inputs" not in logs["recomputed"]
-    assert runs["cached"]["per_layer_accuracy"] == runs["recomputed"]["per_layer_accuracy"]
-    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in runs)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     # conv1 trained in conv2's stage: it moved after its own
     before = load_model(tmp_path / "cached" / "after_layer0.pt").layers[0].weight
     assert not torch.equal(load_model(tmp_path / "cached" / "model.pt").layers[0].weight, before)
