@@ -4,12 +4,24 @@ NumPy and the standard library only (no torch): the hardware generators import t
 
 File format (schema ``bm-netexport``, version :data:`SCHEMA_VERSION`)
 --------------------------------------------------------------------
-An uncompressed ``.npz`` (a zip of ``.npy`` arrays, loaded with ``allow_pickle=False``) holding:
+One container for every integer network: an uncompressed ``.npz`` (a zip of ``.npy`` arrays,
+loaded with ``allow_pickle=False``) holding ``meta`` (JSON), ``checksum`` and the network's
+arrays. ``meta["graph"]`` says which network walker reads it:
+
+- ``"chain"`` (this module, :class:`NetworkExport`): a chain of conv and linear layers, the
+  networks the accelerator builds (the LeNets). Version 1 files carry no ``graph`` key and are
+  chains.
+- ``"resnet22"`` (:mod:`model.reference.resnet`): the integer ResNet-22, read by
+  :func:`model.reference.resnet.load_resnet_export` and by nothing in ``hw/``.
+
+:func:`read_container` and :func:`write_container` are the parts every graph shares: the zip,
+the schema name and version, the checksum, the atomic write, and :class:`ExportError`. A chain
+export holds:
 
 ``meta``
     The UTF-8 bytes (``uint8`` array) of a JSON object with the keys ``schema`` (always
-    ``"bm-netexport"``), ``schema_version``, ``preset`` (a name, normally a key of
-    :data:`model.params.PRESETS`), ``params`` (``to_dict()`` of the
+    ``"bm-netexport"``), ``schema_version``, ``graph`` (``"chain"``), ``preset`` (a name,
+    normally a key of :data:`model.params.PRESETS`), ``params`` (``to_dict()`` of the
     :class:`~model.params.BMParams` or :class:`~model.params.MACParams`), ``layers`` (the
     :class:`~model.params.LayerSpec` list as dicts), ``input`` (``shape`` ``[C, H, W]`` and
     ``pixel_shift``: an image's code is ``uint8 pixel >> pixel_shift``) and ``metadata`` (free
@@ -60,6 +72,9 @@ from .params import BMParams, LayerSpec, MACParams, params_from_dict
 __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
+    "GRAPHS",
+    "read_container",
+    "write_container",
     "ExportError",
     "NetworkExport",
     "canonical_bytes",
@@ -71,7 +86,9 @@ __all__ = [
 ]
 
 SCHEMA = "bm-netexport"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``meta["graph"]``; version 1 files (no graph) are chains
+SUPPORTED_VERSIONS = (1, 2)
+GRAPHS = ("chain", "resnet22")
 
 
 class ExportError(ValueError):
@@ -117,6 +134,7 @@ class NetworkExport:
         return {
             "schema": SCHEMA,
             "schema_version": self.schema_version,
+            **({"graph": "chain"} if self.schema_version >= 2 else {}),
             "preset": self.preset,
             "params": self.params.to_dict(),
             "layers": [s.to_dict() for s in self.layers],
@@ -267,17 +285,14 @@ def validate(exp: NetworkExport) -> None:
                 raise ValueError(f"{where}: the accumulator can overflow {p.acc_bits} bits")
 
 
-# -- save / load -------------------------------------------------------------------------------
-def save_export(path, exp: NetworkExport) -> NetworkExport:
-    """Validate ``exp`` and write it atomically to ``path``; returns it with its checksum set."""
+# -- the container -----------------------------------------------------------------------------
+def write_container(path, meta: dict, arrays: dict[str, np.ndarray]) -> str:
+    """Write ``meta`` (stamped with the schema, this version and its ``graph``) and ``arrays``
+    atomically to ``path`` (a temporary file beside it, then a rename); returns the checksum."""
     path = Path(path)
-    try:
-        validate(exp)
-    except ValueError as err:
-        raise ExportError(f"{path}: refusing to write an invalid export: {err}") from err
-    meta = exp.meta()
-    meta["schema_version"] = SCHEMA_VERSION
-    arrays = exp.arrays()
+    if meta.get("graph") not in GRAPHS:
+        raise ExportError(f"{path}: graph must be one of {GRAPHS}, not {meta.get('graph')!r}")
+    meta = {**meta, "schema": SCHEMA, "schema_version": SCHEMA_VERSION}
     checksum = compute_checksum(meta, arrays)
     payload = {
         "meta": np.frombuffer(_canonical_json(meta), dtype=np.uint8),
@@ -296,22 +311,15 @@ def save_export(path, exp: NetworkExport) -> NetworkExport:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return NetworkExport(
-        preset=exp.preset,
-        params=exp.params,
-        layers=tuple(exp.layers),
-        tensors=tuple(exp.tensors),
-        input_shape=tuple(exp.input_shape),
-        pixel_shift=exp.pixel_shift,
-        metadata=exp.metadata,
-        aux=dict(exp.aux),
-        schema_version=SCHEMA_VERSION,
-        checksum=checksum,
-    )
+    return checksum
 
 
-def load_export(path) -> NetworkExport:
-    """Read and fully validate an export; any problem raises :class:`ExportError`."""
+def read_container(path, graph: str) -> tuple[dict, dict[str, np.ndarray], str]:
+    """``(meta, arrays, checksum)`` of an export of ``graph``, its checksum verified.
+
+    Raises :class:`ExportError` naming the file for an unreadable or damaged zip, another
+    schema, an unsupported version, a checksum mismatch, or an export of another graph.
+    """
     path = Path(path)
 
     def fail(msg, err=None):
@@ -342,11 +350,55 @@ def load_export(path) -> NetworkExport:
             f"expected {SCHEMA!r}"
         )
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        fail(f"schema version {version!r} is not supported (this loader reads {SCHEMA_VERSION})")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        fail(
+            f"schema version {version!r} is not supported (this loader reads "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))})"
+        )
     actual = compute_checksum(meta, arrays)
     if actual != stored:
         fail(f"checksum mismatch: stored {stored[:16]}..., contents hash to {actual[:16]}...")
+    got = meta.get("graph", "chain") if version >= 2 else "chain"
+    if got != graph:
+        where = {"chain": "a layer chain (model.export.load_export)",
+                 "resnet22": "the integer ResNet-22 (model.reference.resnet.load_resnet_export)"}
+        fail(f"this is an export of {where.get(got, repr(got))}, not of {where[graph]}")
+    return meta, arrays, stored
+
+
+# -- save / load -------------------------------------------------------------------------------
+def save_export(path, exp: NetworkExport) -> NetworkExport:
+    """Validate ``exp`` and write it atomically to ``path``; returns it with its checksum set."""
+    path = Path(path)
+    try:
+        validate(exp)
+    except ValueError as err:
+        raise ExportError(f"{path}: refusing to write an invalid export: {err}") from err
+    meta = dict(exp.meta(), graph="chain")
+    checksum = write_container(path, meta, exp.arrays())
+    return NetworkExport(
+        preset=exp.preset,
+        params=exp.params,
+        layers=tuple(exp.layers),
+        tensors=tuple(exp.tensors),
+        input_shape=tuple(exp.input_shape),
+        pixel_shift=exp.pixel_shift,
+        metadata=exp.metadata,
+        aux=dict(exp.aux),
+        schema_version=SCHEMA_VERSION,
+        checksum=checksum,
+    )
+
+
+def load_export(path) -> NetworkExport:
+    """Read and fully validate a chain export; any problem raises :class:`ExportError`."""
+    path = Path(path)
+
+    def fail(msg, err=None):
+        raise ExportError(f"{path}: {msg}") from err
+
+    meta, arrays, stored = read_container(path, "chain")
+    version = meta["schema_version"]
     try:
         params = params_from_dict(meta["params"])
         layers = tuple(LayerSpec(**d) for d in meta["layers"])

@@ -272,3 +272,32 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
         save_export(path, make_export("bm", seed=5))
     assert load_export(path).checksum == first.checksum
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz"]
+
+
+def test_version_1_files_still_load_as_chains(saved, tmp_path):
+    """Version 1 (before the ResNet shared the container) had no ``graph``: it is a chain, and
+    its checksum covers the meta as it was written."""
+    path, written = saved
+    old = tmp_path / "v1.npz"
+
+    def to_v1(m):
+        m.pop("graph")
+        m["schema_version"] = 1
+
+    edit_meta(path, old, to_v1, fix_checksum=True)
+    got = load_export(old)
+    assert got.schema_version == 1 and "graph" not in got.meta()
+    assert compute_checksum(got.meta(), got.arrays()) == got.checksum
+    for a, b in zip(got.tensors, written.tensors, strict=True):
+        np.testing.assert_array_equal(a["w"], b["w"])
+    # a re-save writes the current version with the graph named
+    again = save_export(tmp_path / "v2.npz", got)
+    assert again.schema_version == SCHEMA_VERSION and again.meta()["graph"] == "chain"
+
+
+def test_unknown_graph_rejected(saved, tmp_path):
+    path, _ = saved
+    bad = tmp_path / "graph.npz"
+    edit_meta(path, bad, lambda m: m.update(graph="transformer"), fix_checksum=True)
+    with pytest.raises(ExportError, match="graph.npz: this is an export of 'transformer'"):
+        load_export(bad)

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from model import train_cifar
+from model.export import ExportError, compute_checksum, load_export
 from model.layers import BM15Layer, convert
 from model.maxops import MaxOp
 from model.params import BMParams
-from model.quantize_resnet import float_trace, hard_max, quantize_resnet
+from model.quantize.resnet import float_trace, hard_max, quantize_resnet
 from model.reference import ref_log
 from model.reference.resnet import (
-    SCHEMA,
     align,
     gap,
     load_resnet_export,
@@ -194,6 +194,17 @@ def test_train_cifar_budget_stops_and_still_converts_every_layer(cifar_dir, tmp_
     )
     assert res["budget_hit"] is True and res["forms"] == ["bm15"]
     assert res["untrained_layers"] == list(range(23))
+    # the command that quantizes the LeNets takes the ResNet checkpoint too
+    from model import quantize
+
+    out = tmp_path / "r.npz"
+    args = ["--checkpoint", str(tmp_path / "lwkd" / "model.pt"), "--out", str(out),
+            "--data-dir", str(cifar_dir), "--calib-images", "20", "--threads", "1",
+            "--summary", str(tmp_path / "s.json")]
+    assert quantize.main(args) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["test_images"] == 40 and 0 <= summary["integer_accuracy"] <= 1
+    assert len(load_resnet_export(out).units) == 22
 
 
 def test_train_cifar_rejects_a_missing_teacher(cifar_dir, tmp_path):
@@ -373,7 +384,7 @@ def test_every_integer_unit_is_within_its_bound_of_the_float_unit(tiny_export):
     """Stage by stage, on the same input codes: at most 3 % of the output range (about 8 codes
     of 256). The error comes from the 7-bit log tables of the branch, the 8-bit rescale tables
     and the rounding of the activations; it is largest where ``E`` and ``S << c`` cancel."""
-    from model.quantize_resnet import unit_errors
+    from model.quantize.resnet import unit_errors
 
     net, path = tiny_export
     imgs = np.random.default_rng(7).integers(0, 256, (8, 3, 32, 32))
@@ -382,27 +393,57 @@ def test_every_integer_unit_is_within_its_bound_of_the_float_unit(tiny_export):
     assert max(errs) < 0.03, [round(e, 4) for e in errs]
 
 
+def _rewrite(src, dst, change):
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes())
+    arrays.pop("checksum")
+    change(meta, arrays)
+    np.savez(
+        dst,
+        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        checksum=np.frombuffer(compute_checksum(meta, arrays).encode(), np.uint8),
+        **arrays,
+    )
+
+
 def test_integer_resnet_export_errors(tiny_export, tmp_path):
     _, path = tiny_export
     raw = path.read_bytes()
     cut = tmp_path / "cut.npz"
     cut.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ExportError, match="cut.npz: not a readable"):
         load_resnet_export(cut)
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
-    edited = dict(arrays, **{"unit3.lw": arrays["unit3.lw"] + 1})
-    np.savez(tmp_path / "edit.npz", **edited)
-    with pytest.raises(ValueError, match="checksum"):
+    np.savez(tmp_path / "edit.npz", **dict(arrays, **{"unit3.lw": arrays["unit3.lw"] + 1}))
+    with pytest.raises(ExportError, match="checksum mismatch"):
         load_resnet_export(tmp_path / "edit.npz")
-    meta = json.loads(str(arrays["__meta__"]))
-    meta["schema"] = "bmfpga-resnet-int/0"
-    np.savez(tmp_path / "old.npz", **dict(arrays, __meta__=np.array(json.dumps(meta))))
-    with pytest.raises(ValueError, match=SCHEMA):
-        load_resnet_export(tmp_path / "old.npz")
+    # a consistent file (checksum recomputed) whose shapes do not chain
+    _rewrite(path, tmp_path / "chain.npz",
+             lambda m, a: a.update({"fc.lw": a["fc.lw"][:, :-1]}))
+    with pytest.raises(ExportError, match="invalid ResNet export: the classifier expects"):
+        load_resnet_export(tmp_path / "chain.npz")
+    _rewrite(path, tmp_path / "miss.npz", lambda m, a: a.pop("unit5.h"))
+    with pytest.raises(ExportError, match="missing field 'unit5.h'"):
+        load_resnet_export(tmp_path / "miss.npz")
     exp = load_resnet_export(path)
     with pytest.raises(ValueError, match=r"\(N, 3, 32, 32\)"):
         resnet_forward(exp, np.zeros((2, 1, 28, 28), np.uint8))
+
+
+def test_one_export_format_for_both_networks(tiny_export, tmp_path):
+    """The ResNet export is a ``bm-netexport`` file of graph ``resnet22``; each loader names the
+    other graph instead of misreading it, and the chain loader (what ``hw/`` reads) refuses it."""
+    _, path = tiny_export
+    with np.load(path) as z:
+        meta = json.loads(z["meta"].tobytes())
+    assert meta["schema"] == "bm-netexport" and meta["graph"] == "resnet22"
+    with pytest.raises(ExportError, match="r.npz: this is an export of the integer ResNet-22"):
+        load_export(path)
+    lenet = ROOT / "model" / "weights" / "lenet_bm15_max.npz"
+    with pytest.raises(ExportError, match="an export of a layer chain"):
+        load_resnet_export(lenet)
 
 
 def test_quantizer_refuses_a_classical_layer():

@@ -44,7 +44,9 @@ calibration-held-out images, :func:`qat_finetune` fine-tunes the float network t
 fake-quantized forward (straight-through estimators for rounding, the log unit and the weight
 codes), then quantizes again.
 
-CLI: ``python -m model.quantize --checkpoint C --out F --arith bm|mac [--preset P] ...``.
+CLI: ``python -m model.quantize --checkpoint C --out F --arith bm|mac [--preset P] ...``. A
+ResNet-22 checkpoint (``model.train_cifar``) goes to :mod:`model.quantize.resnet`, the integer
+ResNet of :mod:`model.reference.resnet`, in the same export format.
 """
 
 from __future__ import annotations

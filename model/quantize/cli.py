@@ -78,7 +78,28 @@ def _record_test(exp, stages, x_te, y_te) -> None:
     print("test", json.dumps(exp.metadata["test"]))
 
 
+def _checkpoint_net(argv) -> str | None:
+    """The ``net_config`` name of ``--checkpoint`` (``None`` if it cannot be read here: the
+    LeNet path then reports why)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--checkpoint")
+    ck = pre.parse_known_args(argv)[0].checkpoint
+    if not ck or not Path(ck).is_file():
+        return None
+    try:
+        d = torch.load(ck, weights_only=False, map_location="cpu")
+    except Exception:
+        return None
+    cfg = d.get("net_config") if isinstance(d, dict) else None
+    return cfg.get("name") if isinstance(cfg, dict) else None
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _checkpoint_net(argv) == "resnet22":
+        from . import resnet
+
+        return resnet.main(argv)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from ..data import load_mnist
@@ -118,7 +139,7 @@ def main(argv=None) -> int:
         "checkpoint": ck_name,
         "arith": args.arith,
         "seed": args.seed,
-        "command": "python -m model.quantize " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m model.quantize " + " ".join(argv),
     }
     best = None
     for pct in (float(v) for v in args.percentiles.split(",")):

@@ -32,14 +32,17 @@ Post-ReLU tensors are unsigned ``a_bits`` codes; the two inputs of a residual su
 4. **Classifier** (1.5-BM linear, no batch norm): ``z = E - (S << c_shift) + B`` as in 1c; the
    integer ``z`` are the logits. The class is the first maximal logit.
 
-The export (:func:`load_resnet_export`) holds every integer tensor and exponent, the params, and
-a checksum; :func:`resnet_forward` runs it on a batch of uint8 images ``(N, 3, 32, 32)`` (the
-input codes are the pixels, scale ``2**-8``).
+The export is a ``bm-netexport`` file (:mod:`model.export`: the same container, checksum, atomic
+write and :class:`~model.export.ExportError` as the LeNet exports) of graph ``"resnet22"``: arrays
+``unit<i>.{lw,bias,lg,sign,h}`` and ``fc.{lw,bias}``, and in ``meta`` the params, the block
+``plan``, every tensor's exponent (``exps``), each unit's ``c_shift``, ``stride`` and ``pad``,
+and ``metadata``. :func:`load_resnet_export` reads and checks it; :func:`resnet_forward`
+runs it on a batch of uint8 images ``(N, 3, 32, 32)`` (the input codes are the pixels, scale
+``2**-8``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,7 +54,6 @@ from .core import ref_exp, ref_log
 
 __all__ = [
     "ResNetIntParams",
-    "SCHEMA",
     "log_wide",
     "rescale",
     "bm_unit",
@@ -63,9 +65,6 @@ __all__ = [
     "load_resnet_export",
     "ResNetExport",
 ]
-
-SCHEMA = "bmfpga-resnet-int/1"
-
 
 def _bm_default() -> BMParams:
     return BMParams(
@@ -303,81 +302,66 @@ def _arrays_meta(exp: ResNetExport):
     for k in ("lw", "bias"):
         arrays[f"fc.{k}"] = np.ascontiguousarray(exp.fc[k], dtype=np.int64)
     meta = {
-        "schema": SCHEMA,
+        "graph": "resnet22",
         "params": exp.params.to_dict(),
         "plan": [list(map(int, b)) for b in exp.plan],
         "exps": exp.exps,
         "scalars": [{k: int(t[k]) for k in _UNIT_SCALARS} for t in exp.units],
         "fc_c_shift": int(exp.fc["c_shift"]),
-        "info": exp.meta,
+        "metadata": exp.meta,
     }
     return arrays, meta
 
 
 def save_resnet_export(path, exp: ResNetExport) -> None:
-    """Write ``exp`` as one ``.npz`` (arrays, JSON meta and its SHA-256), atomically."""
-    from ..export import compute_checksum
+    """Write ``exp`` as a ``bm-netexport`` file of graph ``"resnet22"``, atomically."""
+    from ..export import write_container
 
     arrays, meta = _arrays_meta(exp)
-    meta_json = json.dumps(meta, sort_keys=True)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        __meta__=np.array(meta_json),
-        __checksum__=np.array(compute_checksum(meta, arrays)),
-        **arrays,
-    )
-    tmp.replace(path)
+    write_container(path, meta, arrays)
 
 
 def load_resnet_export(path) -> ResNetExport:
-    """Read and validate an export; a corrupt or mismatched file raises ``ValueError``."""
-    from ..export import compute_checksum
+    """Read and validate an export; a corrupt or mismatched file raises
+    :class:`model.export.ExportError` (a ``ValueError``) naming the file."""
+    from ..export import ExportError, read_container
 
-    path = Path(path)
+    meta, data, _ = read_container(path, "resnet22")
     try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-        meta = json.loads(str(data.pop("__meta__")))
-        checksum = str(data.pop("__checksum__"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such export") from None
-    except Exception as e:  # zip, npy and JSON errors all mean a damaged file
-        raise ValueError(
-            f"{path}: not a readable ResNet export ({type(e).__name__}: {e})"
-        ) from None
-    if meta.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
-    if compute_checksum(meta, data) != checksum:
-        raise ValueError(f"{path}: checksum mismatch (the file was modified or damaged)")
-    params = ResNetIntParams.from_dict(meta["params"])
-    units = []
-    for i, sc in enumerate(meta["scalars"]):
-        t = {k: data[f"unit{i}.{k}"] for k in _UNIT_ARRAYS}
-        t.update(sc)
-        o = t["lw"].shape[0]
-        if t["lw"].ndim != 4 or any(t[k].shape != (o,) for k in ("bias", "lg", "sign", "h")):
-            raise ValueError(f"{path}: unit {i} has inconsistent shapes")
-        units.append(t)
-    fc = {"lw": data["fc.lw"], "bias": data["fc.bias"], "c_shift": meta["fc_c_shift"]}
-    exp = ResNetExport(params, units, fc, meta["plan"], meta["exps"], meta.get("info", {}))
-    _check_chain(exp, path)
+        params = ResNetIntParams.from_dict(meta["params"])
+        units = []
+        for i, sc in enumerate(meta["scalars"]):
+            t = {k: data[f"unit{i}.{k}"] for k in _UNIT_ARRAYS}
+            t.update({k: int(sc[k]) for k in _UNIT_SCALARS})
+            o = t["lw"].shape[0]
+            if t["lw"].ndim != 4 or any(t[k].shape != (o,) for k in ("bias", "lg", "sign", "h")):
+                raise ValueError(f"unit {i} has inconsistent shapes")
+            units.append(t)
+        fc = {"lw": data["fc.lw"], "bias": data["fc.bias"], "c_shift": int(meta["fc_c_shift"])}
+        exp = ResNetExport(params, units, fc, meta["plan"], meta["exps"], meta.get("metadata", {}))
+        extra = set(data) - {f"unit{i}.{k}" for i in range(len(units)) for k in _UNIT_ARRAYS}
+        extra -= {"fc.lw", "fc.bias"}
+        if extra:
+            raise ValueError(f"unexpected members {sorted(extra)}")
+        _check_chain(exp)
+    except (KeyError, TypeError, ValueError) as err:
+        what = f"missing field {err}" if isinstance(err, KeyError) else str(err)
+        raise ExportError(f"{Path(path)}: invalid ResNet export: {what}") from err
     return exp
 
 
-def _check_chain(exp: ResNetExport, path) -> None:
+def _check_chain(exp: ResNetExport) -> None:
     """Channel counts must chain through the plan."""
     u = exp.units
     ch = u[0]["lw"].shape[0]
     for a, b, c, proj in exp.plan:
         if u[a]["lw"].shape[1] != ch or u[b]["lw"].shape[1] != u[a]["lw"].shape[0]:
-            raise ValueError(f"{path}: channel mismatch in block {a}..{c}")
+            raise ValueError(f"channel mismatch in block {a}..{c}")
         if u[c]["lw"].shape[1] != u[b]["lw"].shape[0]:
-            raise ValueError(f"{path}: channel mismatch in block {a}..{c}")
+            raise ValueError(f"channel mismatch in block {a}..{c}")
         out = u[c]["lw"].shape[0]
         if (proj >= 0 and u[proj]["lw"].shape[:2] != (out, ch)) or (proj < 0 and out != ch):
-            raise ValueError(f"{path}: shortcut mismatch in block {a}..{c}")
+            raise ValueError(f"shortcut mismatch in block {a}..{c}")
         ch = out
     if exp.fc["lw"].shape[1] != ch:
-        raise ValueError(f"{path}: the classifier expects {exp.fc['lw'].shape[1]} inputs, not {ch}")
+        raise ValueError(f"the classifier expects {exp.fc['lw'].shape[1]} inputs, not {ch}")

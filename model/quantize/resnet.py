@@ -1,8 +1,9 @@
 """Float 1.5-BM ResNet-22 to the integer ResNet of :mod:`model.reference.resnet`.
 
-``python -m model.quantize_resnet --checkpoint runs/table3/max_lwkd/model.pt --out F.npz
---data-dir D`` calibrates on training images, writes the export, and scores the float model and
-the integer reference on the test set. Its last line is ``accuracy <fraction> (<correct>/<total>)``
+``python -m model.quantize --checkpoint runs/table3/max_lwkd/model.pt --out F.npz --data-dir D``
+(the command that quantizes the LeNets: a ResNet-22 checkpoint comes here) calibrates on
+training images, writes the export, and scores the float model and the integer reference on the
+test set. Its last line is ``accuracy <fraction> (<correct>/<total>)``
 for the integer reference.
 
 Quantization (post-training, no fine-tuning):
@@ -32,16 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .layers import BM15Layer
-from .maxops import MaxOp
-from .reference.resnet import (
+from ..layers import BM15Layer
+from ..maxops import MaxOp
+from ..reference.resnet import (
     ResNetExport,
     ResNetIntParams,
     load_resnet_export,
     resnet_forward,
     save_resnet_export,
 )
-from .resnet import ResNet22
+from ..resnet import ResNet22
 
 __all__ = ["quantize_resnet", "float_trace", "unit_errors", "main"]
 
@@ -182,7 +183,7 @@ def unit_errors(net: ResNet22, exp: ResNetExport, images: np.ndarray) -> list[fl
     """Per conv unit, the largest ``|integer - float|`` over ``images`` as a fraction of the
     unit's output range, where both get the same input: the integer unit its codes, the float
     unit (hard max) those codes dequantized. The float output is clipped to the code range."""
-    from .reference.resnet import bm_unit, residual_add
+    from ..reference.resnet import bm_unit, residual_add
 
     p, u, ex = exp.params, exp.units, exp.exps
     errs: dict[int, float] = {}
@@ -223,11 +224,16 @@ def _float_logits(net, x_u8: torch.Tensor, bs: int = 250) -> np.ndarray:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m model.quantize_resnet", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m model.quantize", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--checkpoint", required=True, help="a ResNet-22 model.pt (model.train_cifar)")
     p.add_argument("--out", required=True, help="the export (.npz)")
+    p.add_argument("--arith", choices=("bm",), default="bm", help="the ResNet is BM only")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--calib", type=int, default=2000, help="training images to calibrate on")
+    p.add_argument("--calib-images", "--calib", dest="calib", type=int, default=2000,
+                   help="training images to calibrate on")
+    p.add_argument("--test", action="store_true", help="accepted: the test set is always scored")
     p.add_argument("--test-subset", type=int, default=0, help="test images (0: all 10,000)")
     p.add_argument("--summary", default=None, help="also write the figures to this JSON file")
     p.add_argument("--threads", type=int, default=2)
@@ -236,7 +242,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from .train_cifar import CifarConfig, data_label, load_cifar_tensors, load_resnet
+    from ..train_cifar import CifarConfig, data_label, load_cifar_tensors, load_resnet
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
