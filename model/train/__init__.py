@@ -44,10 +44,12 @@ from .convert import (
 )
 from .data import augment_batch, batches, evaluate, load_data
 from .loop import (
+    At,
     WeightEMA,
     alpha_schedule,
     alphas,
-    cosine,
+    cosine_factor,
+    fit,
     freeze_alpha,
     run_simple,
     set_alpha,
@@ -71,7 +73,8 @@ from .run import Run, load_model, net_from_dict, net_to_dict, save_model
 __all__ = ["CORR_MIN", "METHODS", "TrainConfig", "load_data", "batches", "augment_batch",
            "evaluate", "Run", "net_to_dict", "net_from_dict", "load_model", "save_model",
            "make_op", "converted", "convert_layer", "refit_layer", "refit_to", "load_teacher",
-           "refit_all", "cosine", "train_epochs", "WeightEMA", "alphas", "set_alpha",
+           "refit_all", "At", "cosine_factor", "fit", "train_epochs", "WeightEMA", "alphas",
+           "set_alpha",
            "freeze_alpha", "run_simple", "alpha_schedule", "ce_loss", "ce_loss_fn",
            "logit_kd_loss_fn", "centred", "feature_mse", "soft_ce", "kd_loss_fn", "cache_inputs",
            "snapshot", "method_lwkd", "method_lwkd_full", "method_classical", "method_direct",

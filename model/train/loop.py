@@ -1,4 +1,5 @@
-"""The generic epoch loop (Adam, cosine schedule, EMA, checkpoints) and the alpha schedules."""
+"""The one training loop (:func:`fit`: steps, epochs, the learning-rate schedule, resuming,
+EMA, a time budget), the LeNet's epochs on it (:func:`train_epochs`), and the alpha schedules."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import math
 import time
 import zlib
+from dataclasses import dataclass
 
 import torch
 
@@ -14,17 +16,113 @@ from .config import TrainConfig
 from .data import augment_batch, batches, evaluate
 from .run import Run
 
-__all__ = ["cosine", "train_epochs", "WeightEMA", "alphas", "set_alpha", "freeze_alpha",
+__all__ = ["At", "cosine_factor", "fit", "train_epochs", "WeightEMA", "alphas", "set_alpha",
+           "freeze_alpha",
            "run_simple", "alpha_schedule"]
 
 
-def cosine(opt, total_steps: int, warmup: int = 0):
-    def f(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+@dataclass(frozen=True)
+class At:
+    """Where :func:`fit` is, as its hooks see it: ``step`` optimiser steps done out of ``total``,
+    batch ``j`` of ``per_epoch`` in epoch ``epoch`` (from 0), and ``prog`` the fraction of the
+    phase done (the steps, or the clock when ``prog_of`` says so)."""
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+    step: int
+    total: int
+    epoch: int
+    j: int
+    per_epoch: int
+    prog: float
+
+
+def cosine_factor(at: At, warmup: int = 0) -> float:
+    """The learning-rate factor: a linear warm-up over ``warmup`` steps, then half a cosine from
+    1 to 0 over the phase's progress (``at.prog``), or over what the warm-up leaves of it."""
+    if at.step < warmup:
+        return (at.step + 1) / warmup
+    if not warmup:
+        return 0.5 * (1 + math.cos(math.pi * at.prog))
+    w = warmup / at.total
+    return 0.5 * (1 + math.cos(math.pi * max(0.0, at.prog - w) / max(1e-9, 1 - w)))
+
+
+def fit(
+    opt: torch.optim.Optimizer,
+    order_of,
+    loss_of,
+    *,
+    total: int,
+    label: str,
+    start: int = 0,
+    lr_factor=None,
+    before=None,
+    end_epoch=None,
+    stop=None,
+    prog_of=None,
+    progress_of=None,
+    ema: WeightEMA | None = None,
+) -> int:
+    """The one training loop (LeNet, its layer-wise stages and the CIFAR-10 ResNet): ``total``
+    optimiser steps over epochs of batches, resumable at step ``start``; returns the steps done.
+
+    - ``order_of(epoch)``: the epoch's batches (index tensors). It is called for every epoch,
+      those a resumed run skips too, so that a seeded order is drawn as in the first run.
+    - ``loss_of(idx, at)``: the loss of one batch (the hooks get an :class:`At`).
+    - ``lr_factor(at)``: each parameter group's learning rate is its ``initial_lr`` (its ``lr``
+      when the optimiser was made) times this; default :func:`cosine_factor` over the steps.
+    - ``before(at)``: before each step (alpha schedules, batch-norm modes).
+    - ``end_epoch(epoch, step, mean_loss, last)``: after each epoch, and after the last step
+      when the phase ends inside an epoch (evaluation, logs, checkpoints).
+    - ``stop(step, started)``: whether to stop before ``step`` (a time budget); ``started``
+      tells whether a step has run in this call.
+    - ``prog_of(step, total)``: the phase's progress (default ``step / total``).
+    - ``progress_of(order, epoch)``: wraps an epoch's batches (a progress bar).
+    - ``ema``: updated after each step.
+
+    A non-finite loss raises ``FloatingPointError``.
+    """
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+    step, ep = 0, 0
+    while step < total:
+        order = order_of(ep)
+        if step + len(order) <= start:  # an epoch the resumed run has done
+            step += len(order)
+            ep += 1
+            continue
+        tot, nb = 0.0, 0
+        for j, idx in enumerate(progress_of(order, ep) if progress_of else order):
+            if step >= total:
+                break
+            if step < start:
+                step += 1
+                continue
+            if stop is not None and stop(step, step > start):
+                total = step
+                break
+            prog = prog_of(step, total) if prog_of else min(1.0, step / total)
+            at = At(step, total, ep, j, len(order), prog)
+            f = lr_factor(at) if lr_factor else cosine_factor(at)
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * f
+            if before is not None:
+                before(at)
+            loss = loss_of(idx, at)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                ema.update()
+            step += 1
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"{label}: loss is {lv} at step {step}")
+            tot += lv
+            nb += 1
+        ep += 1
+        if nb and end_epoch is not None:
+            end_epoch(ep, step, tot / nb, step >= total)
+    return step
 
 
 def train_epochs(
@@ -43,7 +141,8 @@ def train_epochs(
     alpha_sched=None,
     augment: bool = False,
 ) -> dict:
-    """Adam + cosine over ``epochs``; ``loss_fn(net, xb, yb, idx)``; evaluates after each epoch.
+    """Adam + cosine over ``epochs`` (:func:`fit`); ``loss_fn(net, xb, yb, idx)``; evaluates
+    after each epoch; ``on_epoch(epoch, opt_state)`` after it.
 
     ``augment``: each batch is randomly shifted and rotated (:func:`augment_batch`, the config's
     ``shift_px`` and ``rot_deg``); only for loss functions that read the images, not ``idx``.
@@ -52,45 +151,40 @@ def train_epochs(
     xtr, ytr, xte, yte = data
     params = [p for p in (params if params is not None else net.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    steps = epochs * math.ceil(len(xtr) / cfg.batch_size)
-    sched = cosine(opt, steps)
+    per_epoch = math.ceil(len(xtr) / cfg.batch_size)
     if state is not None:
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
     # crc32, not hash(): str hashes change from process to process, and a resumed run must
     # see the batch order of the run it continues
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + zlib.crc32(tag.encode()) % 1000)
-    agen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + zlib.crc32(tag.encode()) % 1000)
-    acc = None
+    seed = zlib.crc32(tag.encode()) % 1000
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed)
+    agen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + seed)
     ema = WeightEMA(params, cfg.ema) if cfg.ema > 0 else None
     if ema is not None and state is not None and "ema" in state:
         ema.load_state_dict(state["ema"])
-    for ep in range(epochs):
-        # a fresh order each epoch; the epochs a resumed run skips draw theirs too
-        order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
-        if ep < start_epoch:
-            continue
-        agen.manual_seed(cfg.seed * 7919 + 1 + ep + zlib.crc32(tag.encode()) % 1000)
+    acc = None
+    t0 = time.time()
+
+    def order_of(ep):
+        return list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
+
+    def before(at):
+        nonlocal t0
+        if at.j == 0:
+            t0 = time.time()
+            agen.manual_seed(cfg.seed * 7919 + 1 + at.epoch + seed)
         net.train()
-        tot, nb = 0.0, 0
-        t0 = time.time()
-        for j, idx in enumerate(run.progress(order, len(order), f"{tag} ep{ep + 1}/{epochs}")):
-            if alpha_sched is not None:
-                alpha_sched((ep + j / len(order)) / epochs)
-            xb = xtr[idx]
-            if augment:
-                xb = augment_batch(xb, agen, cfg.shift_px, cfg.rot_deg)
-            loss = loss_fn(net, xb, ytr[idx], idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update()
-            tot += float(loss.detach())
-            nb += 1
-            if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"{tag}: loss is {float(loss.detach())} at epoch {ep + 1}")
+        if alpha_sched is not None:
+            alpha_sched((at.epoch + at.j / at.per_epoch) / epochs)
+
+    def loss_of(idx, at):
+        xb = xtr[idx]
+        if augment:
+            xb = augment_batch(xb, agen, cfg.shift_px, cfg.rot_deg)
+        return loss_fn(net, xb, ytr[idx], idx)
+
+    def end_epoch(ep, step, mean_loss, last):
+        nonlocal acc
         net.eval()
         if ema is None:
             acc = evaluate(net, xte, yte)
@@ -100,14 +194,18 @@ def train_epochs(
                 acc = evaluate(net, xte, yte)
             note = f" (EMA {cfg.ema:g}; raw weights {evaluate(net, xte, yte):.4f})"
         run.log(
-            f"{tag} epoch {ep + 1}/{epochs}: loss {tot / max(nb, 1):.4f} test acc "
+            f"{tag} epoch {ep}/{epochs}: loss {mean_loss:.4f} test acc "
             f"{acc:.4f}{note} ({time.time() - t0:.0f}s) {alphas(net)}"
         )
         if on_epoch is not None:
-            st = {"opt": opt.state_dict(), "sched": sched.state_dict()}
+            st = {"opt": opt.state_dict()}
             if ema is not None:
                 st["ema"] = ema.state_dict()
-            on_epoch(ep + 1, st)
+            on_epoch(ep, st)
+
+    fit(opt, order_of, loss_of, total=epochs * per_epoch, label=tag, start=start_epoch * per_epoch,
+        before=before, end_epoch=end_epoch, ema=ema,
+        progress_of=lambda order, ep: run.progress(order, len(order), f"{tag} ep{ep + 1}/{epochs}"))
     if ema is not None:
         ema.copy_to_params()  # the averaged weights are the result
     return {"accuracy": acc}
@@ -159,9 +257,12 @@ def alphas(net: LeNet) -> str:
     return f"alpha=[{', '.join(vals)}]" if vals else ""
 
 
-def set_alpha(net: LeNet, alpha: float) -> None:
+def set_alpha(net, alpha: float) -> None:
+    """Every smooth max op of ``net`` (a LeNet or a ResNet-22) to ``alpha``; the hard max has
+    none."""
     for m in net.bm_layers():
-        m.op.set_alpha(alpha)
+        if m.op.kind != "max":
+            m.op.set_alpha(alpha)
 
 
 def freeze_alpha(net: LeNet) -> None:

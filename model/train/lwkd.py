@@ -16,7 +16,7 @@ from ..maxops import MaxOp
 from ..nets import LeNet
 from .convert import convert_layer, load_teacher, refit_to
 from .data import batches
-from .loop import alpha_schedule, cosine, run_simple
+from .loop import alpha_schedule, fit, run_simple
 from .losses import centred, feature_mse, kd_loss_fn
 from .run import Run, net_to_dict
 
@@ -110,9 +110,9 @@ def _stage_caches(run: Run, student: LeNet, first: int, caches, data):
     return caches
 
 
-def _stage_optimizer(cfg, student: LeNet, first: int, k: int, tail, steps: int, opt_state):
-    """Adam over the stage's student layers (``lr``) and the tutor's tail (``tail_lr``), with
-    its cosine schedule, restored from ``opt_state`` when resuming."""
+def _stage_optimizer(cfg, student: LeNet, first: int, k: int, tail, opt_state):
+    """Adam over the stage's student layers (``lr``) and the tutor's tail (``tail_lr``),
+    restored from ``opt_state`` when resuming (the cosine is :func:`fit`'s)."""
     trainable = [
         p for m in student.layers[first : k + 1] for p in m.parameters() if p.requires_grad
     ]
@@ -121,11 +121,9 @@ def _stage_optimizer(cfg, student: LeNet, first: int, k: int, tail, steps: int, 
     if tail_params:
         groups.append({"params": tail_params, "lr": cfg.tail_lr})
     opt = torch.optim.Adam(groups)
-    sched = cosine(opt, steps)
     if opt_state is not None:
         opt.load_state_dict(opt_state["opt"])
-        sched.load_state_dict(opt_state["sched"])
-    return opt, sched
+    return opt
 
 
 def _stage_alpha(cfg, student: LeNet, layer, epochs: int, lse_epochs: int):
@@ -212,48 +210,46 @@ def _lwkd_stage(
     if ep0 == 0:
         acc0 = eval_path()
         run.log(f"layer {k} ({student.forms[k]}) converted: student-path test acc {acc0:.4f}")
-    steps = epochs * math.ceil(len(xtr) / cfg.batch_size)
-    opt, sched = _stage_optimizer(cfg, student, first, k, tail, steps, opt_state)
+    per_epoch = math.ceil(len(xtr) / cfg.batch_size)
+    opt = _stage_optimizer(cfg, student, first, k, tail, opt_state)
     asched = _stage_alpha(cfg, student, layer, epochs, lse_epochs)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
-    for ep in range(epochs):
-        order = list(batches(len(xtr), cfg.batch_size, gen, xtr.device))
-        if ep < ep0:
-            continue
-        if cfg.learn_alpha and cfg.alpha_epochs and ep >= cfg.alpha_epochs:
-            layer.op.freeze()
-        set_last_op(ep)
-        t0 = time.time()
-        tot = 0.0
-        for j, idx in enumerate(run.progress(order, len(order), f"L{k} ep{ep + 1}/{epochs}")):
-            if asched is not None:
-                asched((ep + j / len(order)) / epochs)
-            xb, yb = xtr[idx], ytr[idx]
-            with torch.no_grad():
-                hin = s_in(xb, idx, cache_tr)
-            loss = _stage_loss(cfg, tutor, k, n, student.run(hin, first, k + 1), xb, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            lv = float(loss.detach())
-            tot += lv
-            if not math.isfinite(lv):
-                raise FloatingPointError(f"layer {k}: loss {lv}")
+    t0 = time.time()
+
+    def before(at):
+        nonlocal t0
+        if at.j == 0:
+            t0 = time.time()
+            if cfg.learn_alpha and cfg.alpha_epochs and at.epoch >= cfg.alpha_epochs:
+                layer.op.freeze()
+            set_last_op(at.epoch)
+        if asched is not None:
+            asched((at.epoch + at.j / at.per_epoch) / epochs)
+
+    def loss_of(idx, at):
+        xb, yb = xtr[idx], ytr[idx]
+        with torch.no_grad():
+            hin = s_in(xb, idx, cache_tr)
+        return _stage_loss(cfg, tutor, k, n, student.run(hin, first, k + 1), xb, yb)
+
+    def end_epoch(ep, step, mean_loss, last):
         acc = eval_path()
         run.log(
-            f"layer {k} epoch {ep + 1}/{epochs}: loss {tot / len(order):.4f} "
+            f"layer {k} epoch {ep}/{epochs}: loss {mean_loss:.4f} "
             f"student-path test acc {acc:.4f} ({time.time() - t0:.0f}s) "
             f"{layer.extra_repr() if isinstance(layer, BM15Layer) else ''}"
         )
-        last = ep + 1 == epochs
         if last:
             accs.append(acc)
             snapshot(run, student, tutor, k, acc)
-        opt_state = None if last else {"opt": opt.state_dict(), "sched": sched.state_dict()}
-        run.save_ckpt({"tag": tag, "stage": k + 1 if last else k, "epoch": 0 if last else ep + 1,
-                       "opt_state": opt_state, "accs": accs, "student": student.state_dict(),
-                       "tutor": tutor.state_dict()})
+        run.save_ckpt({"tag": tag, "stage": k + 1 if last else k, "epoch": 0 if last else ep,
+                       "opt_state": None if last else {"opt": opt.state_dict()}, "accs": accs,
+                       "student": student.state_dict(), "tutor": tutor.state_dict()})
+
+    fit(opt, lambda ep: list(batches(len(xtr), cfg.batch_size, gen, xtr.device)), loss_of,
+        total=epochs * per_epoch, label=f"layer {k}", start=ep0 * per_epoch, before=before,
+        end_epoch=end_epoch,
+        progress_of=lambda order, ep: run.progress(order, len(order), f"L{k} ep{ep + 1}/{epochs}"))
     student.requires_grad_(False)
     if isinstance(layer, BMLayer):
         layer.op.freeze()  # a learned alpha is frozen after its stage

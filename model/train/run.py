@@ -18,30 +18,70 @@ from ..layers import BMLayer
 from ..maxops import MaxOp
 from ..nets import LeNet
 from ..registry import NET_CONFIGS, create_net
-from .config import TrainConfig
+from .config import BaseConfig
+from .dist import Dist
 
 __all__ = ["Run", "net_to_dict", "net_from_dict", "load_model", "save_model"]
 
 
 class Run:
-    def __init__(self, cfg: TrainConfig):
+    """A training run's folder, log, time budget and resumable checkpoint, for every network
+    (LeNet: :mod:`model.train`; ResNet-22: :mod:`model.train_cifar`).
+
+    Under data-parallel training (``dd``, a :class:`~model.train.dist.Dist` of several
+    processes) rank 0 writes the files and the log, and :meth:`over_budget` gives every process
+    rank 0's answer. ``cfg.budget_s`` (where the config has it; 0: none) is a wall-clock limit.
+    """
+
+    def __init__(self, cfg: BaseConfig, dd: Dist | None = None):
         self.cfg = cfg
+        self.dd = dd if dd is not None else Dist(cfg.device)
         self.dir = Path(cfg.out)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.t0 = time.time()
+        self.budget_hit = False
         self.prior: list[dict] = []  # the earlier segments of a resumed run (from the checkpoint)
-        (self.dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        if self.dd.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            info = asdict(cfg) if not self.dd.on else {**asdict(cfg), "world_size": self.dd.world}
+            (self.dir / "config.json").write_text(json.dumps(info, indent=2) + "\n")
 
     def log(self, msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')} +{time.time() - self.t0:7.0f}s] {msg}", flush=True)
+        if self.dd.main:
+            print(f"[{time.strftime('%H:%M:%S')} +{time.time() - self.t0:7.0f}s] {msg}", flush=True)
+
+    def over_budget(self, deadline: float | None = None) -> bool:
+        """Whether the run's budget (or ``deadline``) has passed; under DDP every process gets
+        rank 0's answer, so that all stop at the same step."""
+        b = getattr(self.cfg, "budget_s", 0)
+        now = time.time()
+        stop = bool(b) and bool(self.sync(now - self.t0 > b))
+        late = deadline is not None and bool(self.sync(now > deadline))
+        if stop and not self.budget_hit:
+            self.log(f"wall-clock budget of {b:.0f} s reached")
+            self.budget_hit = True
+        return self.budget_hit or late
+
+    def sync(self, v: float) -> float:
+        """Rank 0's value of ``v`` on every process (``v`` itself without DDP)."""
+        if not self.dd.on:
+            return v
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v)], device=self.cfg.device)
+        dist.broadcast(t, 0)
+        return float(t[0])
 
     @property
     def ckpt_path(self) -> Path:
         return self.dir / "ckpt.pt"
 
-    def load_ckpt(self):
+    def load_ckpt(self, tag: str | None = None):
+        """The checkpoint (``None`` if there is none, or if ``tag`` is given and it is of
+        another phase)."""
         if self.ckpt_path.exists():
             ck = torch.load(self.ckpt_path, weights_only=False, map_location=self.cfg.device)
+            if tag is not None and ck.get("tag") != tag:
+                return None
             self.prior = list(ck.get("segments", []))
             return ck
         return None
@@ -53,9 +93,11 @@ class Run:
         return [*self.prior, now]
 
     def save_ckpt(self, state: dict) -> None:
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save({**state, "segments": self.segments()}, tmp)
-        os.replace(tmp, self.ckpt_path)
+        if self.dd.main:
+            tmp = self.ckpt_path.with_suffix(".tmp")
+            torch.save({**state, "segments": self.segments()}, tmp)
+            os.replace(tmp, self.ckpt_path)
+        self.dd.barrier()
 
     def progress(self, it, total, desc):
         if not self.cfg.progress:

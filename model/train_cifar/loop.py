@@ -3,7 +3,6 @@ ResNet-22 layers."""
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
 
@@ -14,13 +13,9 @@ from ..layers import BMLayer
 from ..maxops import MaxOp
 from ..resnet import ResNet22
 from ..train import refit_layer
-from .setup import CifarConfig, Run, augment, load_resnet, make_optimizer, to_float
-
-
-def set_alpha(net: ResNet22, a: float) -> None:
-    for m in net.bm_layers():
-        if m.op.kind != "max":
-            m.op.set_alpha(a)
+from ..train.loop import cosine_factor, fit, set_alpha
+from ..train.run import Run
+from .setup import CifarConfig, augment, load_resnet, make_optimizer, to_float
 
 
 def train_phase(
@@ -65,7 +60,7 @@ def train_phase(
     end = min(limits) if limits else None
     t_phase = time.time()
 
-    def progress(step):
+    def prog_of(step, total):
         if end is None:
             return min(1.0, step / total)
         p = max(step / total, (time.time() - t_phase) / max(1e-3, end - t_phase))
@@ -76,51 +71,46 @@ def train_phase(
     a0, a1 = cfg.alpha, cfg.alpha_end
     lse = a1 is not None and any(m.op.kind != "max" for m in net.bm_layers())
     use_amp = cfg.amp and cfg.device.startswith("cuda")
-    step = 0
-    ep = 0
     a_fit = a0
     t_log = time.time()
-    while step < total:
+
+    def order_of(ep):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919 * ep))
-        for s0 in range(0, steps_per_epoch * bs, bs):
-            if step >= total:
-                break
-            if step < start:
-                step += 1
-                continue
-            if run.over_budget(deadline if step > start else None):  # one step at least
-                run.log(f"{tag}: stopped by the time budget at step {step}/{total}")
-                total = step
-                break
-            xb, yb = _batch(run, data, perm[s0 : s0 + bs], per_rank, gen)
-            prog = progress(step)
-            for g in opt.param_groups:
-                g["lr"] = lr * _lr_factor(step, prog, warm, total)
-            if lse:
-                a = a0 * (a1 / a0) ** min(1.0, prog / 0.75)
-                set_alpha(net, a)
-                if on_alpha is not None and a >= 2 * a_fit:  # refit each time alpha doubles
-                    on_alpha()
-                    a_fit = a
-            net.train()
-            for i in range(min(frozen, len(net.bns))):
-                net.bns[i].eval()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(model, to_float(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise FloatingPointError(f"{tag}: loss is {lv} at step {step}")
-            if (cfg.progress and time.time() - t_log > 60) or step == total:
-                t_log = time.time()
-                run.log(f"{tag}: step {step}/{total} loss {lv:.4f}")
-            if step % steps_per_epoch == 0 or step == total:
-                state = {"net": net.state_dict(), "opt": opt.state_dict()}
-                run.save_ckpt({"tag": tag, "step": step, **state})
-        ep += 1
+        return [perm[s0 : s0 + bs] for s0 in range(0, steps_per_epoch * bs, bs)]
+
+    def before(at):
+        nonlocal a_fit
+        if lse:
+            a = a0 * (a1 / a0) ** min(1.0, at.prog / 0.75)
+            set_alpha(net, a)
+            if on_alpha is not None and a >= 2 * a_fit:  # refit each time alpha doubles
+                on_alpha()
+                a_fit = a
+        net.train()
+        for i in range(min(frozen, len(net.bns))):
+            net.bns[i].eval()
+
+    def loss_of(idx, at):
+        xb, yb = _batch(run, data, idx, per_rank, gen)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            return loss_fn(model, to_float(xb), yb)
+
+    def end_epoch(ep, step, mean_loss, last):
+        nonlocal t_log
+        if cfg.progress and time.time() - t_log > 60 or last:
+            t_log = time.time()
+            run.log(f"{tag}: step {step} loss {mean_loss:.4f} (mean of the epoch)")
+        run.save_ckpt({"tag": tag, "step": step, "net": net.state_dict(), "opt": opt.state_dict()})
+
+    def stop(step, started):
+        if run.over_budget(deadline if started else None):
+            run.log(f"{tag}: stopped by the time budget at step {step}/{total}")
+            return True
+        return False
+
+    fit(opt, order_of, loss_of, total=total, label=tag, start=start, before=before,
+        end_epoch=end_epoch, stop=stop, prog_of=prog_of,
+        lr_factor=lambda at: cosine_factor(at, warm))
     if lse:
         set_alpha(net, a1)
 
@@ -134,14 +124,6 @@ def _freeze_below(net: ResNet22, frozen: int) -> None:
         if i < len(net.bns):
             for p in net.bns[i].parameters():
                 p.requires_grad_(on)
-
-
-def _lr_factor(step: int, prog: float, warm: int, total: int) -> float:
-    """Linear warm-up over ``warm`` steps, then a cosine over the rest of the phase."""
-    if step < warm:
-        return (step + 1) / warm
-    w = warm / total
-    return 0.5 * (1 + math.cos(math.pi * max(0.0, prog - w) / max(1e-9, 1 - w)))
 
 
 def _batch(run: Run, data, idx, per_rank: int, gen):

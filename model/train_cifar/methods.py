@@ -15,6 +15,8 @@ import torch
 from ..maxops import MaxOp
 from ..resnet import ResNet22, ResNetConfig
 from ..train import net_to_dict
+from ..train.dist import Dist
+from ..train.run import Run
 from .loop import (
     calib_images,
     ce_loss,
@@ -29,8 +31,6 @@ from .setup import (
     LAYER_EVAL,
     METHODS,
     CifarConfig,
-    Dist,
-    Run,
     data_label,
     evaluate,
     load_cifar_tensors,

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,45 +47,6 @@ class CifarConfig(BaseConfig):
         if self.lr is not None:
             return self.lr
         return 0.1 if self.method == "classical" else 1e-3
-
-
-# -- distributed -----------------------------------------------------------------------------
-class Dist:
-    """Rank and world size; a single process is rank 0 of 1."""
-
-    def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.on = self.world > 1
-        if self.on and not dist.is_initialized():
-            backend = "nccl" if device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend)
-        if self.on and device.startswith("cuda"):
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, net: nn.Module) -> nn.Module:
-        if not self.on:
-            return net
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # lwkd freezes earlier layers and taps one layer: not every parameter gets a gradient
-        return DDP(net, find_unused_parameters=True)
-
-    def barrier(self) -> None:
-        if self.on:
-            dist.barrier()
-
-    def close(self) -> None:
-        # every rank reaches this point before any tears the group down: a rank that destroys its
-        # gloo group while a peer still has work in flight can abort (SIGABRT, "terminate called
-        # without an active exception"), which CI met once under load
-        if self.on and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -146,62 +104,6 @@ def load_resnet(path: str | os.PathLike, device: str = "cpu") -> ResNet22:
     if d["net_config"].get("name") != "resnet22":
         raise ValueError(f"{path}: not a ResNet-22 model file")
     return net_from_dict(d, strict=True).to(device)
-
-
-# -- the run ---------------------------------------------------------------------------------
-class Run:
-    def __init__(self, cfg: CifarConfig, dd: Dist):
-        self.cfg, self.dd = cfg, dd
-        self.dir = Path(cfg.out)
-        self.t0 = time.time()
-        self.budget_hit = False
-        if dd.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.json").write_text(
-                json.dumps({**asdict(cfg), "world_size": dd.world}, indent=2) + "\n"
-            )
-
-    def log(self, msg: str) -> None:
-        if self.dd.main:
-            print(f"[{time.strftime('%H:%M:%S')} +{time.time() - self.t0:6.0f}s] {msg}", flush=True)
-
-    def over_budget(self, deadline: float | None = None) -> bool:
-        """Whether the run's budget (or ``deadline``) has passed; under DDP every process gets
-        rank 0's answer, so that all stop at the same step."""
-        b = self.cfg.budget_s
-        now = time.time()
-        stop = bool(b) and bool(self.sync(now - self.t0 > b))
-        late = deadline is not None and bool(self.sync(now > deadline))
-        if stop and not self.budget_hit:
-            self.log(f"wall-clock budget of {b:.0f} s reached")
-            self.budget_hit = True
-        return self.budget_hit or late
-
-    def sync(self, v: float) -> float:
-        """Rank 0's value of ``v`` on every process (``v`` itself without DDP)."""
-        if not self.dd.on:
-            return v
-        t = torch.tensor([float(v)], device=self.cfg.device)
-        dist.broadcast(t, 0)
-        return float(t[0])
-
-    @property
-    def ckpt_path(self) -> Path:
-        return self.dir / "ckpt.pt"
-
-    def load_ckpt(self, tag: str):
-        if self.ckpt_path.exists():
-            ck = torch.load(self.ckpt_path, weights_only=False, map_location=self.cfg.device)
-            if ck.get("tag") == tag:
-                return ck
-        return None
-
-    def save_ckpt(self, state: dict) -> None:
-        if self.dd.main:
-            tmp = self.ckpt_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, self.ckpt_path)
-        self.dd.barrier()
 
 
 def make_optimizer(cfg: CifarConfig, params, lr: float, sgd: bool):
