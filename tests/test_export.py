@@ -156,11 +156,18 @@ def test_wrong_schema_version(saved, tmp_path, version):
         load_export(bad)
 
 
-def test_wrong_schema_name(saved, tmp_path):
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("schema", "other", "schema is 'other'"),
+        ("graph", "transformer", "this is an export of 'transformer'"),  # an unknown network
+    ],
+)
+def test_wrong_schema_name_or_graph(saved, tmp_path, key, value, message):
     path, _ = saved
-    bad = tmp_path / "schema.npz"
-    edit_meta(path, bad, lambda m: m.update(schema="other"), fix_checksum=True)
-    with pytest.raises(ExportError, match="schema is 'other'"):
+    bad = tmp_path / "meta.npz"
+    edit_meta(path, bad, lambda m: m.update({key: value}), fix_checksum=True)
+    with pytest.raises(ExportError, match=f"meta.npz: {message}"):
         load_export(bad)
 
 
@@ -294,10 +301,3 @@ def test_version_1_files_still_load_as_chains(saved, tmp_path):
     again = save_export(tmp_path / "v2.npz", got)
     assert again.schema_version == SCHEMA_VERSION and again.meta()["graph"] == "chain"
 
-
-def test_unknown_graph_rejected(saved, tmp_path):
-    path, _ = saved
-    bad = tmp_path / "graph.npz"
-    edit_meta(path, bad, lambda m: m.update(graph="transformer"), fix_checksum=True)
-    with pytest.raises(ExportError, match="graph.npz: this is an export of 'transformer'"):
-        load_export(bad)

@@ -56,6 +56,17 @@ def parse_args(argv=None) -> TrainConfig:
         default=d.head_init,
         help="finetune: classifier from the teacher's weights, or class j = pooled channel j",
     )
+    _schedule_options(p, d)
+    _loss_and_data_options(p, d)
+    a = vars(p.parse_args(argv))
+    a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))
+    a["keep"] = tuple(int(v) for v in str(a["keep"]).split(",") if v.strip())
+    a["train_layers"] = tuple(int(v) for v in str(a["train_layers"]).split(",") if v.strip())
+    return TrainConfig(**a)
+
+
+def _schedule_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Epochs, stages and learning rates."""
     p.add_argument("--first-method", choices=("kd", "lwkd"), default=d.first_method)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--layer-epochs", default="2", help="comma list per layer; last repeats")
@@ -72,6 +83,10 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--tail-lr", type=float, default=d.tail_lr)
     p.add_argument("--final-lr", type=float, default=d.final_lr)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+
+
+def _loss_and_data_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The loss terms, the data and augmentation, the machine."""
     p.add_argument("--beta", type=float, default=d.beta)
     p.add_argument("--ce-weight", type=float, default=d.ce_weight)
     p.add_argument("--last-beta", type=float, default=d.last_beta)
@@ -116,11 +131,6 @@ def parse_args(argv=None) -> TrainConfig:
         "--ema", type=float, default=d.ema, help="keep an EMA of the weights (decay, e.g. 0.999)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    a = vars(p.parse_args(argv))
-    a["layer_epochs"] = tuple(int(v) for v in str(a["layer_epochs"]).split(","))
-    a["keep"] = tuple(int(v) for v in str(a["keep"]).split(",") if v.strip())
-    a["train_layers"] = tuple(int(v) for v in str(a["train_layers"]).split(",") if v.strip())
-    return TrainConfig(**a)
 
 
 def main(argv=None) -> dict:
