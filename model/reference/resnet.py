@@ -48,9 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..params import BMParams
-from .batch import maxplus_conv, maxplus_dtype, window_sums
-from .core import ref_exp, ref_log
+from ..params import BMParams, LayerSpec
+from .batch import batch_bm_layer
+from .core import ref_exp
 
 __all__ = [
     "ResNetIntParams",
@@ -170,30 +170,21 @@ def requant(p: ResNetIntParams, v, h, relu: bool):
 
 
 def _branch_acc(p: ResNetIntParams, x, lw, bias, c_shift: int, k: int, stride: int, pad: int):
-    """Steps 1a-1c on codes ``x`` ``(N, C, H, W)``: ``z`` ``(N, O, Ho, Wo)``."""
+    """Steps 1a-1c on codes ``x`` ``(N, C, H, W)``: ``z`` ``(N, O, Ho, Wo)``; the branch and
+    the correction are the chain's (:func:`model.reference.batch.batch_bm_layer`)."""
     bm = p.bm
     x = _i64(x)
     if np.any((x < 0) | (x > bm.a_max)):
         raise ValueError(f"activation codes must be in 0..{bm.a_max}")
-    if not 0 <= c_shift <= bm.max_c_shift:
-        raise ValueError(f"c_shift must be in 0..{bm.max_c_shift}, not {c_shift}")
     lw = _i64(lw)
-    if np.any((lw < bm.w_log_min) | (lw > bm.w_log_max)):
-        raise ValueError(f"weight log codes must be in {bm.w_log_min}..{bm.w_log_max}")
     if pad:
         x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     if stride > 1:
         if k != 1:
             raise ValueError("stride > 1 is supported for 1x1 convolutions only")
         x = x[:, :, ::stride, ::stride]
-    lx_tab, zx_tab = ref_log(bm, np.arange(bm.a_max + 1))
-    dtype, neg = maxplus_dtype(bm)
-    lxm = np.where(zx_tab[x], neg, lx_tab[x]).astype(dtype)
-    m = maxplus_conv(lxm, lw, dtype).transpose(1, 0, 2, 3).astype(np.int64)
-    zm = m < neg // 2
-    e = ref_exp(bm, np.where(zm, 0, m), zm)
-    s = window_sums(x, k)
-    return e - (s[:, None] << c_shift) + _i64(bias).reshape(1, -1, 1, 1)
+    spec = LayerSpec("conv", lw.shape[1], lw.shape[0], k, c_shift=c_shift)
+    return batch_bm_layer(bm, spec, x, lw, bias).transpose(0, 3, 1, 2)
 
 
 def bm_unit(p: ResNetIntParams, x, t: dict, relu: bool):
