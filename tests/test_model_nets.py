@@ -299,6 +299,47 @@ def test_layerwise_stopped_inside_a_stage_resumes_to_the_same_weights(
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_two_stage_stopped_in_stage_2_resumes_there(tmp_path: Path, mnist_dir, monkeypatch,
+                                                    capsys):
+    """A two-stage run stopped after stage 2's first epoch resumes in stage 2 (stage 1 is not
+    trained again) and ends like the run that was never stopped."""
+    from model import train
+    from model.train import load_model, main
+
+    small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    main(["--method", "classical", "--out", str(tmp_path / "t"), "--epochs", "1", *small])
+    common = ["--method", "two_stage", "--first-method", "kd", "--teacher",
+              str(tmp_path / "t" / "model.pt"), "--epochs", "2", "--alpha-end", "8",
+              "--refit-images", "32", *small]
+    main(["--out", str(tmp_path / "whole"), *common])
+
+    class Stop(Exception):
+        pass
+
+    save = train.Run.save_ckpt
+
+    def save_then_stop(self, state):
+        save(self, state)
+        if state["tag"] == "stage2":
+            raise Stop
+
+    monkeypatch.setattr(train.Run, "save_ckpt", save_then_stop)
+    with pytest.raises(Stop):
+        main(["--out", str(tmp_path / "cut"), *common])
+    monkeypatch.setattr(train.Run, "save_ckpt", save)
+    capsys.readouterr()
+    res = main(["--out", str(tmp_path / "cut"), *common])
+    out = capsys.readouterr().out
+    assert "stage 1 done" in out and "resuming stage2 at epoch 1" in out
+    assert "stage1 epoch" not in out
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert res["accuracy_lse"] == whole["accuracy_lse"]
+    assert res["accuracy_lse_max"] == whole["accuracy_lse_max"]
+    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in ("whole", "cut"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
 def test_kd_loss_ignores_a_shift_common_to_all_logits():
     """The 1.5-BM classifier's window-sum term moves every logit alike; KD must not see it."""
     from model.train import TrainConfig, kd_loss_fn

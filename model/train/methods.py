@@ -287,20 +287,31 @@ def method_finetune(run: Run, data):
 def method_two_stage(run: Run, data):
     """Section 4.4: the first method with LSE, then hard max keeping weights, then KD."""
     cfg = run.cfg
-    first = replace(cfg, method=cfg.first_method, op="lse")
-    run.cfg = first
-    if cfg.first_method == "lwkd":
-        student, r1 = method_lwkd(run, data, tag="stage1")
-    else:
-        student, r1 = method_kd(run, data, tag="stage1")
-    freeze_alpha(student)
-    for m in student.bm_layers():
-        m.set_op(MaxOp("max"))
     teacher = load_teacher(cfg)
-    if cfg.refit:
-        refit_all(run, student, teacher, data)
-    acc_lse_max = evaluate(student, data[2], data[3])
-    run.log(f"LSE -> MAX without fine-tuning: test acc {acc_lse_max:.4f}")
+    done = run.dir / "stage1.pt"  # the hard-max network after stage 1, and stage 1's figures
+    if done.exists():
+        d = torch.load(done, weights_only=False, map_location=cfg.device)
+        student = load_model(done, cfg.device)
+        r1, acc_lse_max = d["result"], d["accuracy_lse_max"]
+        run.log(f"stage 1 done ({done}): LSE {r1['accuracy']:.4f}, LSE -> MAX {acc_lse_max:.4f}")
+    else:
+        run.cfg = replace(cfg, method=cfg.first_method, op="lse")
+        if cfg.first_method == "lwkd":
+            student, r1 = method_lwkd(run, data, tag="stage1")
+        else:
+            student, r1 = method_kd(run, data, tag="stage1")
+        freeze_alpha(student)
+        for m in student.bm_layers():
+            m.set_op(MaxOp("max"))
+        if cfg.refit:
+            refit_all(run, student, teacher, data)
+        acc_lse_max = evaluate(student, data[2], data[3])
+        run.log(f"LSE -> MAX without fine-tuning: test acc {acc_lse_max:.4f}")
+        # a run stopped in stage 2 resumes there, not at stage 1 (their checkpoints share
+        # ckpt.pt, whose tag is stage 2's by then)
+        tmp = done.with_suffix(".tmp")
+        torch.save({**net_to_dict(student), "result": r1, "accuracy_lse_max": acc_lse_max}, tmp)
+        tmp.replace(done)
     run.cfg = replace(cfg, op="max", learn_alpha=False)
     r2 = run_simple(
         run,
