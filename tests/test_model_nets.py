@@ -220,31 +220,40 @@ def test_lwkd_stage_joint_with_cached_inputs_matches_recomputing(tmp_path: Path,
     assert not torch.equal(load_model(tmp_path / "cached" / "model.pt").layers[0].weight, before)
 
 
+def _stop_after_checkpoint(monkeypatch, args, stop_at) -> None:
+    """Run ``python -m model.train ARGS`` and stop it right after the checkpoint for which
+    ``stop_at(state, n)`` holds (``n``: the checkpoints written so far), as a killed run would."""
+    from model import train
+
+    class Stop(Exception):
+        pass
+
+    save, calls = train.Run.save_ckpt, []
+
+    def save_then_stop(self, state):
+        save(self, state)
+        calls.append(state)
+        if stop_at(state, len(calls)):
+            raise Stop
+
+    monkeypatch.setattr(train.Run, "save_ckpt", save_then_stop)
+    with pytest.raises(Stop):
+        train.main(args)
+    monkeypatch.setattr(train.Run, "save_ckpt", save)
+
+
 def test_interrupted_run_resumes_to_the_same_weights(
     tmp_path: Path, mnist_dir, monkeypatch, capsys
 ):
     """A run stopped after its first epoch's checkpoint and started again with the same command
     ends with the weights of the run that was never stopped, and counts both segments' time."""
-    from model import train
     from model.train import load_model, main
 
     common = ["--train-limit", "256", "--test-limit", "64", "--no-progress", "--batch-size", "64",
               "--method", "classical", "--epochs", "2"]
     main(["--out", str(tmp_path / "whole"), *common])
-
-    class Stop(Exception):
-        pass
-
-    save = train.Run.save_ckpt
-
-    def save_then_stop(self, state):
-        save(self, state)
-        raise Stop
-
-    monkeypatch.setattr(train.Run, "save_ckpt", save_then_stop)
-    with pytest.raises(Stop):
-        main(["--out", str(tmp_path / "cut"), *common])
-    monkeypatch.setattr(train.Run, "save_ckpt", save)
+    _stop_after_checkpoint(monkeypatch, ["--out", str(tmp_path / "cut"), *common],
+                           lambda state, n: True)
     assert not (tmp_path / "cut" / "result.json").exists()
     capsys.readouterr()
     res = main(["--out", str(tmp_path / "cut"), *common])
@@ -263,7 +272,6 @@ def test_layerwise_stopped_inside_a_stage_resumes_to_the_same_weights(
 ):
     """Layer-wise conversion checkpoints each epoch of a stage; a run stopped after the first
     epoch of the second stage ends like the run that was never stopped."""
-    from model import train
     from model.train import load_model, main
 
     small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
@@ -273,22 +281,12 @@ def test_layerwise_stopped_inside_a_stage_resumes_to_the_same_weights(
               "--alpha-end", "8", "--refit-images", "32", *small]
     main(["--out", str(tmp_path / "whole"), *common])
 
-    class Stop(Exception):
-        pass
-
-    save, calls = train.Run.save_ckpt, []
-
-    def save_then_stop(self, state):
-        save(self, state)
-        calls.append(state)
-        if len(calls) == 3:  # stage 0: epoch 1, stage end; stage 1: epoch 1
+    def third(state, n):  # stage 0: epoch 1, stage end; stage 1: epoch 1
+        if n == 3:
             assert state["layers_done"] == 1 and state["stage_epoch"] == 1
-            raise Stop
+        return n == 3
 
-    monkeypatch.setattr(train.Run, "save_ckpt", save_then_stop)
-    with pytest.raises(Stop):
-        main(["--out", str(tmp_path / "cut"), *common])
-    monkeypatch.setattr(train.Run, "save_ckpt", save)
+    _stop_after_checkpoint(monkeypatch, ["--out", str(tmp_path / "cut"), *common], third)
     capsys.readouterr()
     res = main(["--out", str(tmp_path / "cut"), *common])
     assert "resuming layerwise after 1 layers, 1 epoch(s) into the next" in capsys.readouterr().out
@@ -303,7 +301,6 @@ def test_two_stage_stopped_in_stage_2_resumes_there(tmp_path: Path, mnist_dir, m
                                                     capsys):
     """A two-stage run stopped after stage 2's first epoch resumes in stage 2 (stage 1 is not
     trained again) and ends like the run that was never stopped."""
-    from model import train
     from model.train import load_model, main
 
     small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
@@ -312,21 +309,8 @@ def test_two_stage_stopped_in_stage_2_resumes_there(tmp_path: Path, mnist_dir, m
               str(tmp_path / "t" / "model.pt"), "--epochs", "2", "--alpha-end", "8",
               "--refit-images", "32", *small]
     main(["--out", str(tmp_path / "whole"), *common])
-
-    class Stop(Exception):
-        pass
-
-    save = train.Run.save_ckpt
-
-    def save_then_stop(self, state):
-        save(self, state)
-        if state["tag"] == "stage2":
-            raise Stop
-
-    monkeypatch.setattr(train.Run, "save_ckpt", save_then_stop)
-    with pytest.raises(Stop):
-        main(["--out", str(tmp_path / "cut"), *common])
-    monkeypatch.setattr(train.Run, "save_ckpt", save)
+    _stop_after_checkpoint(monkeypatch, ["--out", str(tmp_path / "cut"), *common],
+                           lambda state, n: state["tag"] == "stage2")
     capsys.readouterr()
     res = main(["--out", str(tmp_path / "cut"), *common])
     out = capsys.readouterr().out
