@@ -36,11 +36,13 @@ def test_run_keeps_the_traceback_of_a_bug():
         run("tool", bug)
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "text"])
 def test_quantize_bad_checkpoint(tmp_path, case):
     ck = tmp_path / "model.pt"
     if case == "corrupt":
         ck.write_bytes((ROOT / "runs/lenet_classical/model.pt").read_bytes()[:500])
+    elif case == "text":  # not a zip: torch's legacy loader reads it as a pickle header
+        ck.write_text("garbage\n")
     out = tmp_path / "x.npz"
     r = subprocess.run(
         [sys.executable, "-m", "model.quantize", "--checkpoint", str(ck), "--out", str(out),

@@ -136,7 +136,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> LeNet:
     """Load a ``model.pt`` written by this module (on ``device``)."""
     try:
         d = torch.load(path, weights_only=False, map_location="cpu")
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
     try:
         return net_from_dict(d).to(device)
