@@ -41,6 +41,7 @@ class BaseConfig:
     device: str = "cpu"  # torch device of the whole run ("cuda" on a GPU machine)
     data_dir: str | None = None
     progress: bool = True
+    budget_s: float = 0  # wall-clock limit of the run (0: none); model.train_cifar --budget-s
 
 
 @dataclass

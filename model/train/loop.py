@@ -40,8 +40,6 @@ def cosine_factor(at: At, warmup: int = 0) -> float:
     1 to 0 over the phase's progress (``at.prog``), or over what the warm-up leaves of it."""
     if at.step < warmup:
         return (at.step + 1) / warmup
-    if not warmup:
-        return 0.5 * (1 + math.cos(math.pi * at.prog))
     w = warmup / at.total
     return 0.5 * (1 + math.cos(math.pi * max(0.0, at.prog - w) / max(1e-9, 1 - w)))
 

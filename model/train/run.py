@@ -30,7 +30,7 @@ class Run:
 
     Under data-parallel training (``dd``, a :class:`~model.train.dist.Dist` of several
     processes) rank 0 writes the files and the log, and :meth:`over_budget` gives every process
-    rank 0's answer. ``cfg.budget_s`` (where the config has it; 0: none) is a wall-clock limit.
+    rank 0's answer. ``cfg.budget_s`` (0: none) is a wall-clock limit.
     """
 
     def __init__(self, cfg: BaseConfig, dd: Dist | None = None):
@@ -52,7 +52,7 @@ class Run:
     def over_budget(self, deadline: float | None = None) -> bool:
         """Whether the run's budget (or ``deadline``) has passed; under DDP every process gets
         rank 0's answer, so that all stop at the same step."""
-        b = getattr(self.cfg, "budget_s", 0)
+        b = self.cfg.budget_s
         now = time.time()
         stop = bool(b) and bool(self.sync(now - self.t0 > b))
         late = deadline is not None and bool(self.sync(now > deadline))

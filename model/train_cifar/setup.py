@@ -34,7 +34,6 @@ class CifarConfig(BaseConfig):
     test_subset: int = 0  # test images (0: all 10,000)
     augment: bool = True
     amp: bool = False
-    budget_s: float = 0  # 0: no limit
 
     def __post_init__(self):
         if self.method not in METHODS:
