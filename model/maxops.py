@@ -260,8 +260,8 @@ def _logpos(x):
 
 
 class _SmoothBranch(torch.autograd.Function):
-    """A smooth branch of normalised ``un, vn`` (``<= 1``) at a fixed alpha, times ``scale``,
-    with a hand-written backward.
+    """A smooth branch of normalised ``un, vn`` (``<= 1``) at alpha ``at`` (a 0-d tensor, learnable
+    or not), times ``scale``, with a hand-written backward (alpha's: :func:`_alpha_grad`).
 
     It computes what the generic path of :func:`branch` computes, with the same masks (an empty
     window gives 0; a window whose sum of powers ``den < _DEN_MIN`` keeps its value but passes no
@@ -272,7 +272,8 @@ class _SmoothBranch(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, un, vn, a: float, kind: str, scale):
+    def forward(ctx, un, vn, at, kind: str, scale):
+        a = float(at)
         pu, pv = un.pow(a), vn.pow(a)
         lu = lv = pul = pvl = None
         if kind == "smorph":
@@ -293,15 +294,17 @@ class _SmoothBranch(torch.autograd.Function):
             r = torch.exp(num / dens)
         out = torch.where(ok, r * scale, torch.zeros_like(r))
         live = den >= (_DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32)
-        ctx.save_for_backward(un, vn, pu, pv, dens, num, out, live, scale, lu, lv, pul, pvl)
+        ctx.save_for_backward(un, vn, pu, pv, dens, num, out, live, ok, scale, lu, lv, pul, pvl)
         ctx.a, ctx.kind = a, kind
         return out
 
     @staticmethod
     def backward(ctx, g):
-        un, vn, pu, pv, dens, num, out, live, scale, lu, lv, pul, pvl = ctx.saved_tensors
+        un, vn, pu, pv, dens, num, out, live, ok, scale, lu, lv, pul, pvl = ctx.saved_tensors
         a, kind = ctx.a, ctx.kind
-        need_u, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_a = ctx.needs_input_grad[2]
+        # alpha's gradient goes through the powers of both sides: compute both
+        need_u, need_v = ctx.needs_input_grad[0] or need_a, ctx.needs_input_grad[1] or need_a
         zero = torch.zeros_like(g)
         if kind == "lse":
             gden = torch.where(live, g * out / (a * dens), zero)
@@ -335,12 +338,27 @@ class _SmoothBranch(torch.autograd.Function):
                 d = d + g2 * (p / xs) * (a * lx + 1)
             return torch.where(x > 0, d, torch.zeros_like(x))
 
-        gu = through(un, pu, lu, *gx["u"]) if need_u else None
-        gv = through(vn, pv, lv, *gx["v"]) if need_v else None
-        return gu, gv, None, None, None
+        def by_alpha(x, p, lx, gp, g2):
+            # d/da of x^a is x^a ln x, of x^(a+1) x^(a+1) ln x, of x^a ln x x^a (ln x)^2
+            lx = _logpos(x) if lx is None else lx
+            d = gp * p * lx
+            if kind == "lmorph":
+                d = d + g2 * (p * x) * lx
+            elif kind == "smorph":
+                d = d + g2 * p * lx * lx
+            return d.sum()
+
+        ga = None
+        if need_a:
+            ga = by_alpha(un, pu, lu, *gx["u"]) + by_alpha(vn, pv, lv, *gx["v"])
+            if kind == "lse":  # r = den^(1/a) also through its exponent, held windows too
+                ga = ga - torch.where(ok, g * out * torch.log(dens), zero).sum() / (a * a)
+        gu = through(un, pu, lu, *gx["u"]) if ctx.needs_input_grad[0] else None
+        gv = through(vn, pv, lv, *gx["v"]) if ctx.needs_input_grad[1] else None
+        return gu, gv, ga, None, None
 
 
-def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
+def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp, *, generic: bool = False) -> torch.Tensor:
     """``exp(op_i(ln u_i + ln v_oi))`` for inputs ``u >= 0`` and weights ``v >= 0``.
 
     ``u``: ``(B, C, H, W)`` with ``v``: ``(O, C, k, k)`` (valid conv, stride 1), or ``u``:
@@ -356,10 +374,14 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     at alpha = 64, but ``0.25`` at alpha = 512; use the hard max beyond alpha ~ 100). A window
     whose sum of powers is below ``1e-290`` (float64) keeps its value but passes no gradient,
     which would overflow.
+
+    The smooth kinds run through :class:`_SmoothBranch` (hand-written backward, alpha's gradient
+    included when it is learnable); ``generic=True`` takes plain autograd instead, the definition
+    the tests hold the fused path to.
     """
     if torch.is_autocast_enabled(u.device.type):  # mixed precision: the branch stays exact
         with torch.autocast(u.device.type, enabled=False):
-            return branch(_full(u), _full(v), op)
+            return branch(_full(u), _full(v), op, generic=generic)
     if op.kind == "max":
         hard = maxtimes_conv(u, v)
         ga = getattr(op, "grad_alpha", 0.0)
@@ -381,8 +403,8 @@ def branch(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     mv = v.detach().amax(red_v, keepdim=True).clamp(min=tiny)
     scale = mu * mv.reshape((1, -1) + (1,) * (u.dim() - 2))
     un, vn = u / mu, v / mv
-    if not a.requires_grad:  # the fused path (a learnable alpha: the generic one below)
-        return _SmoothBranch.apply(un, vn, float(a), op.kind, scale).to(dtype)
+    if not generic:
+        return _SmoothBranch.apply(un, vn, a, op.kind, scale).to(dtype)
     pu, pv = _safe_pow(un, a), _safe_pow(vn, a)
     if op.kind == "smorph":  # one convolution of pu against both pv and pv ln vn
         o = v.shape[0]

@@ -288,8 +288,8 @@ def test_lse_far_below_the_sample_scale_has_finite_gradients():
 @pytest.mark.parametrize("geom", ["conv", "linear"])
 @pytest.mark.parametrize("alpha", [1.0, 2.5, 40.0])
 def test_fused_branch_matches_the_generic_path(kind, geom, alpha):
-    """The fused smooth branch (fixed alpha, hand-written backward) gives the generic autograd
-    path's values and input and weight gradients, empty and far-below-scale windows included."""
+    """The fused smooth branch (hand-written backward) gives the generic autograd path's values
+    and input, weight and alpha gradients, empty and far-below-scale windows included."""
     g = torch.Generator().manual_seed(9)
     if geom == "conv":
         u = torch.rand(3, 3, 7, 7, generator=g)
@@ -302,12 +302,17 @@ def test_fused_branch_matches_the_generic_path(kind, geom, alpha):
         u[1] = 0
         u[2] *= 1e-4
         v = torch.rand(5, 12, generator=g)
-    fixed, learnable = MaxOp(kind, alpha=alpha), MaxOp(kind, alpha=alpha, learnable=True)
     outs = []
-    for op in (fixed, learnable):
+    for learn, generic in ((False, False), (True, False), (True, True)):
+        op = MaxOp(kind, alpha=alpha, learnable=learn)
         uu, vv = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
-        y = branch(uu, vv, op)
+        y = branch(uu, vv, op, generic=generic)
         w = torch.linspace(-1, 1, y.numel()).view_as(y)
-        outs.append((y.detach(), *torch.autograd.grad((y * w).sum(), (uu, vv))))
-    for a, b in zip(*outs, strict=True):
+        wrt = (uu, vv, op.alpha_param) if learn else (uu, vv)
+        outs.append((y.detach(), *torch.autograd.grad((y * w).sum(), wrt)))
+    fixed, fused, ref = outs
+    for a, b in zip((*fixed, *fused[:3]), ref[:3] * 2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-300)
+    # alpha's gradient: a sum over every window, in another order
+    assert ref[3] != 0
+    torch.testing.assert_close(fused[3], ref[3], rtol=1e-5 if alpha <= 4 else 1e-10, atol=0)
