@@ -444,5 +444,3 @@ def branch_naive(u: torch.Tensor, v: torch.Tensor, op: MaxOp) -> torch.Tensor:
     z = torch.log(cols)[:, None, :, :] + lv.reshape(1, o, -1, 1)
     r = torch.exp(op.reduce(z, 2))
     return r.view(b, o, h - k + 1, w - k + 1)
-
-
