@@ -53,7 +53,6 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, shift_px: float, rot_de
 
 
 @torch.no_grad()
-@torch.no_grad()
 def evaluate(fn, x: torch.Tensor, y: torch.Tensor, bs: int = 500) -> float:
     correct = 0
     for i in range(0, len(x), bs):
