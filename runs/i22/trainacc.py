@@ -1,6 +1,10 @@
 """Issue 22: accuracy of model.pt files on the 60,000 MNIST training images.
 python runs/i22/trainacc.py MODEL.pt [...]"""
-import sys, torch
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
 from model.train.run import load_model
 from model.train.data import evaluate
 from model.data import load_mnist
