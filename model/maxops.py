@@ -139,13 +139,15 @@ def _tropical(cols: np.ndarray, pk: np.ndarray):
 
 
 def _maxtimes_cols(cols: torch.Tensor, pk: torch.Tensor):
-    """``out[m, o] = max_k cols[m, k] * pk[k, o]`` and its argmax over k (int64)."""
+    """``out[m, o] = max_k cols[m, k] * pk[k, o]`` and its argmax over k (int32: ``k`` is an
+    im2col column, far below 2**31)."""
     if _tg is not None and cols.device.type == "cpu":
         c, a = _tropical(cols.numpy(), pk.numpy())
         m, o = cols.shape[0], pk.shape[1]
-        return torch.from_numpy(c).view(m, o), torch.from_numpy(a).view(m, o).long()
+        return torch.from_numpy(c).view(m, o), torch.from_numpy(a).view(m, o)
     # accelerators (and CPUs without tropical-gemm): materialise the products chunk by chunk
-    return (cols[:, :, None] * pk[None]).max(1)
+    val, arg = (cols[:, :, None] * pk[None]).max(1)
+    return val, arg.int()
 
 
 class _MaxTimesConv(torch.autograd.Function):
@@ -165,7 +167,7 @@ class _MaxTimesConv(torch.autograd.Function):
         s = uh.stride()
         dev = u.device
         out = torch.empty(b, ho, wo, o, dtype=u.dtype, device=dev)
-        am = torch.empty(b, ho, wo, o, dtype=torch.long, device=dev)
+        am = torch.empty(b, ho, wo, o, dtype=torch.int32, device=dev)
         chunk = _CHUNK if dev.type == "cpu" else _CHUNK_DEV // max(1, o)
         step = max(1, chunk // max(1, ho * wo * kk))
         for b0 in range(0, b, step):
@@ -186,11 +188,13 @@ class _MaxTimesConv(torch.autograd.Function):
         b, c, h, w, k = ctx.shape
         kk, o = pk.shape
         ho, wo = h - k + 1, w - k + 1
-        gh = g.permute(0, 2, 3, 1)
+        gh = g.permute(0, 2, 3, 1).contiguous().view(-1)
         dev = g.device
+        # int32 indices (an input element, a weight): half the traffic of int64
+        it = torch.int32 if b * h * w * c < 2**31 else torch.long
 
         def ar(n):
-            return torch.arange(n, device=dev)
+            return torch.arange(n, device=dev, dtype=it)
 
         ky = ar(k).view(k, 1, 1)
         kx = ar(k).view(1, k, 1)
@@ -201,17 +205,16 @@ class _MaxTimesConv(torch.autograd.Function):
             + ar(ho).view(1, ho, 1, 1) * (w * c)
             + ar(wo).view(1, 1, wo, 1) * c
         )
-        idx = (base + off[am]).reshape(-1)
+        idx = (base + off[am]).view(-1)  # the input element of each output's argmax
+        kv = (am * o + ar(o).to(am.dtype)).view(-1)  # its weight (in pk)
         gu = gv = None
         if ctx.needs_input_grad[0]:
-            pv = pk[am, ar(o)]
             gu = torch.zeros(b * h * w * c, dtype=g.dtype, device=dev)
-            gu.index_add_(0, idx, (gh * pv).reshape(-1))
+            gu.index_add_(0, idx, gh * pk.view(-1)[kv])
             gu = gu.view(b, h, w, c).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            uv = uh.reshape(-1)[idx].view_as(am)
             gv = torch.zeros(kk * o, dtype=g.dtype, device=dev)
-            gv.index_add_(0, (am * o + ar(o)).reshape(-1), (gh * uv).reshape(-1))
+            gv.index_add_(0, kv, gh * uh.view(-1)[idx])
             gv = gv.view(k, k, c, o).permute(3, 2, 0, 1)
         return gu, gv
 
