@@ -319,6 +319,8 @@ def test_two_stage_stopped_in_stage_2_resumes_there(tmp_path: Path, mnist_dir, m
     whole = json.loads((tmp_path / "whole" / "result.json").read_text())
     assert res["accuracy_lse"] == whole["accuracy_lse"]
     assert res["accuracy_lse_max"] == whole["accuracy_lse_max"]
+    # stage 1's frozen alphas (annealed to 8 here), kept through the resume
+    assert whole["alphas_lse"] == res["alphas_lse"] == [8.0] * 6
     a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in ("whole", "cut"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)

@@ -148,7 +148,8 @@ def main(argv=None) -> list[dict]:
         if curves:
             entry["loss_curves"] = curves
             entry["converged"] = all(c[-1] < c[0] for c in curves.values() if len(c) > 1)
-        for k in ("accuracy_lse", "accuracy_lse_max", "per_layer_accuracy", "alphas"):
+        for k in ("accuracy_lse", "accuracy_lse_max", "per_layer_accuracy", "alphas",
+                  "alphas_lse"):
             if k in res:
                 entry[k] = res[k]
         entries.append(entry)

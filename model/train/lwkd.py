@@ -234,10 +234,13 @@ def _lwkd_stage(
 
     def end_epoch(ep, step, mean_loss, last):
         acc = eval_path()
+        op = getattr(layer, "op", None)
+        smooth = op is not None and op.kind != "max"
         run.log(
             f"layer {k} epoch {ep}/{epochs}: loss {mean_loss:.4f} "
             f"student-path test acc {acc:.4f} ({time.time() - t0:.0f}s) "
             f"{layer.extra_repr() if isinstance(layer, BM15Layer) else ''}"
+            + (f" alpha={float(op.alpha.detach()):.4g}" if smooth else "")
         )
         if last:
             accs.append(acc)

@@ -301,6 +301,9 @@ def method_two_stage(run: Run, data):
         else:
             student, r1 = method_kd(run, data, tag="stage1")
         freeze_alpha(student)
+        r1 = {**r1, "alphas_lse": [round(float(m.op.alpha.detach()), 4)
+                                   for m in student.bm_layers()]}
+        run.log(f"stage 1 alphas (frozen): {r1['alphas_lse']}")
         for m in student.bm_layers():
             m.set_op(MaxOp("max"))
         if cfg.refit:
@@ -323,11 +326,11 @@ def method_two_stage(run: Run, data):
         lr=cfg.final_lr,
     )
     run.cfg = cfg
-    return student, {
-        "accuracy": r2["accuracy"],
-        "accuracy_lse": r1["accuracy"],
-        "accuracy_lse_max": acc_lse_max,
-    }
+    out = {"accuracy": r2["accuracy"], "accuracy_lse": r1["accuracy"],
+           "accuracy_lse_max": acc_lse_max}
+    if "alphas_lse" in r1:  # stage 1's frozen alphas (a stage1.pt of an older run lacks them)
+        out["alphas_lse"] = r1["alphas_lse"]
+    return student, out
 
 
 def run_method(run: Run, data) -> tuple[LeNet, dict]:
