@@ -135,6 +135,29 @@ def test_lwkd_last_joint_acts_on_the_last_converted_layer(tmp_path: Path, mnist_
     assert torch.equal(before.layers[1].weight, net.layers[1].weight)
 
 
+def test_lwkd_last_form_converts_the_last_converted_layer(tmp_path: Path, mnist_dir,
+                                                         monkeypatch):
+    """``--last-form bm4`` with ``--keep 5``: conv5 becomes a 4-branch (on ReLU inputs, 2-branch)
+    layer, conv1-4 stay 1.5-BM, also in a run resumed inside conv5's stage."""
+    from model.layers import BM4Layer, BM15Layer
+    from model.train import load_model, main
+
+    common = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    t = tmp_path / "cls"
+    main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
+    s = tmp_path / "lf"
+    args = ["--method", "lwkd", "--teacher", str(t / "model.pt"), "--out", str(s),
+            "--layer-epochs", "1,1,1,1,2", "--refit-images", "64", "--keep", "5",
+            "--last-form", "bm4", *common]
+    _stop_after_checkpoint(monkeypatch, args,
+                           lambda state, n: state["stage"] == 4 and state["epoch"] == 1)
+    main(args)
+    net = load_model(s / "model.pt")
+    assert net.forms == ("bm15",) * 4 + ("bm4", "classical")
+    assert all(isinstance(m, BM15Layer) for m in net.layers[:4])
+    assert isinstance(net.layers[4], BM4Layer)
+
+
 def test_finetune_cli_tiny(tmp_path: Path, mnist_dir):
     """``finetune`` converts the remaining layers (classifier through LSE, or kept classical)
     and trains the whole student; the classifier ends with the hard max."""

@@ -48,7 +48,8 @@ def parse_args(argv=None) -> TrainConfig:
         "--last-form",
         choices=("bm4", "bm15"),
         default=None,
-        help="finetune: neuron of the classifier (default: --form)",
+        help="neuron of the classifier (finetune) or of the last converted layer (lwkd); "
+        "default: --form",
     )
     p.add_argument(
         "--head-init",

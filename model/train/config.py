@@ -59,7 +59,8 @@ class TrainConfig(BaseConfig):
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
     train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
-    last_form: str | None = None  # finetune: neuron of the classifier (default: --form)
+    # the neuron of the classifier (finetune) or of the last converted layer (lwkd); default --form
+    last_form: str | None = None
     head_init: str = "convert"  # finetune: classifier init, "convert" or "channel" (see below)
     epochs: int = 5  # classical, direct, kd; per conversion step for layerwise methods
     layer_epochs: tuple[int, ...] = (2,)  # lwkd: per layer (last value repeats)

@@ -62,6 +62,13 @@ def _last_converted(cfg, n: int) -> int:
     return max(i for i in range(n) if i not in cfg.keep)
 
 
+def _layer_cfg(cfg, k: int, n: int):
+    """The configuration converting layer ``k``: ``--last-form`` for the last converted one."""
+    if cfg.last_form and k == _last_converted(cfg, n):
+        return replace(cfg, form=cfg.last_form)
+    return cfg
+
+
 def _convert_stage_layer(run: Run, student: LeNet, tutor: LeNet, k: int, ep0: int, xtr):
     """Freeze everything, convert student layer ``k`` from the tutor's (on a fresh stage), and
     make it and the tutor's tail trainable; returns the layer and the tail."""
@@ -72,7 +79,7 @@ def _convert_stage_layer(run: Run, student: LeNet, tutor: LeNet, k: int, ep0: in
         m.requires_grad_(False)
     tutor.requires_grad_(False)
     if ep0 == 0 or not isinstance(layer, BMLayer):
-        layer = convert_layer(cfg, student, k, src=tutor.layers[k])
+        layer = convert_layer(_layer_cfg(cfg, k, n), student, k, src=tutor.layers[k])
         if k == _last_converted(cfg, n) and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
             layer.set_op(MaxOp("lse", alpha=1.0))
         elif cfg.refit:
@@ -271,7 +278,7 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
         stage, ep0, opt_state, accs = ck["stage"], ck["epoch"], ck["opt_state"], ck["accs"]
         for i in range(stage + (1 if ep0 > 0 else 0)):
             if i not in cfg.keep:
-                convert_layer(cfg, student, i)
+                convert_layer(_layer_cfg(cfg, i, n), student, i)
         student.load_state_dict(ck["student"])
         tutor.load_state_dict(ck["tutor"])
         run.log(f"resuming {tag} at layer {stage} epoch {ep0}")
