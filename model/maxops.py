@@ -205,16 +205,18 @@ class _MaxTimesConv(torch.autograd.Function):
             + ar(ho).view(1, ho, 1, 1) * (w * c)
             + ar(wo).view(1, 1, wo, 1) * c
         )
-        idx = (base + off[am]).view(-1)  # the input element of each output's argmax
-        kv = (am * o + ar(o).to(am.dtype)).view(-1)  # its weight (in pk)
+        # the input element of each output's argmax, and its weight (in pk); index_select
+        # takes int32 indices as they are (advanced indexing would widen them to int64)
+        idx = (base + off.index_select(0, am.view(-1)).view_as(am)).view(-1)
+        kv = (am * o + ar(o).to(am.dtype)).view(-1)
         gu = gv = None
         if ctx.needs_input_grad[0]:
             gu = torch.zeros(b * h * w * c, dtype=g.dtype, device=dev)
-            gu.index_add_(0, idx, gh * pk.view(-1)[kv])
+            gu.index_add_(0, idx, gh * pk.view(-1).index_select(0, kv))
             gu = gu.view(b, h, w, c).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             gv = torch.zeros(kk * o, dtype=g.dtype, device=dev)
-            gv.index_add_(0, kv, gh * uh.view(-1)[idx])
+            gv.index_add_(0, kv, gh * uh.view(-1).index_select(0, idx))
             gv = gv.view(k, k, c, o).permute(3, 2, 0, 1)
         return gu, gv
 
