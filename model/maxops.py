@@ -266,7 +266,8 @@ def _logpos(x):
 
 class _SmoothBranch(torch.autograd.Function):
     """A smooth branch of normalised ``un, vn`` (``<= 1``) at alpha ``at`` (a 0-d tensor, learnable
-    or not), times ``scale``, with a hand-written backward (alpha's: :func:`_alpha_grad`).
+    or not), times ``scale``, with a hand-written backward (alpha's by the chain rule through
+    the powers: ``d x^a / da = x^a ln x``).
 
     It computes what the generic path of :func:`branch` computes, with the same masks (an empty
     window gives 0; a window whose sum of powers ``den < _DEN_MIN`` keeps its value but passes no

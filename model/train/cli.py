@@ -13,6 +13,7 @@ import torch
 
 from .config import METHODS, TrainConfig
 from .data import evaluate, load_data
+from .loop import alpha_values
 from .methods import run_method
 from .run import Run, save_model
 
@@ -151,8 +152,7 @@ def main(argv=None) -> dict:
         method=cfg.method,
         forms=list(net.forms),
         # each BM layer's alpha as evaluated (None: the hard max)
-        alphas=[None if m.op.kind == "max" else round(float(m.op.alpha.detach()), 4)
-                for m in net.bm_layers()],
+        alphas=alpha_values(net),
         wall_s=round(sum(seg["wall_s"] for seg in segments), 1),
         segments=segments,
         test_images=len(data[2]),

@@ -16,8 +16,8 @@ from .config import TrainConfig
 from .data import augment_batch, batches, evaluate
 from .run import Run
 
-__all__ = ["At", "cosine_factor", "fit", "train_epochs", "WeightEMA", "alphas", "set_alpha",
-           "freeze_alpha",
+__all__ = ["At", "cosine_factor", "fit", "train_epochs", "WeightEMA", "alphas", "alpha_values",
+           "set_alpha", "freeze_alpha",
            "run_simple", "alpha_schedule"]
 
 
@@ -248,6 +248,12 @@ class WeightEMA:
         with torch.no_grad():
             for a, s in zip(self.avg, avg, strict=True):
                 a.copy_(s)
+
+
+def alpha_values(net) -> list[float | None]:
+    """Each BM layer's alpha as it is evaluated, rounded to 4 digits (None: the hard max)."""
+    return [None if m.op.kind == "max" else round(float(m.op.alpha.detach()), 4)
+            for m in net.bm_layers()]
 
 
 def alphas(net: LeNet) -> str:

@@ -15,7 +15,7 @@ from ..nets import LeNet
 from ..registry import create_net
 from .convert import convert_layer, converted, load_teacher, refit_all, refit_to
 from .data import evaluate
-from .loop import alpha_schedule, freeze_alpha, run_simple, train_epochs
+from .loop import alpha_schedule, alpha_values, freeze_alpha, run_simple, train_epochs
 from .losses import ce_loss, ce_loss_fn, kd_loss_fn, logit_kd_loss_fn
 from .lwkd import cache_inputs, method_lwkd, method_lwkd_full
 from .run import Run, load_model, net_to_dict
@@ -301,8 +301,7 @@ def method_two_stage(run: Run, data):
         else:
             student, r1 = method_kd(run, data, tag="stage1")
         freeze_alpha(student)
-        r1 = {**r1, "alphas_lse": [round(float(m.op.alpha.detach()), 4)
-                                   for m in student.bm_layers()]}
+        r1 = {**r1, "alphas_lse": alpha_values(student)}
         run.log(f"stage 1 alphas (frozen): {r1['alphas_lse']}")
         for m in student.bm_layers():
             m.set_op(MaxOp("max"))
