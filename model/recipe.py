@@ -16,7 +16,11 @@ stage also resumes from its own ``ckpt.pt`` mid-stage):
    of KD on the whole student. ``--bm-method layerwise`` is Algorithm 1 (the whole network
    trained after each conversion, ``--stage-epochs``, logit KD at temperature 4, augmented
    images). The classifier stays the float linear layer: the integer ``lns`` head computes it
-   in the log domain with no multiplier.
+   in the log domain with no multiplier. The defaults are the shipped export's recipe: every
+   stage also trains the student layer before its own (``--stage-joint 1``), conv5's stage
+   conv3 and conv4 too (``--last-joint 2``), no final KD epochs.
+2b. ``ft/``: the converted stack fine-tuned end to end (``--ft-epochs`` from ``--ft-lr``, cosine,
+   cross-entropy plus the teacher's soft cross-entropy); ``--ft-epochs 0`` skips it.
 3. ``head_bm2/``, ``head_bm15/`` (when asked for in ``--heads``): the same convolutions with the
    classifier converted to the 2-branch (4-branch neuron on inputs >= 0) or 1.5-branch max
    neuron, fine-tuned end to end with KD (LSE from alpha 1 annealed, then the hard max).
@@ -93,8 +97,16 @@ def parse_args(argv=None):
                     help="the convolutions' conversion: layer-wise KD (default) or Algorithm 1")
     ap.add_argument("--layer-epochs", default="8,8,10,12,15",
                     help="lwkd: epochs per convolution")
+    ap.add_argument("--stage-joint", type=int, default=1,
+                    help="lwkd: student layers before its own that every stage also trains")
+    ap.add_argument("--last-joint", type=int, default=2,
+                    help="lwkd: student layers before conv5 that its stage also trains")
     ap.add_argument("--stage-epochs", type=int, default=2, help="layerwise: epochs per step")
-    ap.add_argument("--final-epochs", type=int, default=4)
+    ap.add_argument("--final-epochs", type=int, default=0,
+                    help="KD epochs of the whole student at the end of the conversion")
+    ap.add_argument("--ft-epochs", type=int, default=16,
+                    help="end-to-end fine-tune of the converted stack (0: none)")
+    ap.add_argument("--ft-lr", type=float, default=1e-3)
     ap.add_argument("--head-epochs", type=int, default=6)
     ap.add_argument(
         "--grad-alpha",
@@ -118,6 +130,7 @@ def _bm_args(a, kd_teacher: str) -> list[str]:
     """``model.train`` arguments of the BM convolution stage (``--bm-method``)."""
     if a.bm_method == "lwkd":  # layer-wise KD: one layer at a time against the teacher's
         return ["--method", "lwkd", "--keep", "5", "--layer-epochs", a.layer_epochs,
+                "--stage-joint", str(a.stage_joint), "--last-joint", str(a.last_joint),
                 "--final-epochs", str(a.final_epochs), "--cache-limit-gb", "7",
                 "--teacher", kd_teacher]
     return ["--method", "layerwise", "--keep", "5", "--epochs", str(a.stage_epochs),
@@ -158,6 +171,12 @@ def main(argv=None) -> int:
     t_ck = str(out / "teacher" / "model.pt")
     bm = stage("bm convolutions", lambda: _train(out / "bm", [*_bm_args(a, t_ck), *common]))
     floats = {"lns": out / "bm" / "model.pt"}
+    if a.ft_epochs:
+        ft_args = ["--method", "finetune", "--init", str(floats["lns"]), "--teacher", t_ck,
+                   "--keep", "5", "--beta", "0", "--epochs", str(a.ft_epochs),
+                   "--lr", str(a.ft_lr)]
+        ft = stage("fine-tune", lambda: _train(out / "ft", [*ft_args, *common]))
+        floats["lns"] = out / "ft" / "model.pt"
     for head in a.heads:
         if head == "lns":
             continue
@@ -183,6 +202,7 @@ def main(argv=None) -> int:
         "bm_method": a.bm_method,
         "bm_float_accuracy": bm.get("accuracy"),
         "bm_per_stage_accuracy": bm.get("per_layer_accuracy"),
+        "ft_float_accuracy": ft.get("accuracy") if a.ft_epochs else None,
         "exports": exports,
         "stage_wall_s": times,
         "wall_s": round(time.time() - t0, 1),

@@ -473,10 +473,15 @@ def test_recipe_smoke_writes_every_export_and_resumes(tmp_path: Path, mnist_dir)
     out = tmp_path / "recipe"
     argv = ["--out", str(out), "--data-dir", str(mnist_dir), "--train-limit", "256",
             "--test-limit", "64", "--teacher-epochs", "1", "--layer-epochs", "1",
-            "--final-epochs", "0", "--threads", "1"]
+            "--final-epochs", "0", "--ft-epochs", "1", "--threads", "1"]
     assert recipe.main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["bm_method"] == "lwkd" and len(s["bm_per_stage_accuracy"]) == 5
+    # the shipped recipe: each stage trains the layer before too, then an end-to-end fine-tune
+    cfg = json.loads((out / "bm" / "config.json").read_text())
+    assert cfg["stage_joint"] == 1 and cfg["last_joint"] == 2
+    assert 0.0 <= s["ft_float_accuracy"] <= 1.0 and (out / "ft" / "model.pt").exists()
+    assert "fine-tune" in s["stage_wall_s"]
     assert set(s["exports"]) == {"lns", "mac"}
     for e in s["exports"].values():
         assert Path(e["export"]).exists() and e["images"] == 64
