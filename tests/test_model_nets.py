@@ -490,3 +490,31 @@ def test_recipe_smoke_writes_every_export_and_resumes(tmp_path: Path, mnist_dir)
     mtime = (out / "bm" / "model.pt").stat().st_mtime
     assert recipe.main(argv) == 0
     assert (out / "bm" / "model.pt").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("rule", ["floor", "spread"])
+def test_refit_gain_rule_for_a_branch_the_target_opposes(rule):
+    """A converted layer whose branch the teacher's pre-activation opposes (least-squares gain
+    <= 0): ``floor`` flattens it (gain 1e-3, weights at the floor), ``spread`` keeps its branch
+    at the target's spread, so the layer's output varies as much as the target does."""
+    from model.layers import convert
+    from model.maxops import MaxOp
+    from model.train import TrainConfig
+    from model.train.convert import refit_layer
+
+    torch.manual_seed(0)
+    layer = convert(torch.nn.Linear(12, 3), "bm15", op=MaxOp("max"))
+    h = torch.rand(512, 12)
+    with torch.no_grad():
+        _, e, _ = layer(h, return_parts=True)
+    target = -3.0 * e + 0.01 * torch.randn_like(e)  # opposes the branch in every channel
+    refit_layer(TrainConfig(refit_gain=rule), layer, h, target)
+    with torch.no_grad():
+        _, e2, _ = layer(h, return_parts=True)
+    ratio = e2.std(0) / target.std(0)
+    if rule == "floor":
+        assert float(ratio.max()) < 0.01  # nearly constant: no gradient reaches the weights
+    else:
+        assert torch.allclose(ratio, torch.ones_like(ratio), rtol=0.05)
+    with pytest.raises(ValueError, match="refit_gain"):
+        TrainConfig(refit_gain="bogus")

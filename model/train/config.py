@@ -56,6 +56,9 @@ class TrainConfig(BaseConfig):
     snap_corr: bool = True  # round corr_x to a power of two (before training when refitting)
     refit: bool = True  # least-squares refit of per-channel gain/bias and corr_x on conversion
     refit_images: int = 2000
+    # a channel whose least-squares gain is <= 0: "floor" (1e-3, the layer nearly constant)
+    # or "spread" (the gain that matches the target's spread, the layer kept alive)
+    refit_gain: str = "floor"
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
     train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
@@ -98,5 +101,7 @@ class TrainConfig(BaseConfig):
         for name in ("last_joint", "stage_joint"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+        if self.refit_gain not in ("floor", "spread"):
+            raise ValueError(f"refit_gain must be 'floor' or 'spread', not {self.refit_gain!r}")
         self.keep = tuple(int(i) for i in self.keep)
         self.train_layers = tuple(int(i) for i in self.train_layers)

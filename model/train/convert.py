@@ -48,7 +48,10 @@ def refit_layer(
     branch and ``S`` the window sum; ``c`` is shared by the layer (it becomes one shift) and, with
     ``snap_corr``, rounded to a power of two before ``g_c, b_c`` are refitted. The gain ``g_c > 0``
     multiplies the positive weights ``w + dw`` (the max is homogeneous in them), ``b_c`` becomes
-    the folded bias. For a 4-BM layer only ``g_c`` and ``b_c`` are fitted.
+    the folded bias. For a 4-BM layer only ``g_c`` and ``b_c`` are fitted. A channel whose
+    least-squares gain is ``<= 0`` gets ``1e-3`` (``cfg.refit_gain == "floor"``), which leaves it
+    nearly constant and passes almost no gradient to its weights, or the gain that gives its
+    branch the target's spread (``"spread"``), which keeps it trainable.
     """
     bs = 250
     es, ss, ts = [], [], []
@@ -87,6 +90,9 @@ def refit_layer(
         cov = ((e - em) * (y - ym)).mean(0)
         var = ((e - em) ** 2).mean(0).clamp(min=1e-12)
         g = (cov / var).clamp(min=1e-3)
+        if cfg.refit_gain == "spread":  # no positive fit: keep the branch, at the target's spread
+            spread = (((y - ym) ** 2).mean(0) / var).sqrt()
+            g = torch.where(cov > 0, g, spread.clamp(min=1e-3))
         return g, ym - g * em
 
     c = float(layer.corr_x) if is15 else 0.0
