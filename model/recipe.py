@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     t_ck = str(out / "teacher" / "model.pt")
     bm = stage("bm convolutions", lambda: _train(out / "bm", [*_bm_args(a, t_ck), *common]))
     floats = {"lns": out / "bm" / "model.pt"}
+    ft = {}
     if a.ft_epochs:
         ft_args = ["--method", "finetune", "--init", str(floats["lns"]), "--teacher", t_ck,
                    "--keep", "5", "--beta", "0", "--epochs", str(a.ft_epochs),
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
         "bm_method": a.bm_method,
         "bm_float_accuracy": bm.get("accuracy"),
         "bm_per_stage_accuracy": bm.get("per_layer_accuracy"),
-        "ft_float_accuracy": ft.get("accuracy") if a.ft_epochs else None,
+        "ft_float_accuracy": ft.get("accuracy"),
         "exports": exports,
         "stage_wall_s": times,
         "wall_s": round(time.time() - t0, 1),

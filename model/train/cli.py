@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .config import METHODS, TrainConfig
+from .config import METHODS, REFIT_GAINS, TrainConfig
 from .data import evaluate, load_data
 from .loop import alpha_values
 from .methods import run_method
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--no-snap-corr", dest="snap_corr", action="store_false")
     p.add_argument("--no-refit", dest="refit", action="store_false")
     p.add_argument("--refit-images", type=int, default=d.refit_images)
-    p.add_argument("--refit-gain", choices=("floor", "spread"), default=d.refit_gain,
+    p.add_argument("--refit-gain", choices=REFIT_GAINS, default=d.refit_gain,
                    help="a channel whose least-squares gain is <= 0: clamp it to 1e-3 "
                    "(floor) or match the target's spread (spread)")
     p.add_argument("--teacher", default=None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 __all__ = ["CORR_MIN", "METHODS", "BaseConfig", "TrainConfig"]
 
 
+REFIT_GAINS = ("floor", "spread")  # TrainConfig.refit_gain
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
 
 
@@ -101,7 +102,7 @@ class TrainConfig(BaseConfig):
         for name in ("last_joint", "stage_joint"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
-        if self.refit_gain not in ("floor", "spread"):
-            raise ValueError(f"refit_gain must be 'floor' or 'spread', not {self.refit_gain!r}")
+        if self.refit_gain not in REFIT_GAINS:
+            raise ValueError(f"refit_gain must be one of {REFIT_GAINS}, not {self.refit_gain!r}")
         self.keep = tuple(int(i) for i in self.keep)
         self.train_layers = tuple(int(i) for i in self.train_layers)

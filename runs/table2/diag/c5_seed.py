@@ -6,9 +6,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location(
+_spec = importlib.util.spec_from_file_location(
     "c5bm2_seed", Path(__file__).resolve().parents[2] / "i22" / "c5bm2" / "seed.py")
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-mod.seed(Path("runs/table2/authors/max_lwkd"), Path("runs/table2/diag") / f"c5_{sys.argv[1]}",
-         [0.9896, 0.9771, 0.9603, 0.9485])
+_mod = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+stage4_nets, seed = _mod.stage4_nets, _mod.seed
+SRC = Path("runs/table2/authors/max_lwkd")
+
+if __name__ == "__main__":
+    seed(SRC, Path("runs/table2/diag") / f"c5_{sys.argv[1]}", [0.9896, 0.9771, 0.9603, 0.9485])

@@ -21,14 +21,13 @@ from model.train.run import load_model  # noqa: E402
 torch.set_num_threads(1)
 cfg = TrainConfig(form="bm15", op="max", dx=0.0, data_dir="../shared/data/mnist")
 xtr, ytr, xte, yte = load_data(cfg)
-src = Path("runs/table2/authors/max_lwkd")
-net = load_model(str(src / "after_layer3.pt"), "cpu")
-# the tutor as lwkd held it when conv5's stage began: layer j as stage j - 1 left it (seed.py in
-# runs/i22/c5bm2 rebuilds it the same way); the refit's targets are its own pre-activations
-tutor = load_model("runs/recipe_long/teacher/model.pt", "cpu")
-for j in range(1, 5):
-    tutor.layers[j].load_state_dict(load_model(str(src / f"after_layer{j - 1}.pt"), "cpu").layers[j].state_dict())
-tutor.layers[5].load_state_dict(net.layers[5].state_dict())
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from c5_seed import SRC, stage4_nets  # noqa: E402
+
+net = load_model(str(SRC / "after_layer3.pt"), "cpu")
+# the tutor as lwkd held it when conv5's stage began; the refit's targets are its own
+# pre-activations
+_, tutor = stage4_nets(SRC)
 print("before conversion (conv5 the tutor's):", evaluate(net, xte, yte), flush=True)
 for rule in ("floor", "spread"):
     c = replace(cfg, refit_gain=rule)
