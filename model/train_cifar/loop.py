@@ -199,7 +199,7 @@ def refit(run: Run, net: ResNet22, teacher: ResNet22, x: torch.Tensor, layers) -
 
     was = net.training
     net.eval()
-    opts = SimpleNamespace(snap_corr=True)
+    opts = SimpleNamespace(snap_corr=True, refit_gain="floor")  # model.train.TrainConfig's default
     for i in layers:
         if not isinstance(net.layers[i], BMLayer):
             continue
