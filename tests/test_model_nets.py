@@ -492,11 +492,16 @@ def test_recipe_smoke_writes_every_export_and_resumes(tmp_path: Path, mnist_dir)
     assert (out / "bm" / "model.pt").stat().st_mtime == mtime
 
 
-@pytest.mark.parametrize("rule", ["floor", "spread"])
-def test_refit_gain_rule_for_a_branch_the_target_opposes(rule):
+@pytest.mark.parametrize(("rule", "opposed", "kept"), [
+    ("floor", 3, False), ("spread", 3, True), ("spread", 1, True),
+    ("auto", 3, True),  # most channels unfit: the layer would be flattened, so spread
+    ("auto", 1, False),  # one channel of three unfit: floor
+])
+def test_refit_gain_rule_for_a_branch_the_target_opposes(rule, opposed, kept):
     """A converted layer whose branch the teacher's pre-activation opposes (least-squares gain
-    <= 0): ``floor`` flattens it (gain 1e-3, weights at the floor), ``spread`` keeps its branch
-    at the target's spread, so the layer's output varies as much as the target does."""
+    <= 0) in its first ``opposed`` channels: ``floor`` flattens them (gain 1e-3, weights at the
+    floor), ``spread`` keeps their branch at the target's spread, so the channel's output
+    varies as much as the target does; ``auto`` is ``spread`` only where most channels oppose."""
     from model.layers import convert
     from model.maxops import MaxOp
     from model.train import TrainConfig
@@ -507,14 +512,17 @@ def test_refit_gain_rule_for_a_branch_the_target_opposes(rule):
     h = torch.rand(512, 12)
     with torch.no_grad():
         _, e, _ = layer(h, return_parts=True)
-    target = -3.0 * e + 0.01 * torch.randn_like(e)  # opposes the branch in every channel
+    sign = torch.tensor([-3.0] * opposed + [2.0] * (3 - opposed))
+    target = sign * e + 0.01 * torch.randn_like(e)
     refit_layer(TrainConfig(refit_gain=rule), layer, h, target)
     with torch.no_grad():
         _, e2, _ = layer(h, return_parts=True)
     ratio = e2.std(0) / target.std(0)
-    if rule == "floor":
-        assert float(ratio.max()) < 0.01  # nearly constant: no gradient reaches the weights
+    # the channels the target follows are fitted in every rule
+    assert torch.allclose(ratio[opposed:], torch.ones(3 - opposed), rtol=0.05)
+    if kept:
+        assert torch.allclose(ratio[:opposed], torch.ones(opposed), rtol=0.05)
     else:
-        assert torch.allclose(ratio, torch.ones_like(ratio), rtol=0.05)
+        assert float(ratio[:opposed].max()) < 0.01  # nearly constant: no gradient reaches it
     with pytest.raises(ValueError, match="refit_gain"):
         TrainConfig(refit_gain="bogus")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 __all__ = ["CORR_MIN", "METHODS", "BaseConfig", "TrainConfig"]
 
 
-REFIT_GAINS = ("floor", "spread")  # TrainConfig.refit_gain
+REFIT_GAINS = ("floor", "spread", "auto")  # TrainConfig.refit_gain
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
 
 
@@ -58,7 +58,8 @@ class TrainConfig(BaseConfig):
     refit: bool = True  # least-squares refit of per-channel gain/bias and corr_x on conversion
     refit_images: int = 2000
     # a channel whose least-squares gain is <= 0: "floor" (1e-3, the layer nearly constant)
-    # or "spread" (the gain that matches the target's spread, the layer kept alive)
+    # or "spread" (the gain that matches the target's spread, the layer kept alive); "auto":
+    # spread in a layer where most channels have no positive fit (floor would flatten it), else floor
     refit_gain: str = "floor"
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)

@@ -51,7 +51,10 @@ def refit_layer(
     the folded bias. For a 4-BM layer only ``g_c`` and ``b_c`` are fitted. A channel whose
     least-squares gain is ``<= 0`` gets ``1e-3`` (``cfg.refit_gain == "floor"``), which leaves it
     nearly constant and passes almost no gradient to its weights, or the gain that gives its
-    branch the target's spread (``"spread"``), which keeps it trainable.
+    branch the target's spread (``"spread"``), which keeps it trainable. ``"auto"`` is ``spread``
+    in a layer where most channels have no positive fit (``floor`` would flatten the layer, and
+    it could not train), else ``floor`` (its few flattened channels cost less than opposed ones
+    kept at full spread).
     """
     bs = 250
     es, ss, ts = [], [], []
@@ -84,13 +87,20 @@ def refit_layer(
         e, s, t = e[sel], s[sel], t[sel]
     is15 = isinstance(layer, BM15Layer)
 
+    fit = {}
+
     def fit_gb(c):
         y = t + c * s
         em, ym = e.mean(0), y.mean(0)
         cov = ((e - em) * (y - ym)).mean(0)
         var = ((e - em) ** 2).mean(0).clamp(min=1e-12)
         g = (cov / var).clamp(min=1e-3)
-        if cfg.refit_gain == "spread":  # no positive fit: keep the branch, at the target's spread
+        unfit = float((cov <= 0).double().mean())
+        rule = cfg.refit_gain
+        if rule == "auto":
+            rule = "spread" if unfit > 0.5 else "floor"
+        fit.update(unfit=unfit, rule=rule)
+        if rule == "spread":  # no positive fit: keep the branch, at the target's spread
             spread = (((y - ym) ** 2).mean(0) / var).sqrt()
             g = torch.where(cov > 0, g, spread.clamp(min=1e-3))
         return g, ym - g * em
@@ -130,7 +140,8 @@ def refit_layer(
     if log:
         log(
             f"  refit: corr_x={c:.4g} gain median={float(g.median()):.3g} "
-            f"mse {err0:.4g} -> {err:.4g} (target var {float(t.var()):.4g})"
+            f"mse {err0:.4g} -> {err:.4g} (target var {float(t.var()):.4g}); no positive fit "
+            f"{fit['unfit']:.0%} of channels ({fit['rule']})"
         )
 
 
