@@ -124,3 +124,33 @@ def test_table2_authors_kd_cell(tmp_path: Path, mnist_dir):
 def test_missing_teacher_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="--teacher .*: no such file"):
         main(["table2", "--teacher", str(tmp_path / "none.pt"), "--runs-dir", str(tmp_path)])
+
+
+def test_diagnostics_list_the_authors_cells_that_miss_the_goal(tmp_path: Path):
+    """results/<table>.md gets a diagnostic for an authors' cell below 0.90 or more than 1 pp
+    from the paper, with what its run measured, and none for a cell on target, for an all-BM
+    cell, or where the paper's own figure is at chance."""
+    from model.experiments import write_results
+
+    def cell(row, method, acc, protocol="authors", **kw):
+        return {"row": row, "method": method, "protocol": protocol, "accuracy": acc,
+                "paper": TABLES["table2"]["rows"][row][1][["direct", "kd", "lwkd"].index(method)],
+                "schedule": "paper", **kw}
+
+    entries = [
+        {"row": "classical reference", "method": "classical", "protocol": "classical",
+         "accuracy": 0.9939, "paper": 0.9901, "schedule": "paper"},
+        cell("1.5-BM MAX", "lwkd", 0.1135, per_layer_accuracy=[0.9896, 0.1135],
+             loss_curves={"layer 4": [3.5049, 3.4904]}),
+        cell("1.5-BM LSE-MAX", "kd", 0.7807, accuracy_lse=0.994, accuracy_lse_max=0.0974),
+        cell("1.5-BM LSE", "kd", 0.9942, alphas=[1.0, 1.0]),  # within 1 pp of 0.9998
+        cell("1.5-BM MAX", "direct", 0.9131),  # the paper's figure is at chance
+        cell("1.5-BM MAX", "kd", 0.1785, protocol="allbm"),
+    ]
+    write_results("table2", entries, tmp_path)
+    diag = (tmp_path / "table2.md").read_text().split("## Diagnostics")[1]
+    lines = [x for x in diag.splitlines() if x.startswith("- ")]
+    assert len(lines) == 2
+    assert "MAX / lwkd: 0.1135" in lines[0] and "0.9896, 0.1135" in lines[0]
+    assert "layer 4 3.505 -> 3.49" in lines[0]
+    assert "LSE-MAX / kd: 0.7807" in lines[1] and "switched to the hard max 0.0974" in lines[1]
