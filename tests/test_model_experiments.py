@@ -38,6 +38,7 @@ def test_authors_protocol_cells(table):
             continue
         a = c["argv"]
         assert a[a.index("--keep") + 1] == "5"
+        assert a[a.index("--refit-gain") + 1] == "auto"
         assert "--alpha-end" not in a and "--last-op" not in a
         smooth = "--op" not in a or a[a.index("--op") + 1] != "max"
         assert ("--learn-alpha" in a) == smooth, a
@@ -45,6 +46,7 @@ def test_authors_protocol_cells(table):
     for c in allbm[1:]:
         assert c["out"].parent == Path("runs") / table
         assert "--keep" not in c["argv"] and "--learn-alpha" not in c["argv"]
+        assert "--refit-gain" not in c["argv"]
 
 
 def test_loss_curves_from_a_log():

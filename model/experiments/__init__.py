@@ -23,6 +23,7 @@ from __future__ import annotations
 from .cells import (
     AUTHORS_KD,
     AUTHORS_KEEP,
+    AUTHORS_REFIT,
     CLASSICAL_PAPER,
     CLASSICAL_PAPER_T3,
     PROTOCOLS,
@@ -47,6 +48,7 @@ __all__ = [
     "PROTOCOLS",
     "AUTHORS_KEEP",
     "AUTHORS_KD",
+    "AUTHORS_REFIT",
     "cell_dir",
     "cells",
     "swap_to_max",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["TABLES", "CLASSICAL_PAPER", "CLASSICAL_PAPER_T3", "SCHEDULES", "SCHEDULES_T3",
-           "cells_table3", "PROTOCOLS", "AUTHORS_KEEP", "AUTHORS_KD", "cell_dir", "cells"]
+           "cells_table3", "PROTOCOLS", "AUTHORS_KEEP", "AUTHORS_KD", "AUTHORS_REFIT", "cell_dir",
+           "cells"]
 
 
 # paper figures, METHOD.md section 4
@@ -156,6 +157,12 @@ AUTHORS_KEEP = "5"
 AUTHORS_KD = ["--kd-norm", "--kd-temp", "4"]
 
 
+# the refit at a conversion: a layer where most channels have no positive least-squares gain is
+# kept at the target's spread instead of flattened (issue 23: the floor rule collapsed MAX /
+# layer-wise KD at conv5 and flattened conv2 and conv5 at the all-at-once conversions)
+AUTHORS_REFIT = ["--refit-gain", "auto"]
+
+
 def cell_dir(runs: Path, table: str, protocol: str, name: str) -> Path:
     """A cell's run folder: ``runs/<table>/<name>`` (``allbm``, the first protocol measured) or
     ``runs/<table>/authors/<name>``. The classical teacher is shared."""
@@ -167,7 +174,7 @@ def cell_dir(runs: Path, table: str, protocol: str, name: str) -> Path:
 
 def _authors_argv(op: str, col: str, sch: dict) -> list[str]:
     """The authors' protocol for one cell (after ``--form`` and ``--teacher``)."""
-    argv = ["--keep", AUTHORS_KEEP]
+    argv = ["--keep", AUTHORS_KEEP, *AUTHORS_REFIT]
     learn = ["--alpha", "1", "--learn-alpha"]  # no annealing: evaluated at the learned alpha
     kd = AUTHORS_KD if col in ("kd", "lwkd") else []
     if op == "lse-max":

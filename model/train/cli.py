@@ -40,8 +40,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--refit-images", type=int, default=d.refit_images)
     p.add_argument("--refit-gain", choices=REFIT_GAINS, default=d.refit_gain,
                    help="a channel whose least-squares gain is <= 0: clamp it to 1e-3 "
-                   "(floor) or match the target's spread (spread); auto: spread only in a layer where "
-                   "most channels have no positive fit")
+                   "(floor) or match the target's spread (spread); auto: spread only in a layer "
+                   "where most channels have no positive fit")
     p.add_argument("--teacher", default=None)
     p.add_argument("--init", default=None, help="finetune: the model to start from")
     p.add_argument("--keep", default="", help="comma list of layers left classical (5: the "

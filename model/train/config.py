@@ -59,7 +59,8 @@ class TrainConfig(BaseConfig):
     refit_images: int = 2000
     # a channel whose least-squares gain is <= 0: "floor" (1e-3, the layer nearly constant)
     # or "spread" (the gain that matches the target's spread, the layer kept alive); "auto":
-    # spread in a layer where most channels have no positive fit (floor would flatten it), else floor
+    # spread in a layer where most channels have no positive fit (floor would flatten it),
+    # else floor
     refit_gain: str = "floor"
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
