@@ -56,7 +56,8 @@ def main():
     p = PRESETS[args.preset]
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for name, comp in (("bm15_pe", BMPE(p)), ("bm2_pe", BM2PE(p)), ("mac_pe", MACPE(MACParams()))):
+        pes = (("bm15_pe", BMPE(p)), ("bm2_pe", BM2PE(p)), ("mac_pe", MACPE(MACParams())))
+        for name, comp in pes:
             path = Path(d) / f"{name}.v"
             path.write_text(verilog.convert(comp, name=name))
             g = count_gates(path, name)
