@@ -87,9 +87,9 @@ def refit_layer(
         e, s, t = e[sel], s[sel], t[sel]
     is15 = isinstance(layer, BM15Layer)
 
-    fit = {}
-
     def fit_gb(c):
+        """Gain and bias per channel for the correction ``c``; also the fraction of channels
+        without a positive fit and the rule applied to them."""
         y = t + c * s
         em, ym = e.mean(0), y.mean(0)
         cov = ((e - em) * (y - ym)).mean(0)
@@ -99,11 +99,10 @@ def refit_layer(
         rule = cfg.refit_gain
         if rule == "auto":
             rule = "spread" if unfit > 0.5 else "floor"
-        fit.update(unfit=unfit, rule=rule)
         if rule == "spread":  # no positive fit: keep the branch, at the target's spread
             spread = (((y - ym) ** 2).mean(0) / var).sqrt()
             g = torch.where(cov > 0, g, spread.clamp(min=1e-3))
-        return g, ym - g * em
+        return g, ym - g * em, unfit, rule
 
     c = float(layer.corr_x) if is15 else 0.0
     if is15:
@@ -124,7 +123,7 @@ def refit_layer(
         c = max(c, CORR_MIN)
         if cfg.snap_corr:
             c = 2.0 ** round(math.log2(c))
-    g, b = fit_gb(c)
+    g, b, unfit, rule = fit_gb(c)
     err0 = float(((t - e - (-c * s if is15 else 0)) ** 2).mean())
     err = float(((t - g * e + c * s - b) ** 2).mean())
     if is15:
@@ -141,7 +140,7 @@ def refit_layer(
         log(
             f"  refit: corr_x={c:.4g} gain median={float(g.median()):.3g} "
             f"mse {err0:.4g} -> {err:.4g} (target var {float(t.var()):.4g}); no positive fit "
-            f"{fit['unfit']:.0%} of channels ({fit['rule']})"
+            f"{unfit:.0%} of channels ({rule})"
         )
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..layers import BMLayer
 from ..maxops import MaxOp
 from ..resnet import ResNet22
-from ..train import refit_layer
+from ..train import TrainConfig, refit_layer
 from ..train.loop import cosine_factor, fit, set_alpha
 from ..train.run import Run
 from .setup import CifarConfig, augment, load_resnet, make_optimizer, to_float
@@ -199,7 +199,7 @@ def refit(run: Run, net: ResNet22, teacher: ResNet22, x: torch.Tensor, layers) -
 
     was = net.training
     net.eval()
-    opts = SimpleNamespace(snap_corr=True, refit_gain="floor")  # model.train.TrainConfig's default
+    opts = SimpleNamespace(snap_corr=True, refit_gain=TrainConfig.refit_gain)
     for i in layers:
         if not isinstance(net.layers[i], BMLayer):
             continue
