@@ -349,6 +349,35 @@ def test_two_stage_stopped_in_stage_2_resumes_there(tmp_path: Path, mnist_dir, m
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_lwkd_stopped_in_its_final_epochs_resumes_there(tmp_path: Path, mnist_dir, monkeypatch,
+                                                        capsys):
+    """A layer-wise KD run stopped inside ``--final-epochs`` resumes there: the layer stages are
+    not trained again (they were, from scratch, before: the final checkpoint's tag was not the
+    stages'), it reports the stages' accuracies, and it ends like the run never stopped."""
+    from model.train import load_model, main
+
+    small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    main(["--method", "classical", "--out", str(tmp_path / "t"), "--epochs", "1", *small])
+    common = ["--method", "lwkd", "--op", "max", "--teacher", str(tmp_path / "t" / "model.pt"),
+              "--keep", "3,4,5", "--layer-epochs", "1,1", "--final-epochs", "2",
+              "--refit-images", "32", *small]
+    main(["--out", str(tmp_path / "whole"), *common])
+    _stop_after_checkpoint(monkeypatch, ["--out", str(tmp_path / "cut"), *common],
+                           lambda state, n: state.get("tag") == "final")
+    capsys.readouterr()
+    res = main(["--out", str(tmp_path / "cut"), *common])
+    out = capsys.readouterr().out
+    assert "resuming after the layer-wise stages" in out and "resuming final at epoch 1" in out
+    assert "layer 0 epoch" not in out
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert res["per_layer_accuracy"] == whole["per_layer_accuracy"]
+    assert len(whole["per_layer_accuracy"]) == 3
+    assert res["accuracy"] == whole["accuracy"]
+    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in ("whole", "cut"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
 def test_kd_loss_ignores_a_shift_common_to_all_logits():
     """The 1.5-BM classifier's window-sum term moves every logit alike; KD must not see it."""
     from model.train import TrainConfig, kd_loss_fn

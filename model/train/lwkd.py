@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cli import CheckpointError
 from ..layers import BM15Layer, BMLayer
 from ..maxops import MaxOp
 from ..nets import LeNet
@@ -18,7 +19,7 @@ from .convert import convert_layer, load_teacher, refit_to
 from .data import batches
 from .loop import alpha_schedule, fit, run_simple
 from .losses import centred, feature_mse, kd_loss_fn
-from .run import Run, net_to_dict
+from .run import Run, load_model, net_to_dict
 
 __all__ = ["cache_inputs", "snapshot", "method_lwkd", "method_lwkd_full"]
 
@@ -308,9 +309,29 @@ def method_lwkd(run: Run, data, teacher: LeNet | None = None, tag: str = "lwkd")
     return student, result
 
 
+def _resume_final(run: Run):
+    """The student and per-stage accuracies of a run stopped in its ``--final-epochs`` (its
+    checkpoint's tag is ``final``): the stages are done, and their ``after_layer<k>.pt``
+    snapshots hold the architecture and each stage's accuracy (``run_simple`` then loads the
+    checkpoint's weights). ``None`` for any other checkpoint."""
+    ck = run.load_ckpt()
+    if ck is None or ck.get("tag") != "final":
+        return None
+    snaps = sorted(run.dir.glob("after_layer*.pt"), key=lambda p: int(p.stem[len("after_layer"):]))
+    if not snaps:
+        raise CheckpointError(f"{run.ckpt_path}: a final-epochs checkpoint without its "
+                              "after_layer<k>.pt snapshots")
+    accs = [torch.load(p, weights_only=False, map_location="cpu")["result"]["accuracy"]
+            for p in snaps]
+    student = load_model(snaps[-1], run.cfg.device)
+    run.log(f"resuming after the layer-wise stages: per-layer student-path accuracy {accs}")
+    return student, {"accuracy": accs[-1], "per_layer_accuracy": accs}
+
+
 def method_lwkd_full(run: Run, data):
     cfg = run.cfg
-    student, res = method_lwkd(run, data)
+    done = _resume_final(run) if cfg.final_epochs else None
+    student, res = done if done is not None else method_lwkd(run, data)
     if cfg.final_epochs:
         teacher = load_teacher(cfg)
         cfg2 = replace(cfg, epochs=cfg.final_epochs)
