@@ -265,6 +265,23 @@ def _stop_after_checkpoint(monkeypatch, args, stop_at) -> None:
     monkeypatch.setattr(train.Run, "save_ckpt", save)
 
 
+def _resumed_like_whole(tmp_path: Path, monkeypatch, capsys, common: list, stop):
+    """Train ``common`` once whole and once stopped at the checkpoint ``stop`` picks, then
+    resumed; check both end with the same weights. Returns the resumed run's result, the
+    whole run's ``result.json`` and the resumed run's output."""
+    from model.train import load_model, main
+
+    main(["--out", str(tmp_path / "whole"), *common])
+    _stop_after_checkpoint(monkeypatch, ["--out", str(tmp_path / "cut"), *common], stop)
+    capsys.readouterr()
+    res = main(["--out", str(tmp_path / "cut"), *common])
+    out = capsys.readouterr().out
+    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in ("whole", "cut"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    return res, json.loads((tmp_path / "whole" / "result.json").read_text()), out
+
+
 def test_interrupted_run_resumes_to_the_same_weights(
     tmp_path: Path, mnist_dir, monkeypatch, capsys
 ):
@@ -324,29 +341,21 @@ def test_two_stage_stopped_in_stage_2_resumes_there(tmp_path: Path, mnist_dir, m
                                                     capsys):
     """A two-stage run stopped after stage 2's first epoch resumes in stage 2 (stage 1 is not
     trained again) and ends like the run that was never stopped."""
-    from model.train import load_model, main
+    from model.train import main
 
     small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
     main(["--method", "classical", "--out", str(tmp_path / "t"), "--epochs", "1", *small])
     common = ["--method", "two_stage", "--first-method", "kd", "--teacher",
               str(tmp_path / "t" / "model.pt"), "--epochs", "2", "--alpha-end", "8",
               "--refit-images", "32", *small]
-    main(["--out", str(tmp_path / "whole"), *common])
-    _stop_after_checkpoint(monkeypatch, ["--out", str(tmp_path / "cut"), *common],
-                           lambda state, n: state["tag"] == "stage2")
-    capsys.readouterr()
-    res = main(["--out", str(tmp_path / "cut"), *common])
-    out = capsys.readouterr().out
+    res, whole, out = _resumed_like_whole(tmp_path, monkeypatch, capsys, common,
+                                          lambda state, n: state["tag"] == "stage2")
     assert "stage 1 done" in out and "resuming stage2 at epoch 1" in out
     assert "stage1 epoch" not in out
-    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
     assert res["accuracy_lse"] == whole["accuracy_lse"]
     assert res["accuracy_lse_max"] == whole["accuracy_lse_max"]
     # stage 1's frozen alphas (annealed to 8 here), kept through the resume
     assert whole["alphas_lse"] == res["alphas_lse"] == [8.0] * 6
-    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in ("whole", "cut"))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
 def test_lwkd_stopped_in_its_final_epochs_resumes_there(tmp_path: Path, mnist_dir, monkeypatch,
@@ -354,28 +363,20 @@ def test_lwkd_stopped_in_its_final_epochs_resumes_there(tmp_path: Path, mnist_di
     """A layer-wise KD run stopped inside ``--final-epochs`` resumes there: the layer stages are
     not trained again (they were, from scratch, before: the final checkpoint's tag was not the
     stages'), it reports the stages' accuracies, and it ends like the run never stopped."""
-    from model.train import load_model, main
+    from model.train import main
 
     small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
     main(["--method", "classical", "--out", str(tmp_path / "t"), "--epochs", "1", *small])
     common = ["--method", "lwkd", "--op", "max", "--teacher", str(tmp_path / "t" / "model.pt"),
               "--keep", "3,4,5", "--layer-epochs", "1,1", "--final-epochs", "2",
               "--refit-images", "32", *small]
-    main(["--out", str(tmp_path / "whole"), *common])
-    _stop_after_checkpoint(monkeypatch, ["--out", str(tmp_path / "cut"), *common],
-                           lambda state, n: state.get("tag") == "final")
-    capsys.readouterr()
-    res = main(["--out", str(tmp_path / "cut"), *common])
-    out = capsys.readouterr().out
+    res, whole, out = _resumed_like_whole(tmp_path, monkeypatch, capsys, common,
+                                          lambda state, n: state.get("tag") == "final")
     assert "resuming after the layer-wise stages" in out and "resuming final at epoch 1" in out
     assert "layer 0 epoch" not in out
-    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
     assert res["per_layer_accuracy"] == whole["per_layer_accuracy"]
     assert len(whole["per_layer_accuracy"]) == 3
     assert res["accuracy"] == whole["accuracy"]
-    a, b = (load_model(tmp_path / n / "model.pt").state_dict() for n in ("whole", "cut"))
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
 def test_kd_loss_ignores_a_shift_common_to_all_logits():
