@@ -156,3 +156,56 @@ def test_diagnostics_list_the_authors_cells_that_miss_the_goal(tmp_path: Path):
     assert "MAX / lwkd: 0.1135" in lines[0] and "0.9896, 0.1135" in lines[0]
     assert "layer 4 3.505 -> 3.49" in lines[0]
     assert "LSE-MAX / kd: 0.7807" in lines[1] and "switched to the hard max 0.0974" in lines[1]
+
+
+def test_a_whole_table_in_one_run_records_its_wall_time(tmp_path: Path):
+    """run_cells records the wall time of a run that trained every cell from empty folders
+    (not of one that resumed a cell), the table states it, and --collect's README block is
+    regenerated between its markers."""
+    from types import SimpleNamespace
+
+    from model.experiments import timing_path, write_readme_table, write_results
+    from model.experiments.runner import run_cells
+
+    def todo(root):
+        out = [{"row": "classical reference", "method": "classical", "given": "t.pt",
+                "out": root / "classical"}]
+        for name in ("max_direct", "max_kd"):  # a stand-in command that exits 0 at once
+            out.append({"row": "1.5-BM MAX", "method": name[4:], "protocol": "authors",
+                        "out": root / "authors" / name, "argv": [], "module": "platform",
+                        "shown": name})
+        return out
+
+    args = SimpleNamespace(jobs=2, nproc=1, device="cpu", data_dir=None)
+    cells_ = todo(tmp_path / "a")
+    run_cells("table2", cells_, None, args)
+    rec = json.loads(timing_path(cells_[1:]).read_text())
+    assert timing_path(cells_[1:]) == tmp_path / "a" / "authors" / "authors_timing.json"
+    assert rec["cells"] == 2 and rec["jobs"] == 2 and rec["wall_s"] >= 0 and rec["cores"] >= 1
+    resumed = todo(tmp_path / "b")
+    (resumed[1]["out"]).mkdir(parents=True)
+    (resumed[1]["out"] / "ckpt.pt").write_bytes(b"")
+    run_cells("table2", resumed, None, args)
+    assert not timing_path(resumed[1:]).exists()
+
+    entries = [{"row": "1.5-BM MAX", "method": "kd", "protocol": "authors", "accuracy": 0.95,
+                "paper": 0.9786, "schedule": "paper", "wall_s": 60.0}]
+    write_results("table2", entries, tmp_path / "res", {"authors": {**rec, "wall_s": 7200.0}})
+    md = (tmp_path / "res" / "table2.md").read_text()
+    assert "One run of the authors' protocol's 2 cells: **2.0 h** (2 jobs on" in md
+    write_results("table2", entries, tmp_path / "res")
+    assert "not been trained in one run yet" in (tmp_path / "res" / "table2.md").read_text()
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results/table2.md begin -->\nold\n<!-- results/table2.md end "
+                      "-->\ntail\n")
+    assert write_readme_table("table2", tmp_path / "res", readme)
+    text = readme.read_text()
+    assert "\nold\n" not in text and text.endswith("<!-- results/table2.md end -->\ntail\n")
+    assert "| 1.5-BM MAX | - / - / 0.0926 | 0.9500 (60 s, cpu) / - / 0.9786 |" in text
+    assert "## Diagnostics" not in text and "Schedule: paper" in text
+    assert "(Diagnostics: [results/table2.md](results/table2.md).)" in text
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not write_readme_table("table2", tmp_path / "res", plain)
+    assert plain.read_text() == "no markers\n"

@@ -35,8 +35,8 @@ from .cells import (
     cells_table3,
 )
 from .cli import main, parse_args
-from .results import loss_curves, write_results
-from .runner import run_cells, swap_to_max, swap_to_max_cifar
+from .results import loss_curves, write_readme_table, write_results
+from .runner import run_cells, swap_to_max, swap_to_max_cifar, timing_path
 
 __all__ = [
     "TABLES",
@@ -54,8 +54,10 @@ __all__ = [
     "swap_to_max",
     "swap_to_max_cifar",
     "run_cells",
+    "timing_path",
     "loss_curves",
     "write_results",
+    "write_readme_table",
     "parse_args",
     "main",
 ]

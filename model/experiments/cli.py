@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from .cells import PROTOCOLS, SCHEDULES, SCHEDULES_T3, TABLES, cells, cells_table3
-from .results import loss_curves, write_results
-from .runner import run_cells
+from .results import loss_curves, write_readme_table, write_results
+from .runner import run_cells, timing_path
 
 __all__ = ["parse_args", "main"]
 
@@ -56,6 +56,11 @@ def parse_args(argv=None):
                    "(instead of training runs/<table>/classical)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--collect", action="store_true", help="only collect finished results")
+    p.add_argument("--readme", default=None,
+                   help="tables 1-2: the file whose table block (between the markers "
+                   "<!-- results/tableN.md begin --> and <!-- results/tableN.md end -->) the "
+                   "collected table replaces; untouched without the markers (default: the "
+                   "README.md beside --results-dir)")
     return p.parse_args(argv)
 
 
@@ -105,6 +110,12 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"model.experiments: --teacher {args.teacher}: no such file")
     if not args.collect:
         run_cells(table, todo, only, args)
+    timings = {}
+    for group in ([todo] if t3 else [todo, [c for c in shown if c not in todo]]):
+        trained = [c for c in group if c["method"] != "classical"]
+        if trained and timing_path(trained).exists():
+            timings[trained[0].get("protocol") or "cells"] = json.loads(
+                timing_path(trained).read_text())
     entries = []
     for c in shown:
         out: Path = c["out"]
@@ -153,5 +164,9 @@ def main(argv=None) -> list[dict]:
             if k in res:
                 entry[k] = res[k]
         entries.append(entry)
-    write_results(table, entries, Path(args.results_dir))
+    write_results(table, entries, Path(args.results_dir), timings)
+    if not t3:
+        readme = Path(args.readme or Path(args.results_dir).resolve().parent / "README.md")
+        if readme.exists() and write_readme_table(table, Path(args.results_dir), readme):
+            print(f"{readme}: {table} regenerated")
     return entries

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .cells import TABLES
 
-__all__ = ["loss_curves", "write_results"]
+__all__ = ["loss_curves", "write_readme_table", "write_results"]
 
 
 _EPOCH_LINE = re.compile(r"\] (.+?) epoch (\d+)/(\d+): loss (\S+)")
@@ -32,7 +32,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def write_results(table: str, entries: list[dict], results: Path) -> None:
+def write_results(table: str, entries: list[dict], results: Path,
+                  timings: dict | None = None) -> None:
+    """``results/<table>.json`` and ``.md``. ``timings``: ``{protocol: record}`` of the runs
+    that trained a whole protocol's cells at once (``model.experiments.runner.timing_path``);
+    the table states each one's wall time, or that there is none yet."""
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{table}.json").write_text(json.dumps(entries, indent=2) + "\n")
     spec = TABLES[table]
@@ -116,6 +120,18 @@ def write_results(table: str, entries: list[dict], results: Path) -> None:
         f"Schedule: {entries[0]['schedule'] if entries else '-'}; total training wall time "
         f"{total / 3600:.1f} h (sum over cells; device: {', '.join(devices) or '-'}).",
     ]
+    for prot in ("authors", "allbm") if protocols else ("cells",):
+        rec = (timings or {}).get(prot)
+        label = {"authors": "authors'", "allbm": "all-BM"}.get(prot, prot)
+        name = f"the {label} protocol's" if protocols else "all the"
+        if rec:
+            lines.append(
+                f"One run of {name} {rec['cells']} cells: **{_duration(rec['wall_s'])}** "
+                f"({rec['jobs']} jobs on {rec['cores']} cores, {rec['device']}, started "
+                f"{rec['started']}).")
+        elif prot == "authors" or not protocols:
+            lines.append(f"{name[0].upper()}{name[1:]} cells have not been trained in one run "
+                         "yet (a run from empty run folders records its wall time).")
     (results / f"{table}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -160,3 +176,37 @@ def _diagnostics(entries: list[dict], teacher: dict | None) -> list[str]:
             f"Authors' cells below {GOAL:.2f} or more than {WITHIN * 100:.0f} pp from the paper "
             "(paper figures at chance excepted), from their runs' logs; the explanation of each "
             "is in docs/tables.md.", "", *out]
+
+
+def _markers(table: str) -> tuple[str, str]:
+    return f"<!-- results/{table}.md begin -->", f"<!-- results/{table}.md end -->"
+
+
+def write_readme_table(table: str, results: Path, readme: Path) -> bool:
+    """Replace the block between ``readme``'s markers for ``table`` (:func:`_markers`) with
+    ``results/<table>.md`` less its title and diagnostics (the README links to them). Returns
+    whether there was a block; a file without the markers is left as it is."""
+    begin, end = _markers(table)
+    text = readme.read_text()
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        return False
+    md = (results / f"{table}.md").read_text().splitlines()
+    body, skip = [], False
+    for line in md[1:]:  # the README gives its own heading
+        if line.startswith("## "):  # the diagnostics: in results/<table>.md only
+            skip = True
+        elif line.startswith("Schedule:"):  # the footer, after them
+            skip = False
+        if not skip:  # the README is not beside the JSON
+            body.append(line.replace("the JSON beside this file", f"results/{table}.json"))
+    while body and not body[0].strip():
+        body.pop(0)
+    block = "\n".join([begin, *body, f"(Diagnostics: [results/{table}.md](results/{table}.md).)",
+                        end])
+    new = text[:i] + block + text[j + len(end):]
+    if new != text:
+        tmp = readme.with_suffix(readme.suffix + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(readme)
+    return True

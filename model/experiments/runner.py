@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["swap_to_max", "swap_to_max_cifar", "run_cells"]
+__all__ = ["swap_to_max", "swap_to_max_cifar", "run_cells", "timing_path"]
 
 
 def swap_to_max(src: Path, dst: Path, data_dir: str | None) -> dict:
@@ -69,10 +70,20 @@ def swap_to_max_cifar(src: Path, dst: Path, data_dir: str | None, device: str = 
     return res
 
 
+def timing_path(todo: list[dict]) -> Path:
+    """Where :func:`run_cells` records a whole table trained in one run: beside the cells'
+    folders (``runs/<table>/<protocol>_timing.json``)."""
+    trained = [c for c in todo if c["method"] != "classical"]
+    return trained[0]["out"].parent / f"{trained[0].get('protocol', 'cells')}_timing.json"
+
+
 def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
     """Train every selected cell without a result: the teacher first, then ``--jobs`` at a time.
 
     A failed cell is reported and the others go on; the exit status is non-zero at the end.
+    A run that trains every cell of the protocol from the start (none had a result or a
+    checkpoint, no ``--only``) and finishes them all records its wall time, the jobs and the
+    cores in :func:`timing_path`: the figure of a whole table on this machine.
     """
     pending = [
         c
@@ -80,6 +91,10 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
         if not (c["out"] / "result.json").exists() and not c.get("given")
         and (only is None or c["out"].name in only or c["method"] == "classical")
     ]
+    trained = [c for c in todo if c["method"] != "classical"]
+    whole = only is None and all(
+        c in pending and not (c["out"] / "ckpt.pt").exists() for c in trained)
+    t_run = time.time()
     failed = []
 
     def start(c):
@@ -132,3 +147,11 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
                 finish(c, proc.returncode)
     if failed:
         raise SystemExit(f"{len(failed)} cell(s) failed: {', '.join(failed)}")
+    if whole and trained:
+        rec = {"table": table, "cells": len(trained), "jobs": max(1, args.jobs),
+               "cores": os.cpu_count(), "device": getattr(args, "device", "cpu"),
+               "wall_s": round(time.time() - t_run, 1),
+               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_run))}
+        timing_path(todo).write_text(json.dumps(rec, indent=2) + "\n")
+        print(f"[{table}] all {len(trained)} cells in {rec['wall_s']:.0f}s "
+              f"({rec['jobs']} jobs, {rec['cores']} cores)", flush=True)
