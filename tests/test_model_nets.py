@@ -358,6 +358,30 @@ def test_two_stage_stopped_in_stage_2_resumes_there(tmp_path: Path, mnist_dir, m
     assert whole["alphas_lse"] == res["alphas_lse"] == [8.0] * 6
 
 
+@pytest.mark.parametrize("switch", ["none", "teacher"])
+def test_two_stage_switch_keeps_the_weights_unless_refitted(tmp_path: Path, mnist_dir,
+                                                            monkeypatch, switch):
+    """The switch of the trained LSE network to the hard max keeps stage 1's weights
+    (``--switch-refit none``, the paper's); ``teacher`` refits them to the teacher. A run
+    stopped at stage 1's last checkpoint resumes into the switch."""
+    from model.train import main
+
+    small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    main(["--method", "classical", "--out", str(tmp_path / "t"), "--epochs", "1", *small])
+    out = tmp_path / "c"
+    common = ["--out", str(out), "--method", "two_stage", "--first-method", "kd", "--teacher",
+              str(tmp_path / "t" / "model.pt"), "--epochs", "1", "--alpha-end", "8", "--keep",
+              "5", "--refit-images", "32", "--switch-refit", switch, *small]
+    _stop_after_checkpoint(monkeypatch, common, lambda state, n: state["tag"] == "stage1")
+    stage1 = torch.load(out / "ckpt.pt", weights_only=False)["net"]
+    res = main(common)
+    switched = torch.load(out / "stage1.pt", weights_only=False)["state_dict"]
+    weights = [k for k in stage1 if not k.endswith("alpha_param")]  # the op: LSE, then max
+    same = all(torch.equal(stage1[k], switched[k]) for k in weights)
+    assert same == (switch == "none")
+    assert 0 <= res["accuracy_lse_max"] <= 1
+
+
 def test_lwkd_stopped_in_its_final_epochs_resumes_there(tmp_path: Path, mnist_dir, monkeypatch,
                                                         capsys):
     """A layer-wise KD run stopped inside ``--final-epochs`` resumes there: the layer stages are

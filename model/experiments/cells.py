@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["TABLES", "CLASSICAL_PAPER", "CLASSICAL_PAPER_T3", "SCHEDULES", "SCHEDULES_T3",
-           "cells_table3", "PROTOCOLS", "AUTHORS_KEEP", "AUTHORS_KD", "AUTHORS_REFIT", "cell_dir",
-           "cells"]
+           "cells_table3", "PROTOCOLS", "AUTHORS_KEEP", "AUTHORS_KD", "AUTHORS_REFIT",
+           "LSE_MAX_ANNEAL", "cell_dir", "cells"]
 
 
 # paper figures, METHOD.md section 4
@@ -163,6 +163,10 @@ AUTHORS_KD = ["--kd-norm", "--kd-temp", "4"]
 AUTHORS_REFIT = ["--refit-gain", "auto"]
 
 
+# the authors' LSE-MAX cells: stage 1 anneals alpha from 1 to 64, the switch keeps the weights
+LSE_MAX_ANNEAL = ["--alpha", "1", "--alpha-end", "64", "--switch-refit", "none"]
+
+
 def cell_dir(runs: Path, table: str, protocol: str, name: str) -> Path:
     """A cell's run folder: ``runs/<table>/<name>`` (``allbm``, the first protocol measured) or
     ``runs/<table>/authors/<name>``. The classical teacher is shared."""
@@ -178,7 +182,11 @@ def _authors_argv(op: str, col: str, sch: dict) -> list[str]:
     learn = ["--alpha", "1", "--learn-alpha"]  # no annealing: evaluated at the learned alpha
     kd = AUTHORS_KD if col in ("kd", "lwkd") else []
     if op == "lse-max":
-        return argv + ["--method", "two_stage", "--first-method", col, *learn,
+        # stage 1's alpha annealed to 64, not learned: a learned alpha falls to its floor 1,
+        # where LSE is the sum (the classical neuron), and the switch to the hard max then
+        # changes the network; at 64 the switch keeps the accuracy, and it keeps the weights
+        # (no refit to the teacher, which undoes stage 1: issue 23)
+        return argv + ["--method", "two_stage", "--first-method", col, *LSE_MAX_ANNEAL,
                        "--epochs", str(sch["epochs"]), "--layer-epochs", sch["layer_epochs"], *kd]
     argv += ["--method", col, "--op", op, *kd] + (learn if op != "max" else [])
     if col == "lwkd":
@@ -237,6 +245,8 @@ def cells(table: str, schedule: str, runs: Path, common: list[str],
                     col,
                     "--alpha-end",
                     "64",
+                    "--switch-refit",  # as these cells were run
+                    "teacher",
                     "--epochs",
                     str(sch["epochs"]),
                     "--layer-epochs",

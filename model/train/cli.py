@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .config import METHODS, REFIT_GAINS, TrainConfig
+from .config import METHODS, REFIT_GAINS, SWITCH_REFITS, TrainConfig
 from .data import evaluate, load_data
 from .loop import alpha_values
 from .methods import run_method
@@ -42,6 +42,10 @@ def parse_args(argv=None) -> TrainConfig:
                    help="a channel whose least-squares gain is <= 0: clamp it to 1e-3 "
                    "(floor) or match the target's spread (spread); auto: spread only in a layer "
                    "where most channels have no positive fit")
+    p.add_argument("--switch-refit", choices=SWITCH_REFITS, default=d.switch_refit,
+                   help="two_stage: at the switch of the trained LSE network to the hard max, "
+                   "keep the weights (none, the paper's) or refit every layer to the teacher "
+                   "(teacher, the earlier all-BM cells)")
     p.add_argument("--teacher", default=None)
     p.add_argument("--init", default=None, help="finetune: the model to start from")
     p.add_argument("--keep", default="", help="comma list of layers left classical (5: the "

@@ -8,6 +8,7 @@ __all__ = ["CORR_MIN", "METHODS", "BaseConfig", "TrainConfig"]
 
 
 REFIT_GAINS = ("floor", "spread", "auto")  # TrainConfig.refit_gain
+SWITCH_REFITS = ("none", "teacher")  # TrainConfig.switch_refit
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
 
 
@@ -62,6 +63,10 @@ class TrainConfig(BaseConfig):
     # spread in a layer where most channels have no positive fit (floor would flatten it),
     # else floor
     refit_gain: str = "floor"
+    # two_stage, at the switch of the trained LSE network to the hard max: "none" keeps the
+    # weights (the paper's section 4.4), "teacher" refits every layer to the teacher's
+    # pre-activations first (the earlier all-BM cells; it undoes stage 1's training)
+    switch_refit: str = "none"
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
     train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
@@ -104,6 +109,9 @@ class TrainConfig(BaseConfig):
         for name in ("last_joint", "stage_joint"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+        if self.switch_refit not in SWITCH_REFITS:
+            raise ValueError(f"switch_refit must be one of {SWITCH_REFITS}, "
+                             f"not {self.switch_refit!r}")
         if self.refit_gain not in REFIT_GAINS:
             raise ValueError(f"refit_gain must be one of {REFIT_GAINS}, not {self.refit_gain!r}")
         self.keep = tuple(int(i) for i in self.keep)

@@ -305,7 +305,7 @@ def method_two_stage(run: Run, data):
         run.log(f"stage 1 alphas (frozen): {r1['alphas_lse']}")
         for m in student.bm_layers():
             m.set_op(MaxOp("max"))
-        if cfg.refit:
+        if cfg.refit and cfg.switch_refit == "teacher":
             refit_all(run, student, teacher, data)
         acc_lse_max = evaluate(student, data[2], data[3])
         run.log(f"LSE -> MAX without fine-tuning: test acc {acc_lse_max:.4f}")
