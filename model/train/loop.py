@@ -206,6 +206,9 @@ def train_epochs(
         progress_of=lambda order, ep: run.progress(order, len(order), f"{tag} ep{ep + 1}/{epochs}"))
     if ema is not None:
         ema.copy_to_params()  # the averaged weights are the result
+    if acc is None:  # resumed after its last epoch: nothing trained now, measure what is there
+        net.eval()
+        acc = evaluate(net, xte, yte)
     return {"accuracy": acc}
 
 
