@@ -178,6 +178,44 @@ def test_train_cifar_methods_end_to_end(cifar_dir, tmp_path):
     assert saved["accuracy"] == ts["accuracy"]
 
 
+def test_train_cifar_lwkd_resumes_without_training_its_done_layers_again(cifar_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    """ckpt.pt holds only the current phase; a layer-wise run stopped in layer 2's phase
+    resumes there (it trained every layer again before, from the teacher's weights) and ends
+    like the run that was never stopped."""
+    from model.train.run import Run
+
+    _run(["--method", "classical", "--epochs", "1"], cifar_dir, tmp_path / "cls")
+    args = ["--method", "lwkd", "--teacher", str(tmp_path / "cls" / "model.pt"),
+            "--layer-epochs", "0.34", "--op", "max", "--final-epochs", "0.34"]
+    whole = _run(args, cifar_dir, tmp_path / "whole")
+    save = Run.save_ckpt
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(self, state):
+        save(self, state)
+        if state["tag"] == "lwkd_layer2":
+            raise Stop
+
+    monkeypatch.setattr(Run, "save_ckpt", save_then_stop)
+    with pytest.raises(Stop):
+        _run(args, cifar_dir, tmp_path / "cut")
+    monkeypatch.setattr(Run, "save_ckpt", save)
+    capsys.readouterr()
+    res = _run(args, cifar_dir, tmp_path / "cut")
+    out = capsys.readouterr().out
+    assert "lwkd_layer0: done in an earlier segment" in out
+    assert "lwkd_layer1: done in an earlier segment, network restored" in out
+    assert "lwkd_layer0: step" not in out and "lwkd_layer2: resuming" in out
+    assert res["per_layer_accuracy"] == whole["per_layer_accuracy"]
+    a, b = (train_cifar.load_resnet(tmp_path / n / "model.pt").state_dict()
+            for n in ("whole", "cut"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
 def test_train_cifar_budget_stops_and_still_converts_every_layer(cifar_dir, tmp_path):
     _run(["--method", "classical", "--epochs", "1"], cifar_dir, tmp_path / "cls")
     res = _run(

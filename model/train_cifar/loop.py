@@ -47,6 +47,8 @@ def train_phase(
     total = max(1, round(epochs * steps_per_epoch))
     opt = make_optimizer(cfg, net.parameters(), lr, sgd)
     warm = min(total // 20, 200) if sgd else 0
+    if _phase_done(run, net, tag):
+        return
     start = 0
     ck = run.load_ckpt(tag)
     if ck is not None:
@@ -113,6 +115,57 @@ def train_phase(
         lr_factor=lambda at: cosine_factor(at, warm))
     if lse:
         set_alpha(net, a1)
+    if not run.over_budget():  # a phase cut short by the budget is not done
+        _record_phase(run, net, tag)
+
+
+PHASES = "phases.pt"  # the phases a run has finished, with the network after the last one
+
+
+def _phase_done(run: Run, net: ResNet22, tag: str) -> bool:
+    """Whether phase ``tag`` finished in an earlier segment of this run. The run's phases come
+    in a fixed order and ``ckpt.pt`` holds only the current one, so a resumed run skips each
+    finished phase and takes the network as it was after the last of them (it trained them
+    all again before, from the teacher's weights)."""
+    d = _read_phases(run)
+    if tag not in d["done"]:
+        return False
+    if tag == d["done"][-1]:
+        net.load_state_dict(d["net"])
+    run.log(f"{tag}: done in an earlier segment" + (", network restored" if tag == d["done"][-1]
+                                                     else ""))
+    return True
+
+
+def _read_phases(run: Run) -> dict:
+    path = run.dir / PHASES
+    if not path.exists():
+        return {"done": [], "net": None, "notes": {}}
+    return torch.load(path, weights_only=False, map_location="cpu")
+
+
+def _write_phases(run: Run, d: dict) -> None:
+    if run.dd.main:
+        path = run.dir / PHASES
+        tmp = path.with_suffix(".tmp")
+        torch.save(d, tmp)
+        tmp.replace(path)
+    run.dd.barrier()
+
+
+def _record_phase(run: Run, net: ResNet22, tag: str) -> None:
+    d = _read_phases(run)
+    _write_phases(run, {**d, "done": [*d["done"], tag], "net": net.state_dict()})
+
+
+def phase_note(run: Run, key: str, value=None):
+    """A figure measured after a phase (``value`` given: record it), or the one recorded in an
+    earlier segment (``None`` if none): a resumed run that skips the phase reports it."""
+    d = _read_phases(run)
+    if value is None:
+        return d.get("notes", {}).get(key)
+    _write_phases(run, {**d, "notes": {**d.get("notes", {}), key: value}})
+    return value
 
 
 def _freeze_below(net: ResNet22, frozen: int) -> None:

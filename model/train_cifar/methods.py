@@ -24,6 +24,7 @@ from .loop import (
     convert_all,
     kd_loss,
     load_teacher,
+    phase_note,
     refit,
     train_phase,
 )
@@ -114,7 +115,10 @@ def method_lwkd(run: Run, data, tag: str = "lwkd"):
             deadline=deadline,
             on_alpha=lambda k=k, xc=xc: refit(run, net, teacher, xc, [k]),
         )
-        acc = evaluate(net, data[2][:LAYER_EVAL], data[3][:LAYER_EVAL])
+        acc = phase_note(run, f"{tk} accuracy")  # measured before, if a resumed run skipped it
+        if acc is None:
+            acc = phase_note(run, f"{tk} accuracy",
+                             evaluate(net, data[2][:LAYER_EVAL], data[3][:LAYER_EVAL]))
         per_layer.append(acc)
         run.log(f"{tag}: layer {k} ({net.forms[k]}) converted and trained, test acc {acc:.4f}")
     if cfg.final_epochs and not run.over_budget():
