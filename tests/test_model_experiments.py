@@ -135,6 +135,10 @@ def test_table2_authors_kd_cell(tmp_path: Path, mnist_dir):
 def test_missing_teacher_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="--teacher .*: no such file"):
         main(["table2", "--teacher", str(tmp_path / "none.pt"), "--runs-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--readme .*: no such file"):
+        main(["table2", "--collect", "--readme", str(tmp_path / "none.md"), "--runs-dir",
+              str(tmp_path), "--results-dir", str(tmp_path / "res")])
+    assert not (tmp_path / "res").exists()  # nothing written before the check
 
 
 def test_diagnostics_list_the_authors_cells_that_miss_the_goal(tmp_path: Path):

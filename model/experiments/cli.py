@@ -108,6 +108,8 @@ def main(argv=None) -> list[dict]:
         return []
     if args.teacher and not Path(args.teacher).is_file():
         raise SystemExit(f"model.experiments: --teacher {args.teacher}: no such file")
+    if args.readme and not Path(args.readme).is_file():
+        raise SystemExit(f"model.experiments: --readme {args.readme}: no such file")
     if not args.collect:
         run_cells(table, todo, only, args)
     timings = {}
