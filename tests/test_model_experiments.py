@@ -25,6 +25,17 @@ def test_cells_cover_every_table_entry():
                     assert names.index(c["swap_from"]) < names.index(c["out"].name)
 
 
+def test_table3_two_stage_cells_refit_the_switch_as_they_were_run():
+    from model.experiments import cells_table3
+    from model.train_cifar import parse_args
+
+    two = [c for c in cells_table3("cpu", Path("runs"), [], None) if "two_stage" in c["argv"]]
+    assert two
+    for c in two:
+        assert c["argv"][c["argv"].index("--switch-refit") + 1] == "teacher"
+    assert parse_args(["--method", "two_stage", "--teacher", "t.pt"]).switch_refit == "none"
+
+
 @pytest.mark.parametrize("table", ["table1", "table2"])
 def test_authors_protocol_cells(table):
     """Authors: the classifier kept classical, alpha learned from 1 (no annealing) except in

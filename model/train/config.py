@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CORR_MIN", "METHODS", "BaseConfig", "TrainConfig"]
+__all__ = ["CORR_MIN", "METHODS", "SWITCH_REFITS", "BaseConfig", "TrainConfig"]
 
 
 REFIT_GAINS = ("floor", "spread", "auto")  # TrainConfig.refit_gain
@@ -36,6 +36,10 @@ class BaseConfig:
     alpha_end: float | None = None  # anneal alpha to this over each training phase
     teacher: str | None = None  # model.pt of a classical run (all methods but classical/direct)
     first_method: str = "lwkd"  # two_stage: the LSE stage
+    # two_stage, at the switch of the trained LSE network to the hard max: "none" keeps the
+    # weights (the paper's section 4.4), "teacher" refits every layer to the teacher's
+    # pre-activations first (the earlier cells; it undoes stage 1's training, issue 23)
+    switch_refit: str = "none"
     batch_size: int = 128
     beta: float = 1.0  # weight of the MSE terms
     seed: int = 0
@@ -44,6 +48,11 @@ class BaseConfig:
     data_dir: str | None = None
     progress: bool = True
     budget_s: float = 0  # wall-clock limit of the run (0: none); model.train_cifar --budget-s
+
+    def check_switch_refit(self) -> None:
+        if self.switch_refit not in SWITCH_REFITS:
+            raise ValueError(f"switch_refit must be one of {SWITCH_REFITS}, "
+                             f"not {self.switch_refit!r}")
 
 
 @dataclass
@@ -63,10 +72,6 @@ class TrainConfig(BaseConfig):
     # spread in a layer where most channels have no positive fit (floor would flatten it),
     # else floor
     refit_gain: str = "floor"
-    # two_stage, at the switch of the trained LSE network to the hard max: "none" keeps the
-    # weights (the paper's section 4.4), "teacher" refits every layer to the teacher's
-    # pre-activations first (the earlier all-BM cells; it undoes stage 1's training)
-    switch_refit: str = "none"
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
     keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
     train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
@@ -109,9 +114,7 @@ class TrainConfig(BaseConfig):
         for name in ("last_joint", "stage_joint"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
-        if self.switch_refit not in SWITCH_REFITS:
-            raise ValueError(f"switch_refit must be one of {SWITCH_REFITS}, "
-                             f"not {self.switch_refit!r}")
+        self.check_switch_refit()
         if self.refit_gain not in REFIT_GAINS:
             raise ValueError(f"refit_gain must be one of {REFIT_GAINS}, not {self.refit_gain!r}")
         self.keep = tuple(int(i) for i in self.keep)

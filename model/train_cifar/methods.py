@@ -15,6 +15,7 @@ import torch
 from ..maxops import MaxOp
 from ..resnet import ResNet22, ResNetConfig
 from ..train import net_to_dict
+from ..train.config import SWITCH_REFITS
 from ..train.dist import Dist
 from ..train.run import Run
 from .loop import (
@@ -146,7 +147,7 @@ def method_two_stage(run: Run, data):
     run.log(f"LSE {acc_lse:.4f}; LSE -> MAX without fine-tuning {acc_lse_max:.4f}")
     run.cfg = replace(cfg, op="max")
     teacher = load_teacher(cfg)
-    if run.load_ckpt("stage2") is None:
+    if run.load_ckpt("stage2") is None and cfg.switch_refit == "teacher":
         refit(run, net, teacher, calib_images(cfg, data), range(len(net.layers)))
     loss = kd_loss(teacher, cfg.beta, None)
     train_phase(run, net, data, loss, epochs=cfg.epochs, lr=cfg.final_lr, tag="stage2")
@@ -169,6 +170,9 @@ def parse_args(argv=None) -> CifarConfig:
     p.add_argument("--alpha-end", type=float, default=None)
     p.add_argument("--teacher", default=None)
     p.add_argument("--first-method", choices=("kd", "lwkd"), default=d.first_method)
+    p.add_argument("--switch-refit", choices=SWITCH_REFITS, default=d.switch_refit,
+                   help="two_stage: at the switch to the hard max keep the weights (none, the "
+                   "paper's) or refit every layer to the teacher (teacher, as Table 3 was run)")
     p.add_argument("--epochs", type=float, default=d.epochs)
     p.add_argument("--layer-epochs", type=float, default=d.layer_epochs)
     p.add_argument("--final-epochs", type=float, default=d.final_epochs)

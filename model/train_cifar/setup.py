@@ -40,6 +40,7 @@ class CifarConfig(BaseConfig):
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
         if self.method not in ("classical", "direct") and not self.teacher:
             raise ValueError(f"--method {self.method} needs --teacher (a classical model.pt)")
+        self.check_switch_refit()
 
     @property
     def lr_(self) -> float:
