@@ -94,7 +94,8 @@ def write_results(table: str, entries: list[dict], results: Path,
             "learned from 1 and frozen, LSE-MAX's stage 1 annealed to 64 and the switch keeping "
             "the weights, KD normalised per layer) / **all-BM protocol** (every "
             "layer BM) / paper, on the full MNIST test set. In brackets: the training wall time "
-            "and where it ran. Commands, frozen alphas, per-stage accuracies and loss curves in "
+            "and where it ran. The classical reference is the authors' cells' teacher. "
+            "Commands, frozen alphas, per-stage accuracies and loss curves in "
             "the JSON beside this file."
         )
 
