@@ -85,6 +85,28 @@ def test_train_cli_tiny(tmp_path: Path, mnist_dir):
         assert c == 2.0 ** round(torch.log2(torch.tensor(c)).item())
 
 
+def test_lwkd_lse_at_alpha_1_converts_exactly_without_a_refit(tmp_path: Path, mnist_dir,
+                                                              capsys):
+    """A layer converted to LSE at alpha 1 is the tutor's layer exactly; it is not refitted, and
+    the student path keeps the accuracy the previous stage ended with."""
+    import re
+
+    from model.train import main
+
+    common = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    t = tmp_path / "cls"
+    main(["--method", "classical", "--out", str(t), "--epochs", "1", *common])
+    capsys.readouterr()
+    res = main(["--method", "lwkd", "--op", "lse", "--alpha", "1", "--teacher",
+                str(t / "model.pt"), "--out", str(tmp_path / "l"), "--layer-epochs", "1",
+                "--refit-images", "64", "--keep", "2,3,4,5", *common])
+    out = capsys.readouterr().out
+    assert out.count("no refit: LSE at alpha 1") == 2 and "refit: corr_x" not in out
+    conv = [float(a) for a in re.findall(r"layer 1 \(bm15\) converted: student-path test acc "
+                                         r"([0-9.]+)", out)]
+    assert conv == [round(res["per_layer_accuracy"][0], 4)]  # the log prints 4 digits
+
+
 def test_lwkd_keep_and_kd_norm_and_corr_channels(tmp_path: Path, mnist_dir):
     """``lwkd --keep 5`` converts the convolutions only, the classifier is the tutor's fine-tuned
     one (the student path it was measured on); ``--corr-channels`` survives save and load, and
