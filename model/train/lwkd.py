@@ -81,9 +81,9 @@ def _convert_stage_layer(run: Run, student: LeNet, tutor: LeNet, k: int, ep0: in
     tutor.requires_grad_(False)
     if ep0 == 0 or not isinstance(layer, BMLayer):
         layer = convert_layer(_layer_cfg(cfg, k, n), student, k, src=tutor.layers[k])
-        if k == _last_converted(cfg, n) and cfg.last_op:  # LSE at alpha = 1 is exact: no refit
+        if k == _last_converted(cfg, n) and cfg.last_op:
             layer.set_op(MaxOp("lse", alpha=1.0))
-        elif layer.op.kind == "lse" and float(layer.op.alpha.detach()) <= 1.0:
+        if layer.op.kind == "lse" and float(layer.op.alpha.detach()) <= 1.0:
             # the tutor's layer exactly, on the student's inputs, which the tutor's tail was
             # trained on: a refit to the tutor's targets (on the tutor's own inputs) only moves
             # it away (issue 23: it took LSE-MAX / layer-wise KD's conv5 from 0.86 to chance)

@@ -35,9 +35,12 @@ def train_phase(
     """Train ``net`` for ``epochs`` (fractions allowed) with a cosine learning rate.
 
     Layers ``< frozen`` and their batch norms are frozen. Resumes from ``ckpt.pt`` when its tag
-    matches. LSE alphas anneal from ``cfg.alpha`` to ``cfg.alpha_end``; ``on_alpha()`` is called
-    each time alpha has doubled.
+    matches, and skips a phase it finished in an earlier segment (:func:`_phase_done`). LSE
+    alphas anneal from ``cfg.alpha`` to ``cfg.alpha_end``; ``on_alpha()`` is called each time
+    alpha has doubled.
     """
+    if _phase_done(run, net, tag):
+        return
     cfg, dd = run.cfg, run.dd
     n = len(data[0])
     _freeze_below(net, frozen)
@@ -47,8 +50,6 @@ def train_phase(
     total = max(1, round(epochs * steps_per_epoch))
     opt = make_optimizer(cfg, net.parameters(), lr, sgd)
     warm = min(total // 20, 200) if sgd else 0
-    if _phase_done(run, net, tag):
-        return
     start = 0
     ck = run.load_ckpt(tag)
     if ck is not None:
