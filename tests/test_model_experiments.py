@@ -40,7 +40,8 @@ def test_table3_two_stage_cells_refit_the_switch_as_they_were_run():
 def test_authors_protocol_cells(table):
     """Authors: the classifier kept classical, alpha learned from 1 (no annealing) except in
     the LSE-MAX cells (annealed to 64, the switch keeping the weights), the KD losses
-    normalised with a temperature, own run folders; all-BM: none of that, and its LSE-MAX
+    normalised with a temperature, Table 1's direct cells at the classical init's spread,
+    own run folders; all-BM: none of that, and its LSE-MAX
     cells refit the switch to the teacher as they were run."""
     authors = cells(table, "reduced", Path("runs"), [], "authors")
     allbm = cells(table, "reduced", Path("runs"), [], "allbm")
@@ -61,10 +62,15 @@ def test_authors_protocol_cells(table):
         smooth = "--op" not in a or a[a.index("--op") + 1] != "max"
         assert ("--learn-alpha" in a) == smooth, a
         assert ("--kd-norm" in a) == (c["method"] in ("kd", "lwkd")), a
+        # 4-BM from scratch starts at the classical init's spread; 1.5-BM needs no scaling
+        spread = c["method"] == "direct" and table == "table1"
+        assert ("--direct-init" in a) == spread, a
+        if spread:
+            assert a[a.index("--direct-init") + 1] == "spread"
     for c in allbm[1:]:
         assert c["out"].parent == Path("runs") / table
         assert "--keep" not in c["argv"] and "--learn-alpha" not in c["argv"]
-        assert "--refit-gain" not in c["argv"]
+        assert "--refit-gain" not in c["argv"] and "--direct-init" not in c["argv"]
         if "two_stage" in c["argv"]:
             assert c["argv"][c["argv"].index("--switch-refit") + 1] == "teacher"
 

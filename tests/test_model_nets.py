@@ -476,7 +476,7 @@ def test_kd_step_on_a_converted_layer_lowers_the_loss(op):
     assert torch.isfinite(torch.tensor(last)) and last < first
 
 
-def test_direct_and_kd_keep_the_classifier_classical(tmp_path: Path, mnist_dir):
+def test_direct_and_kd_keep_the_classifier_classical(tmp_path: Path, mnist_dir, capsys):
     """``--keep 5`` (the authors' protocol) leaves the classifier classical in every method."""
     from model.train import main
 
@@ -486,6 +486,11 @@ def test_direct_and_kd_keep_the_classifier_classical(tmp_path: Path, mnist_dir):
                 "--learn-alpha", *common])
     assert res["forms"] == ["bm15"] * 5 + ["classical"]
     assert len(res["alphas"]) == 5
+    out = tmp_path / "d4"
+    res = main(["--method", "direct", "--out", str(out), "--form", "bm4", "--op", "smorph",
+                "--learn-alpha", "--direct-init", "spread", *common])
+    assert res["forms"] == ["bm4"] * 5 + ["classical"]
+    assert capsys.readouterr().out.count(": gain ") == 5
 
 
 @pytest.mark.parametrize("form", ["bm15", "bm4"])
@@ -603,3 +608,46 @@ def test_refit_gain_rule_for_a_branch_the_target_opposes(rule, opposed, kept):
         assert float(ratio[:opposed].max()) < 0.01  # nearly constant: no gradient reaches it
     with pytest.raises(ValueError, match="refit_gain"):
         TrainConfig(refit_gain="bogus")
+
+
+@pytest.mark.parametrize("op", ["smorph", "lmorph"])
+def test_direct_init_spread_scales_each_layer_to_the_classical_init(op):
+    """``--direct-init spread``: every 4-BM layer's output has its classical init's spread on the
+    network's own inputs, and the first layer's gradient is no longer vanishing (a plain
+    S-morph / L-morph stack averages where a convolution sums: ~1/n of the gradient per layer)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from model.maxops import MaxOp
+    from model.train.convert import scale_to_init
+
+    torch.manual_seed(0)
+    plain = create_net("lenet")
+    ref = copy.deepcopy(plain)
+    for i in range(5):
+        plain.convert_layer(i, "bm4", op=MaxOp(op, alpha=1.0))
+    scaled = copy.deepcopy(plain)
+    x = torch.rand(32, 1, 28, 28)
+    scale_to_init(scaled, ref, x)
+    for i in range(5):
+        h = scaled.run(x, 0, i)
+        layer = scaled.layers[i]
+        own = scaled.run_layer(i, h, pre=True) - layer._bias_shape(layer.bias)
+        torch.testing.assert_close(own.std(), ref.run_layer(i, h, pre=True).std(), rtol=1e-4,
+                                   atol=0)
+    y = torch.randint(0, 10, (32,))
+    grads = []
+    for net in (plain, scaled):
+        F.cross_entropy(net(x), y).backward()
+        grads.append(float(net.layers[0].weight.grad.norm()))
+    assert grads[1] > 1e3 * grads[0], grads
+
+
+def test_direct_init_spread_is_for_bm4():
+    from model.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="bm4"):
+        TrainConfig(method="direct", form="bm15", direct_init="spread")
+    with pytest.raises(ValueError, match="direct_init"):
+        TrainConfig(method="direct", form="bm4", direct_init="lsuv")

@@ -177,7 +177,7 @@ def cell_dir(runs: Path, table: str, protocol: str, name: str) -> Path:
     return base / protocol / name
 
 
-def _authors_argv(op: str, col: str, sch: dict) -> list[str]:
+def _authors_argv(op: str, col: str, sch: dict, form: str) -> list[str]:
     """The authors' protocol for one cell (after ``--form`` and ``--teacher``)."""
     argv = ["--keep", AUTHORS_KEEP, *AUTHORS_REFIT]
     learn = ["--alpha", "1", "--learn-alpha"]  # no annealing: evaluated at the learned alpha
@@ -190,6 +190,10 @@ def _authors_argv(op: str, col: str, sch: dict) -> list[str]:
         return argv + ["--method", "two_stage", "--first-method", col, *LSE_MAX_ANNEAL,
                        "--epochs", str(sch["epochs"]), "--layer-epochs", sch["layer_epochs"], *kd]
     argv += ["--method", col, "--op", op, *kd] + (learn if op != "max" else [])
+    if col == "direct" and form == "bm4":
+        # 4-BM from scratch: each layer at the classical init's spread (a plain S-morph or
+        # L-morph stack passes ~1/n of the gradient per layer and stays at chance)
+        argv += ["--direct-init", "spread"]
     if col == "lwkd":
         argv += ["--layer-epochs", sch["layer_epochs"]]
         if op == "max":  # then the whole student end to end, as in the all-BM protocol
@@ -232,7 +236,7 @@ def cells(table: str, schedule: str, runs: Path, common: list[str],
                 if op == "lse-max" and col == "direct":
                     cell["swap_from"] = "lse_direct"
                 else:
-                    argv += _authors_argv(op, col, sch)
+                    argv += _authors_argv(op, col, sch, form)
                 cell["argv"] = argv
                 out.append(cell)
                 continue

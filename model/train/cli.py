@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .config import METHODS, REFIT_GAINS, SWITCH_REFITS, TrainConfig
+from .config import DIRECT_INITS, METHODS, REFIT_GAINS, SWITCH_REFITS, TrainConfig
 from .data import evaluate, load_data
 from .loop import alpha_values
 from .methods import run_method
@@ -48,6 +48,9 @@ def parse_args(argv=None) -> TrainConfig:
                    "(teacher, the earlier all-BM cells)")
     p.add_argument("--teacher", default=None)
     p.add_argument("--init", default=None, help="finetune: the model to start from")
+    p.add_argument("--direct-init", choices=DIRECT_INITS, default=d.direct_init,
+                   help="direct, 4-BM: the random init converted as it is (plain), or each "
+                   "layer scaled to the classical init's output spread (spread)")
     p.add_argument("--keep", default="", help="comma list of layers left classical (5: the "
                    "LeNet classifier, as in the authors' protocol)")
     p.add_argument(

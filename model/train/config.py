@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CORR_MIN", "METHODS", "SWITCH_REFITS", "BaseConfig", "TrainConfig"]
+__all__ = ["CORR_MIN", "DIRECT_INITS", "METHODS", "SWITCH_REFITS", "BaseConfig", "TrainConfig"]
 
 
 REFIT_GAINS = ("floor", "spread", "auto")  # TrainConfig.refit_gain
 SWITCH_REFITS = ("none", "teacher")  # TrainConfig.switch_refit
+DIRECT_INITS = ("plain", "spread")  # TrainConfig.direct_init
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
 
 
@@ -73,6 +74,12 @@ class TrainConfig(BaseConfig):
     # else floor
     refit_gain: str = "floor"
     init: str | None = None  # finetune: the model to start from (model.pt or after_layerK.pt)
+    # direct: the converted random init as it is ("plain"), or each 4-BM layer's gain set so its
+    # output has the classical init's spread on the network's own inputs ("spread"). S-morph and
+    # L-morph average their products where a convolution sums them, so each plain layer passes
+    # ~1/n of the gradient back: the first layers' gradients sit below Adam's epsilon and a
+    # plain S-morph network does not leave chance (issue 23)
+    direct_init: str = "plain"
     keep: tuple[int, ...] = ()  # layers left classical (e.g. 5: the classifier)
     train_layers: tuple[int, ...] = ()  # finetune: only these layers train (empty: all)
     # the neuron of the classifier (finetune) or of the last converted layer (lwkd); default --form
@@ -117,5 +124,10 @@ class TrainConfig(BaseConfig):
         self.check_switch_refit()
         if self.refit_gain not in REFIT_GAINS:
             raise ValueError(f"refit_gain must be one of {REFIT_GAINS}, not {self.refit_gain!r}")
+        if self.direct_init not in DIRECT_INITS:
+            raise ValueError(f"direct_init must be one of {DIRECT_INITS}, not {self.direct_init!r}")
+        if self.direct_init != "plain" and self.form != "bm4":
+            raise ValueError(f"direct_init {self.direct_init!r} is for --form bm4 (a 1.5-BM layer "
+                             "is not homogeneous in its weights)")
         self.keep = tuple(int(i) for i in self.keep)
         self.train_layers = tuple(int(i) for i in self.train_layers)

@@ -14,7 +14,7 @@ from .config import CORR_MIN, TrainConfig
 from .run import Run, load_model
 
 __all__ = ["make_op", "converted", "convert_layer", "refit_layer", "refit_to", "load_teacher",
-           "refit_all"]
+           "refit_all", "scale_to_init"]
 
 
 def make_op(cfg: TrainConfig, kind: str | None = None, alpha: float | None = None) -> MaxOp:
@@ -151,6 +151,27 @@ def refit_to(cfg: TrainConfig, net: LeNet, i: int, ref: LeNet, x: torch.Tensor, 
     refit_layer(
         cfg, net.layers[i], net.run(x, 0, i), ref.run_layer(i, ref.run(x, 0, i), pre=True), log
     )
+
+
+@torch.no_grad()
+def scale_to_init(net: LeNet, ref: LeNet, x: torch.Tensor, log=None) -> None:
+    """Scale every 4-BM layer of ``net``, in order, so that its output (before the bias) has the
+    spread of ``ref``'s layer (the classical random init it was converted from) on ``net``'s own
+    inputs ``x``: one gain per layer on its weights, which a 4-BM branch is homogeneous in. A
+    data-driven init in the manner of LSUV (Mishkin and Matas, 2016), with no teacher."""
+    for i, layer in enumerate(net.layers):
+        if not isinstance(layer, BMLayer) or isinstance(layer, BM15Layer):
+            continue
+        h = net.run(x, 0, i)
+        target = float(ref.run_layer(i, h, pre=True).std())
+        own = float((net.run_layer(i, h, pre=True) - layer._bias_shape(layer.bias)).std())
+        if not (math.isfinite(own) and own > 0 and math.isfinite(target)):
+            if log:
+                log(f"  layer {i}: no spread to scale (output std {own:.3g}); left as it is")
+            continue
+        layer.weight.mul_(target / own)
+        if log:
+            log(f"  layer {i}: gain {target / own:.3g} (output std {own:.3g} -> {target:.3g})")
 
 
 def load_teacher(cfg: TrainConfig) -> LeNet:

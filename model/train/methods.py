@@ -13,7 +13,7 @@ from ..layers import BM15Layer, BMLayer
 from ..maxops import MaxOp
 from ..nets import LeNet
 from ..registry import create_net
-from .convert import convert_layer, converted, load_teacher, refit_all, refit_to
+from .convert import convert_layer, converted, load_teacher, refit_all, refit_to, scale_to_init
 from .data import evaluate
 from .loop import alpha_schedule, alpha_values, freeze_alpha, run_simple, train_epochs
 from .losses import ce_loss, ce_loss_fn, kd_loss_fn, logit_kd_loss_fn
@@ -34,8 +34,12 @@ def method_classical(run: Run, data) -> tuple[LeNet, dict]:
 def method_direct(run: Run, data) -> tuple[LeNet, dict]:
     cfg = run.cfg
     net = create_net(cfg.net).to(cfg.device)
+    ref = copy.deepcopy(net) if cfg.direct_init == "spread" else None
     for i in converted(cfg, net):
         convert_layer(cfg, net, i)
+    if ref is not None:  # a resumed run loads its checkpoint over this
+        run.log("direct init: each layer at the classical init's spread")
+        scale_to_init(net, ref, data[0][:512], run.log)
     res = run_simple(run, data, net, ce_loss, epochs=cfg.epochs, tag="direct", lr=cfg.lr)
     return net, res
 
