@@ -57,6 +57,13 @@ def test_authors_protocol_cells(table):
         if "two_stage" in a:
             assert a[a.index("--alpha-end") + 1] == "64" and "--learn-alpha" not in a
             assert a[a.index("--switch-refit") + 1] == "none"
+            if c["method"] == "lwkd":  # its hard-max stage as MAX / lwkd's final epochs
+                m = next(d["argv"] for d in authors if d["out"].name == "max_lwkd")
+                assert a[a.index("--stage2-loss") + 1] == "logits"
+                assert a[a.index("--epochs") + 1] == m[m.index("--final-epochs") + 1]
+                assert a[a.index("--final-lr") + 1] == m[m.index("--final-lr") + 1]
+            else:
+                assert "--stage2-loss" not in a
             continue
         assert "--alpha-end" not in a
         smooth = "--op" not in a or a[a.index("--op") + 1] != "max"

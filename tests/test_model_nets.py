@@ -405,6 +405,30 @@ def test_two_stage_switch_keeps_the_weights_unless_refitted(tmp_path: Path, mnis
     assert 0 <= res["accuracy_lse_max"] <= 1
 
 
+@pytest.mark.parametrize("loss", ["kd", "logits"])
+def test_two_stage_stage2_loss(tmp_path: Path, mnist_dir, monkeypatch, loss):
+    """``--stage2-loss``: the hard-max stage trains on section 4.1's KD with every layer's MSE
+    (``kd``), or on the labels and the teacher's logits only (``logits``), as lwkd's final
+    epochs do; stage 1 keeps its own loss either way."""
+    from model.train import main, methods
+
+    small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    main(["--method", "classical", "--out", str(tmp_path / "t"), "--epochs", "1", *small])
+    seen = []
+    real = methods.kd_loss_fn
+
+    def spy(cfg, teacher, layers=True):
+        seen.append((cfg.op, layers))
+        return real(cfg, teacher, layers)
+
+    monkeypatch.setattr(methods, "kd_loss_fn", spy)
+    res = main(["--out", str(tmp_path / "c"), "--method", "two_stage", "--first-method", "kd",
+                "--teacher", str(tmp_path / "t" / "model.pt"), "--epochs", "1", "--alpha-end",
+                "8", "--keep", "5", "--refit-images", "32", "--stage2-loss", loss, *small])
+    assert seen == [("lse", True), ("max", loss == "kd")]
+    assert 0 <= res["accuracy"] <= 1
+
+
 def test_lwkd_stopped_in_its_final_epochs_resumes_there(tmp_path: Path, mnist_dir, monkeypatch,
                                                         capsys):
     """A layer-wise KD run stopped inside ``--final-epochs`` resumes there: the layer stages are

@@ -187,8 +187,15 @@ def _authors_argv(op: str, col: str, sch: dict, form: str) -> list[str]:
         # where LSE is the sum (the classical neuron), and the switch to the hard max then
         # changes the network; at 64 the switch keeps the accuracy, and it keeps the weights
         # (no refit to the teacher, which undoes stage 1: issue 23)
-        return argv + ["--method", "two_stage", "--first-method", col, *LSE_MAX_ANNEAL,
-                       "--epochs", str(sch["epochs"]), "--layer-epochs", sch["layer_epochs"], *kd]
+        argv += ["--method", "two_stage", "--first-method", col, *LSE_MAX_ANNEAL,
+                 "--layer-epochs", sch["layer_epochs"], *kd]
+        if col == "lwkd":
+            # the hard-max stage as MAX / layer-wise KD's final epochs: the whole student on
+            # the labels and the teacher's logits, so that the two cells differ only in the
+            # LSE stages (with every layer's MSE it sat at 0.86-0.87: issue 23, docs/tables.md)
+            return argv + ["--epochs", str(sch["final"]), "--final-lr", "5e-4",
+                           "--stage2-loss", "logits"]
+        return argv + ["--epochs", str(sch["epochs"])]
     argv += ["--method", col, "--op", op, *kd] + (learn if op != "max" else [])
     if col == "direct" and form == "bm4":
         # 4-BM from scratch: each layer at the classical init's spread (a plain S-morph or

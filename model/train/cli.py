@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .config import DIRECT_INITS, METHODS, REFIT_GAINS, SWITCH_REFITS, TrainConfig
+from .config import DIRECT_INITS, METHODS, REFIT_GAINS, STAGE2_LOSSES, SWITCH_REFITS, TrainConfig
 from .data import evaluate, load_data
 from .loop import alpha_values
 from .methods import run_method
@@ -46,6 +46,9 @@ def parse_args(argv=None) -> TrainConfig:
                    help="two_stage: at the switch of the trained LSE network to the hard max, "
                    "keep the weights (none, the paper's) or refit every layer to the teacher "
                    "(teacher, the earlier all-BM cells)")
+    p.add_argument("--stage2-loss", choices=STAGE2_LOSSES, default=d.stage2_loss,
+                   help="two_stage: the hard-max stage's loss, KD with every layer's MSE (kd) or "
+                   "the labels' and the teacher's logits only (logits, as lwkd's final epochs)")
     p.add_argument("--teacher", default=None)
     p.add_argument("--init", default=None, help="finetune: the model to start from")
     p.add_argument("--direct-init", choices=DIRECT_INITS, default=d.direct_init,

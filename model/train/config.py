@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CORR_MIN", "DIRECT_INITS", "METHODS", "SWITCH_REFITS", "BaseConfig", "TrainConfig"]
+__all__ = ["CORR_MIN", "DIRECT_INITS", "METHODS", "STAGE2_LOSSES", "SWITCH_REFITS", "BaseConfig",
+           "TrainConfig"]
 
 
 REFIT_GAINS = ("floor", "spread", "auto")  # TrainConfig.refit_gain
 SWITCH_REFITS = ("none", "teacher")  # TrainConfig.switch_refit
 DIRECT_INITS = ("plain", "spread")  # TrainConfig.direct_init
+STAGE2_LOSSES = ("kd", "logits")  # TrainConfig.stage2_loss
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
 
 
@@ -94,6 +96,10 @@ class TrainConfig(BaseConfig):
     last_op: str | None = None  # its op ("lse": from alpha 1 (exact, no refit), annealed, max)
     last_alpha_end: float = 64.0
     last_max_epochs: int = 2  # lwkd with last_op="lse": final epochs with the hard max
+    # two_stage, the hard-max stage (--epochs at --final-lr): section 4.1's KD with every layer's
+    # MSE ("kd"), or the labels' and the teacher's logits only ("logits": lwkd's --final-epochs
+    # loss, so that LSE-MAX / layer-wise KD ends as MAX / layer-wise KD does)
+    stage2_loss: str = "kd"
     lr: float = 1e-3
     tail_lr: float = 3e-4
     final_lr: float = 2e-4
@@ -124,6 +130,9 @@ class TrainConfig(BaseConfig):
         self.check_switch_refit()
         if self.refit_gain not in REFIT_GAINS:
             raise ValueError(f"refit_gain must be one of {REFIT_GAINS}, not {self.refit_gain!r}")
+        if self.stage2_loss not in STAGE2_LOSSES:
+            raise ValueError(f"stage2_loss must be one of {STAGE2_LOSSES}, "
+                             f"not {self.stage2_loss!r}")
         if self.direct_init not in DIRECT_INITS:
             raise ValueError(f"direct_init must be one of {DIRECT_INITS}, not {self.direct_init!r}")
         if self.direct_init != "plain" and self.form != "bm4":

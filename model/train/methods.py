@@ -323,7 +323,7 @@ def method_two_stage(run: Run, data):
         run,
         data,
         student,
-        kd_loss_fn(cfg, teacher),
+        kd_loss_fn(cfg, teacher, layers=cfg.stage2_loss == "kd"),
         epochs=cfg.epochs,
         tag="stage2",
         lr=cfg.final_lr,
