@@ -69,6 +69,9 @@ def test_authors_protocol_cells(table):
         smooth = "--op" not in a or a[a.index("--op") + 1] != "max"
         assert ("--learn-alpha" in a) == smooth, a
         assert ("--kd-norm" in a) == (c["method"] in ("kd", "lwkd")), a
+        assert ("--refit-target" in a) == (c["method"] in ("layerwise", "layerwise_freeze"))
+        if "--refit-target" in a:
+            assert a[a.index("--refit-target") + 1] == "self"
         # 4-BM from scratch starts at the classical init's spread; 1.5-BM needs no scaling
         spread = c["method"] == "direct" and table == "table1"
         assert ("--direct-init" in a) == spread, a
@@ -78,6 +81,7 @@ def test_authors_protocol_cells(table):
         assert c["out"].parent == Path("runs") / table
         assert "--keep" not in c["argv"] and "--learn-alpha" not in c["argv"]
         assert "--refit-gain" not in c["argv"] and "--direct-init" not in c["argv"]
+        assert "--refit-target" not in c["argv"]
         if "two_stage" in c["argv"]:
             assert c["argv"][c["argv"].index("--switch-refit") + 1] == "teacher"
 

@@ -429,6 +429,35 @@ def test_two_stage_stage2_loss(tmp_path: Path, mnist_dir, monkeypatch, loss):
     assert 0 <= res["accuracy"] <= 1
 
 
+@pytest.mark.parametrize("target", ["teacher", "self"])
+def test_layerwise_refit_target(tmp_path: Path, mnist_dir, monkeypatch, target):
+    """``--refit-target self``: each converted layer is refitted to the layer it replaces, in
+    the network as the earlier steps left it (its converted layers included); ``teacher``: to
+    the classical teacher's layer, which the first step's fine-tune has moved away from."""
+    from model.train import main, methods
+
+    small = ["--train-limit", "128", "--test-limit", "64", "--no-progress", "--batch-size", "64"]
+    main(["--method", "classical", "--out", str(tmp_path / "t"), "--epochs", "1", *small])
+    seen = []
+    real = methods.refit_to
+
+    def spy(cfg, net, i, ref, x, log=None):
+        # the reference's layer i against the converted layer's weights, before the refit
+        same = torch.equal(ref.layers[i].weight, net.layers[i].weight)
+        seen.append((i, ref.forms[: i + 1], same))
+        return real(cfg, net, i, ref, x, log)
+
+    monkeypatch.setattr(methods, "refit_to", spy)
+    main(["--out", str(tmp_path / "c"), "--method", "layerwise", "--form", "bm4", "--op", "max",
+          "--teacher", str(tmp_path / "t" / "model.pt"), "--epochs", "1", "--keep", "2,3,4,5",
+          "--refit-images", "32", "--refit-target", target, *small])
+    assert [i for i, _, _ in seen] == [0, 1]
+    if target == "self":  # the replaced layer, after the first step converted layer 0
+        assert seen[1][1:] == (("bm4", "classical"), True)
+    else:
+        assert seen[1][1:] == (("classical", "classical"), False)
+
+
 def test_lwkd_stopped_in_its_final_epochs_resumes_there(tmp_path: Path, mnist_dir, monkeypatch,
                                                         capsys):
     """A layer-wise KD run stopped inside ``--final-epochs`` resumes there: the layer stages are

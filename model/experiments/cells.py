@@ -206,7 +206,8 @@ def _authors_argv(op: str, col: str, sch: dict, form: str) -> list[str]:
         if op == "max":  # then the whole student end to end, as in the all-BM protocol
             argv += ["--final-epochs", str(sch["final"]), "--final-lr", "5e-4"]
     elif col in ("layerwise", "layerwise_freeze"):
-        argv += ["--epochs", str(sch["layerwise"])]
+        # Algorithm 1 has no teacher: a converted layer is refitted to the layer it replaces
+        argv += ["--epochs", str(sch["layerwise"]), "--refit-target", "self"]
     else:
         argv += ["--epochs", str(sch["epochs"])]
     return argv

@@ -11,7 +11,15 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from .config import DIRECT_INITS, METHODS, REFIT_GAINS, STAGE2_LOSSES, SWITCH_REFITS, TrainConfig
+from .config import (
+    DIRECT_INITS,
+    METHODS,
+    REFIT_GAINS,
+    REFIT_TARGETS,
+    STAGE2_LOSSES,
+    SWITCH_REFITS,
+    TrainConfig,
+)
 from .data import evaluate, load_data
 from .loop import alpha_values
 from .methods import run_method
@@ -46,6 +54,9 @@ def parse_args(argv=None) -> TrainConfig:
                    help="two_stage: at the switch of the trained LSE network to the hard max, "
                    "keep the weights (none, the paper's) or refit every layer to the teacher "
                    "(teacher, the earlier all-BM cells)")
+    p.add_argument("--refit-target", choices=REFIT_TARGETS, default=d.refit_target,
+                   help="layerwise methods: refit a converted layer to the teacher's layer "
+                   "(teacher) or to the layer it replaces, on the same inputs (self)")
     p.add_argument("--stage2-loss", choices=STAGE2_LOSSES, default=d.stage2_loss,
                    help="two_stage: the hard-max stage's loss, KD with every layer's MSE (kd) or "
                    "the labels' and the teacher's logits only (logits, as lwkd's final epochs)")

@@ -105,9 +105,11 @@ def method_layerwise(run: Run, data, freeze: bool) -> tuple[LeNet, dict]:
             continue
         resume = i == done and mid > 0  # converted and refitted already: its state is loaded
         if not resume:
+            # "self": the layer as the earlier steps left it is the target (same inputs)
+            ref = copy.deepcopy(net) if cfg.refit_target == "self" else teacher
             convert_layer(cfg, net, i)
             if cfg.refit:
-                refit_to(cfg, net, i, teacher, data[0][: cfg.refit_images], run.log)
+                refit_to(cfg, net, i, ref, data[0][: cfg.refit_images], run.log)
         model, stage_data = net, data
         if freeze:  # layers 0..i-1 are frozen: their outputs are computed once, not each epoch
             t0 = time.time()
