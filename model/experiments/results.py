@@ -92,7 +92,9 @@ def write_results(table: str, entries: list[dict], results: Path,
         lines[2] = (
             "Each cell: **authors' protocol** (convolutions BM, classifier classical, alpha "
             "learned from 1 and frozen, LSE-MAX's stage 1 annealed to 64 and the switch keeping "
-            "the weights, KD normalised per layer) / **all-BM protocol** (every "
+            "the weights, KD normalised per layer, a layer-wise conversion refitted to the "
+            "layer it replaces, 4-BM direct training from the classical init's spread, the "
+            "lwkd cells ending on the logits alike) / **all-BM protocol** (every "
             "layer BM) / paper, on the full MNIST test set. In brackets: the training wall time "
             "and where it ran. The classical reference is the authors' cells' teacher. "
             "Commands, frozen alphas, per-stage accuracies and loss curves in "
