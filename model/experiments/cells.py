@@ -6,7 +6,7 @@ from pathlib import Path
 
 __all__ = ["TABLES", "CLASSICAL_PAPER", "CLASSICAL_PAPER_T3", "SCHEDULES", "SCHEDULES_T3",
            "cells_table3", "PROTOCOLS", "AUTHORS_KEEP", "AUTHORS_KD", "AUTHORS_REFIT",
-           "LSE_MAX_ANNEAL", "cell_dir", "cells"]
+           "LSE_MAX_ANNEAL", "FINAL_LR", "cell_dir", "cells"]
 
 
 # paper figures, METHOD.md section 4
@@ -168,6 +168,11 @@ AUTHORS_REFIT = ["--refit-gain", "auto"]
 LSE_MAX_ANNEAL = ["--alpha", "1", "--alpha-end", "64", "--switch-refit", "none"]
 
 
+# the authors' layer-wise KD cells' last joint fine-tune of the whole hard-max student (MAX's
+# --final-epochs, LSE-MAX's stage 2): one learning rate, so that they differ only in the stages
+FINAL_LR = "5e-4"
+
+
 def cell_dir(runs: Path, table: str, protocol: str, name: str) -> Path:
     """A cell's run folder: ``runs/<table>/<name>`` (``allbm``, the first protocol measured) or
     ``runs/<table>/authors/<name>``. The classical teacher is shared."""
@@ -193,7 +198,7 @@ def _authors_argv(op: str, col: str, sch: dict, form: str) -> list[str]:
             # the hard-max stage as MAX / layer-wise KD's final epochs: the whole student on
             # the labels and the teacher's logits, so that the two cells differ only in the
             # LSE stages (with every layer's MSE it sat at 0.86-0.87: issue 23, docs/tables.md)
-            return argv + ["--epochs", str(sch["final"]), "--final-lr", "5e-4",
+            return argv + ["--epochs", str(sch["final"]), "--final-lr", FINAL_LR,
                            "--stage2-loss", "logits"]
         return argv + ["--epochs", str(sch["epochs"])]
     argv += ["--method", col, "--op", op, *kd] + (learn if op != "max" else [])
@@ -204,7 +209,7 @@ def _authors_argv(op: str, col: str, sch: dict, form: str) -> list[str]:
     if col == "lwkd":
         argv += ["--layer-epochs", sch["layer_epochs"]]
         if op == "max":  # then the whole student end to end, as in the all-BM protocol
-            argv += ["--final-epochs", str(sch["final"]), "--final-lr", "5e-4"]
+            argv += ["--final-epochs", str(sch["final"]), "--final-lr", FINAL_LR]
     elif col in ("layerwise", "layerwise_freeze"):
         # Algorithm 1 has no teacher: a converted layer is refitted to the layer it replaces
         argv += ["--epochs", str(sch["layerwise"]), "--refit-target", "self"]

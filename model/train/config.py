@@ -53,10 +53,14 @@ class BaseConfig:
     progress: bool = True
     budget_s: float = 0  # wall-clock limit of the run (0: none); model.train_cifar --budget-s
 
+    def check_choices(self, **choices: tuple) -> None:
+        """``ValueError`` unless each named field holds one of its choices."""
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+
     def check_switch_refit(self) -> None:
-        if self.switch_refit not in SWITCH_REFITS:
-            raise ValueError(f"switch_refit must be one of {SWITCH_REFITS}, "
-                             f"not {self.switch_refit!r}")
+        self.check_choices(switch_refit=SWITCH_REFITS)
 
 
 @dataclass
@@ -127,23 +131,14 @@ class TrainConfig(BaseConfig):
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        self.check_choices(method=METHODS)
         self.layer_epochs = tuple(int(e) for e in self.layer_epochs)
         for name in ("last_joint", "stage_joint"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         self.check_switch_refit()
-        if self.refit_gain not in REFIT_GAINS:
-            raise ValueError(f"refit_gain must be one of {REFIT_GAINS}, not {self.refit_gain!r}")
-        if self.refit_target not in REFIT_TARGETS:
-            raise ValueError(f"refit_target must be one of {REFIT_TARGETS}, "
-                             f"not {self.refit_target!r}")
-        if self.stage2_loss not in STAGE2_LOSSES:
-            raise ValueError(f"stage2_loss must be one of {STAGE2_LOSSES}, "
-                             f"not {self.stage2_loss!r}")
-        if self.direct_init not in DIRECT_INITS:
-            raise ValueError(f"direct_init must be one of {DIRECT_INITS}, not {self.direct_init!r}")
+        self.check_choices(refit_gain=REFIT_GAINS, refit_target=REFIT_TARGETS,
+                           stage2_loss=STAGE2_LOSSES, direct_init=DIRECT_INITS)
         if self.direct_init != "plain" and self.form != "bm4":
             raise ValueError(f"direct_init {self.direct_init!r} is for --form bm4 (a 1.5-BM layer "
                              "is not homogeneous in its weights)")

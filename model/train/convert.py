@@ -159,19 +159,19 @@ def scale_to_init(net: LeNet, ref: LeNet, x: torch.Tensor, log=None) -> None:
     spread of ``ref``'s layer (the classical random init it was converted from) on ``net``'s own
     inputs ``x``: one gain per layer on its weights, which a 4-BM branch is homogeneous in. A
     data-driven init in the manner of LSUV (Mishkin and Matas, 2016), with no teacher."""
+    h = x
     for i, layer in enumerate(net.layers):
-        if not isinstance(layer, BMLayer) or isinstance(layer, BM15Layer):
-            continue
-        h = net.run(x, 0, i)
-        target = float(ref.run_layer(i, h, pre=True).std())
-        own = float((net.run_layer(i, h, pre=True) - layer._bias_shape(layer.bias)).std())
-        if not (math.isfinite(own) and own > 0 and math.isfinite(target)):
-            if log:
+        if isinstance(layer, BMLayer) and not isinstance(layer, BM15Layer):
+            target = float(ref.run_layer(i, h, pre=True).std())
+            own = float((net.run_layer(i, h, pre=True) - layer._bias_shape(layer.bias)).std())
+            if math.isfinite(own) and own > 0 and math.isfinite(target):
+                layer.weight.mul_(target / own)
+                if log:
+                    log(f"  layer {i}: gain {target / own:.3g} (output std {own:.3g} -> "
+                        f"{target:.3g})")
+            elif log:
                 log(f"  layer {i}: no spread to scale (output std {own:.3g}); left as it is")
-            continue
-        layer.weight.mul_(target / own)
-        if log:
-            log(f"  layer {i}: gain {target / own:.3g} (output std {own:.3g} -> {target:.3g})")
+        h = net.run_layer(i, h)  # the next layer's input, after this one's scaling
 
 
 def load_teacher(cfg: TrainConfig) -> LeNet:

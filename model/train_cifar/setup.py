@@ -36,8 +36,7 @@ class CifarConfig(BaseConfig):
     amp: bool = False
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        self.check_choices(method=METHODS)
         if self.method not in ("classical", "direct") and not self.teacher:
             raise ValueError(f"--method {self.method} needs --teacher (a classical model.pt)")
         self.check_switch_refit()
