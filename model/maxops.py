@@ -20,7 +20,9 @@ All tend to the max as alpha grows. Every smooth form is a ratio of convolutions
 and ``v``, so :func:`branch` computes it with ``conv2d`` (or a matmul), stabilised: the sample's
 ``max u`` and the channel's ``max v`` are factored out before raising to ``alpha`` and multiplied
 back afterwards, and all-zero windows are masked, so neither overflow nor NaN gradients occur.
-The hard max uses ``tropical-gemm``'s max-times product with argmax tracking and a scatter
+The hard max on the CPU uses a native max-times kernel (``model/native/maxtimes.cc``, built at
+first use with the machine's C++ compiler: windows read in place, SIMD over the outputs, argmax
+tracked), else ``tropical-gemm``'s max-times product with argmax tracking and a scatter
 (``index_add_``) backward. :func:`branch_naive` is the direct unfold-and-reduce
 definition the fast paths are tested against.
 """
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["KINDS", "MaxOp", "branch", "branch_naive", "maxtimes_conv"]
+__all__ = ["KINDS", "MaxOp", "branch", "branch_naive", "maxtimes_conv", "set_fused"]
 
 KINDS = ("max", "lse", "smorph", "lmorph")
 
@@ -168,6 +170,19 @@ class _MaxTimesConv(torch.autograd.Function):
         dev = u.device
         out = torch.empty(b, ho, wo, o, dtype=u.dtype, device=dev)
         am = torch.empty(b, ho, wo, o, dtype=torch.int32, device=dev)
+        lib = _native_lib(u)
+        if lib is not None:  # the native kernel reads the windows in place: no im2col buffer
+            op = -(-o // _LANES) * _LANES
+            if op != o:
+                pk = F.pad(pk, (0, op - o)).contiguous()
+            out = torch.empty(b, ho, wo, op, dtype=u.dtype)
+            am = torch.empty(b, ho, wo, op, dtype=torch.int32)
+            fwd = lib.maxtimes_forward_f64 if u.dtype == torch.float64 else lib.maxtimes_forward_f32
+            fwd(uh.data_ptr(), pk.data_ptr(), out.data_ptr(), am.data_ptr(), b, h, w, c, k, op)
+            ctx.save_for_backward(uh, pk, am)
+            ctx.shape, ctx.native = (b, c, h, w, k), (lib, o, op)
+            return out[..., :o].permute(0, 3, 1, 2)
+        ctx.native = None
         chunk = _CHUNK if dev.type == "cpu" else _CHUNK_DEV // max(1, o)
         step = max(1, chunk // max(1, ho * wo * kk))
         for b0 in range(0, b, step):
@@ -186,6 +201,8 @@ class _MaxTimesConv(torch.autograd.Function):
     def backward(ctx, g):
         uh, pk, am = ctx.saved_tensors
         b, c, h, w, k = ctx.shape
+        if ctx.native is not None:
+            return _native_backward(ctx, g, uh, pk, am)
         kk, o = pk.shape
         ho, wo = h - k + 1, w - k + 1
         gh = g.permute(0, 2, 3, 1).contiguous().view(-1)
@@ -219,6 +236,44 @@ class _MaxTimesConv(torch.autograd.Function):
             gv.index_add_(0, kv, gh * uh.view(-1).index_select(0, idx))
             gv = gv.view(k, k, c, o).permute(3, 2, 0, 1)
         return gu, gv
+
+
+_LANES = 16  # native kernel (maxtimes.cc): the weight's columns are padded to a multiple
+
+
+def _native_lib(u: torch.Tensor):
+    """The native max-times kernels for ``u`` (float32/64 on the CPU), or ``None``: also where
+    the CPU has no 256-bit SIMD and tropical-gemm is installed (it is then the faster one)."""
+    if u.device.type != "cpu" or u.dtype not in (torch.float32, torch.float64):
+        return None
+    from .native import maxtimes
+
+    lib = maxtimes()
+    if lib is None or (lib.maxtimes_vec_bytes() < 32 and _tg is not None):
+        return None
+    return lib
+
+
+def _native_backward(ctx, g, uh, pk, am):
+    """:class:`_MaxTimesConv`'s backward through the native kernel: each output's gradient goes
+    to its argmax's input element and weight, accumulated in one pass."""
+    lib, o, op = ctx.native
+    b, c, h, w, k = ctx.shape
+    gh = g.permute(0, 2, 3, 1).to(uh.dtype).contiguous()
+    need_u, need_v = ctx.needs_input_grad[:2]
+    gu = torch.zeros(b, h, w, c, dtype=uh.dtype) if need_u else None
+    gv = torch.zeros(k * k * c, op, dtype=uh.dtype) if need_v else None
+    bwd = lib.maxtimes_backward_f64 if uh.dtype == torch.float64 else lib.maxtimes_backward_f32
+    bwd(
+        uh.data_ptr(), pk.data_ptr(), am.data_ptr(), gh.data_ptr(),
+        gu.data_ptr() if need_u else None, gv.data_ptr() if need_v else None,
+        b, h, w, c, k, o, op,
+    )  # fmt: skip
+    if need_u:
+        gu = gu.permute(0, 3, 1, 2)
+    if need_v:
+        gv = gv[:, :o].reshape(k, k, c, o).permute(3, 2, 0, 1)
+    return gu, gv
 
 
 def maxtimes_conv(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -264,6 +319,119 @@ def _logpos(x):
     return torch.where(x > 0, x, torch.ones_like(x)).log()
 
 
+# -- the smooth branch's elementwise work, fusable ----------------------------------------------
+# Every smooth branch is a few convolutions wrapped in elementwise chains (powers, logs, masks,
+# the chain rule through them). Run op by op, the chains cost as much as the convolutions: each
+# op is one pass over memory. :func:`set_fused` compiles each chain into one loop
+# (``torch.compile``, CPU, needs a C++ compiler); the functions below are the definitions, run as
+# they are when fusion is off. ``a`` is a 0-d tensor when fused (a new alpha needs no recompile).
+
+
+def _ew_powers(x, a, kind: str):
+    """The powers a branch convolves: ``x^a``; S-morph also ``ln x`` and ``x^a ln x``."""
+    p = x.pow(a)
+    if kind != "smorph":
+        return p, None, None
+    lx = _logpos(x)
+    return p, lx, p * lx
+
+
+def _ew_finish(den, num, scale, a, kind: str, den_min: float):
+    """The branch from its convolutions: ``den^(1/a)``, ``num/den`` or ``exp(num/den)``, times
+    ``scale``; 0 for an empty window. Also the masks the backward needs."""
+    ok = den > 0
+    dens = torch.where(ok, den, torch.ones_like(den))
+    if kind == "lse":
+        r = dens.pow(1.0 / a)
+    elif kind == "lmorph":
+        r = num / dens
+    else:
+        r = torch.exp(num / dens)
+    out = torch.where(ok, r * scale, torch.zeros_like(r))
+    return out, dens, den >= den_min, ok
+
+
+def _ew_grad_out(g, out, dens, num, live, scale, a, kind: str):
+    """The gradients of the denominator's and numerator's convolutions (``None``: no numerator)."""
+    zero = torch.zeros_like(g)
+    if kind == "lse":
+        return torch.where(live, g * out / (a * dens), zero), None
+    if kind == "lmorph":  # r = num / den
+        gnum = torch.where(live, g * scale / dens, zero)
+        return torch.where(live, -g * out / dens, zero), gnum
+    # r = exp(num / den); den^2 underflows, so divide twice
+    gnum = torch.where(live, g * out / dens, zero)
+    return torch.where(live, -g * out * (num / dens) / dens, zero), gnum
+
+
+def _ew_through(x, p, lx, gp, g2, a, kind: str):
+    """The chain rule from the powers' gradients ``gp`` (of ``x^a``) and ``g2`` (of ``x^(a+1)``
+    for L-morph, of ``x^a ln x`` for S-morph) to ``x``: ``x^a`` gives ``a p / x``, ``x^(a+1)``
+    ``(a+1) p``, ``x^a ln x`` ``(p / x)(a ln x + 1)``; 0 where ``x = 0``."""
+    xs = torch.where(x > 0, x, torch.ones_like(x))
+    d = gp * (a * p / xs)
+    if kind == "lmorph":
+        d = d + g2 * ((a + 1) * p)
+    elif kind == "smorph":
+        d = d + g2 * (p / xs) * (a * lx + 1)
+    return torch.where(x > 0, d, torch.zeros_like(x))
+
+
+def _ew_by_alpha(x, p, lx, gp, g2, kind: str):
+    """Alpha's gradient through one side's powers: d/da of ``x^a`` is ``x^a ln x``, of
+    ``x^(a+1)`` ``x^(a+1) ln x``, of ``x^a ln x`` ``x^a (ln x)^2``."""
+    lx = _logpos(x) if lx is None else lx
+    d = gp * p * lx
+    if kind == "lmorph":
+        d = d + g2 * (p * x) * lx
+    elif kind == "smorph":
+        d = d + g2 * p * lx * lx
+    return d.sum()
+
+
+def _ew_lse_exponent(g, out, dens, ok, a):
+    """LSE's alpha gradient through the exponent of ``den^(1/a)`` (held windows too)."""
+    return -torch.where(ok, g * out * torch.log(dens), torch.zeros_like(g)).sum() / (a * a)
+
+
+_EW = {
+    f.__name__: f
+    for f in (_ew_powers, _ew_finish, _ew_grad_out, _ew_through, _ew_by_alpha, _ew_lse_exponent)
+}
+_fused: dict | None = None  # name -> compiled function, while fusion is on
+
+
+def set_fused(enabled: bool) -> bool:
+    """Compile the smooth branches' elementwise chains (``torch.compile``, CPU tensors only), or
+    go back to running them op by op. Returns whether fusion is on.
+
+    Fused and unfused results agree to rounding (the compiled ``pow``/``exp``/``log`` are
+    vectorised and may differ in the last bits). The first call of each chain compiles it (seconds;
+    cached on disk across runs). If compiling fails, e.g. with no C++ compiler, fusion turns itself
+    off with a warning and the step runs unfused.
+    """
+    global _fused
+    if not enabled:
+        _fused = None
+    elif _fused is None:
+        _fused = {n: torch.compile(f, dynamic=True) for n, f in _EW.items()}
+    return _fused is not None
+
+
+def _ew(name: str, *args):
+    """Run one elementwise chain, compiled when fusion is on and the tensors are on the CPU."""
+    fused = _fused
+    if fused is not None and args[0].device.type == "cpu":
+        try:
+            return fused[name](*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: run unfused from now on
+            import warnings
+
+            warnings.warn(f"fusing the smooth branch failed, running it unfused: {e}", stacklevel=2)
+            set_fused(False)
+    return _EW[name](*args)
+
+
 class _SmoothBranch(torch.autograd.Function):
     """A smooth branch of normalised ``un, vn`` (``<= 1``) at alpha ``at`` (a 0-d tensor, learnable
     or not), times ``scale``, with a hand-written backward (alpha's by the chain rule through
@@ -273,58 +441,47 @@ class _SmoothBranch(torch.autograd.Function):
     window gives 0; a window whose sum of powers ``den < _DEN_MIN`` keeps its value but passes no
     gradient), and keeps only the powers for the backward: ``a un^(a-1)`` is ``a pu / un``, not a
     second ``pow``. S-morph convolves ``pu`` against ``pv`` and ``pv ln vn`` in one call. The
-    elementwise work, not the convolutions, dominated the generic path. ``scale`` (and the
+    elementwise chains (``_ew_*``) run fused under :func:`set_fused`. ``scale`` (and the
     normalisers behind it) carry no gradient, as in the generic path.
     """
 
     @staticmethod
     def forward(ctx, un, vn, at, kind: str, scale):
         a = float(at)
-        pu, pv = un.pow(a), vn.pow(a)
-        lu = lv = pul = pvl = None
+        # fused chains take alpha as a tensor, so that a new alpha is not a new compilation
+        ak = at.detach().to(un.dtype) if _fused is not None else a
+        pu, lu, pul = _ew("_ew_powers", un, ak, kind)
+        pv, lv, pvl = _ew("_ew_powers", vn, ak, kind)
+        num = None
         if kind == "smorph":
-            lu, lv = _logpos(un), _logpos(vn)
-            pul, pvl = pu * lu, pv * lv
             den, num = _conv(pu, torch.cat([pv, pvl], 0)).split(vn.shape[0], 1)
             num = num + _conv(pul, pv)
         else:
             den = _conv(pu, pv)
-            num = _conv(pu * un, pv * vn) if kind == "lmorph" else None
-        ok = den > 0
-        dens = torch.where(ok, den, torch.ones_like(den))
-        if kind == "lse":
-            r = dens.pow(1.0 / a)
-        elif kind == "lmorph":
-            r = num / dens
-        else:
-            r = torch.exp(num / dens)
-        out = torch.where(ok, r * scale, torch.zeros_like(r))
-        live = den >= (_DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32)
+            if kind == "lmorph":
+                num = _conv(pu * un, pv * vn)
+        den_min = _DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32
+        out, dens, live, ok = _ew("_ew_finish", den, num, scale, ak, kind, den_min)
         ctx.save_for_backward(un, vn, pu, pv, dens, num, out, live, ok, scale, lu, lv, pul, pvl)
-        ctx.a, ctx.kind = a, kind
+        ctx.a, ctx.ak, ctx.kind = a, ak, kind
         return out
 
     @staticmethod
     def backward(ctx, g):
         un, vn, pu, pv, dens, num, out, live, ok, scale, lu, lv, pul, pvl = ctx.saved_tensors
-        a, kind = ctx.a, ctx.kind
+        ak, kind = ctx.ak, ctx.kind
         need_a = ctx.needs_input_grad[2]
         # alpha's gradient goes through the powers of both sides: compute both
         need_u, need_v = ctx.needs_input_grad[0] or need_a, ctx.needs_input_grad[1] or need_a
-        zero = torch.zeros_like(g)
+        gden, gnum = _ew("_ew_grad_out", g.contiguous(), out, dens, num, live, scale, ak, kind)
         if kind == "lse":
-            gden = torch.where(live, g * out / (a * dens), zero)
             gpu, gpv = _conv_backward(gden, pu, pv, need_u, need_v)
             gx = {"u": (gpu, None), "v": (gpv, None)}
-        elif kind == "lmorph":  # r = num / den
-            gnum = torch.where(live, g * scale / dens, zero)
-            gden = torch.where(live, -g * out / dens, zero)
+        elif kind == "lmorph":
             gpu, gpv = _conv_backward(gden, pu, pv, need_u, need_v)
             gpu1, gpv1 = _conv_backward(gnum, pu * un, pv * vn, need_u, need_v)
             gx = {"u": (gpu, gpu1), "v": (gpv, gpv1)}
-        else:  # r = exp(num / den)
-            gnum = torch.where(live, g * out / dens, zero)
-            gden = torch.where(live, -g * out * (num / dens) / dens, zero)  # dens^2 underflows
+        else:
             o = vn.shape[0]
             gpu, gpvs = _conv_backward(
                 torch.cat([gden, gnum], 1), pu, torch.cat([pv, pvl], 0), need_u, need_v
@@ -334,33 +491,18 @@ class _SmoothBranch(torch.autograd.Function):
             gpv = gpv + gpv2 if need_v else None
             gx = {"u": (gpu, gpul), "v": (gpv, gpvl)}
 
-        def through(x, p, lx, gp, g2):
-            # x^a: a p / x; x^(a+1) (lmorph): (a+1) p; x^a ln x (smorph): (p / x)(a ln x + 1)
-            xs = torch.where(x > 0, x, torch.ones_like(x))
-            d = gp * (a * p / xs)
-            if kind == "lmorph":
-                d = d + g2 * ((a + 1) * p)
-            elif kind == "smorph":
-                d = d + g2 * (p / xs) * (a * lx + 1)
-            return torch.where(x > 0, d, torch.zeros_like(x))
-
-        def by_alpha(x, p, lx, gp, g2):
-            # d/da of x^a is x^a ln x, of x^(a+1) x^(a+1) ln x, of x^a ln x x^a (ln x)^2
-            lx = _logpos(x) if lx is None else lx
-            d = gp * p * lx
-            if kind == "lmorph":
-                d = d + g2 * (p * x) * lx
-            elif kind == "smorph":
-                d = d + g2 * p * lx * lx
-            return d.sum()
-
         ga = None
         if need_a:
-            ga = by_alpha(un, pu, lu, *gx["u"]) + by_alpha(vn, pv, lv, *gx["v"])
-            if kind == "lse":  # r = den^(1/a) also through its exponent, held windows too
-                ga = ga - torch.where(ok, g * out * torch.log(dens), zero).sum() / (a * a)
-        gu = through(un, pu, lu, *gx["u"]) if ctx.needs_input_grad[0] else None
-        gv = through(vn, pv, lv, *gx["v"]) if ctx.needs_input_grad[1] else None
+            ga = _ew("_ew_by_alpha", un, pu, lu, *gx["u"], kind) + _ew(
+                "_ew_by_alpha", vn, pv, lv, *gx["v"], kind
+            )
+            if kind == "lse":  # r = den^(1/a) also through its exponent
+                ga = ga + _ew("_ew_lse_exponent", g.contiguous(), out, dens, ok, ak)
+        gu = gv = None
+        if ctx.needs_input_grad[0]:
+            gu = _ew("_ew_through", un, pu, lu, *gx["u"], ak, kind)
+        if ctx.needs_input_grad[1]:
+            gv = _ew("_ew_through", vn, pv, lv, *gx["v"], ak, kind)
         return gu, gv, ga, None, None
 
 

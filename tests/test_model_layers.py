@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from model.layers import BM4Layer, BM15Layer, convert, pow2_ceil  # noqa: E402
@@ -268,6 +269,62 @@ def test_hard_max_without_tropical_gemm_matches(monkeypatch):
     assert torch.equal(y1, y2)
     for a, b in zip(g1, g2, strict=True):
         assert torch.allclose(a, b)
+
+
+def _hard_max(mo, u, v):
+    uu, vv = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    y = mo.maxtimes_conv(uu, vv)
+    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)  # distinct per output
+    return (y.detach(), *torch.autograd.grad((y * g).sum(), (uu, vv)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape", [((3, 5, 9, 8), (20, 5, 3, 3)), ((2, 3, 6, 6), (32, 3, 2, 2)), ((4, 37), (10, 37))]
+)
+def test_native_hard_max_matches_the_portable_paths(monkeypatch, dtype, shape):
+    """The native kernel (model/native/maxtimes.cc) gives the values and the argmax (ties
+    included: most inputs are 0, so many windows tie at 0) of the materialised products, and
+    through them the same gradients; output counts that are not a multiple of its vector and
+    widths that leave a remainder of positions included."""
+    import model.maxops as mo
+    from model.native import maxtimes
+
+    if maxtimes() is None:
+        pytest.skip("no C++ compiler here")
+    monkeypatch.setattr(mo, "_tg", None)  # native whatever the SIMD width; else materialised
+    torch.manual_seed(5)
+    su, sv = shape
+    u = torch.rand(su, dtype=dtype)
+    u[u < 0.7] = 0
+    v = torch.rand(sv, dtype=dtype) + 0.05
+    native = _hard_max(mo, u, v)
+    monkeypatch.setattr(mo, "_native_lib", lambda u: None)
+    portable = _hard_max(mo, u, v)
+    assert torch.equal(native[0], portable[0])
+    for a, b in zip(native[1:], portable[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_native_kernel_falls_back_when_it_cannot_be_built(monkeypatch, tmp_path):
+    """No compiler that works: one warning, the portable path, the same values."""
+    import model.maxops as mo
+    from model import native
+
+    torch.manual_seed(6)
+    u, v = torch.rand(2, 3, 5, 5), torch.rand(4, 3, 3, 3) + 0.1
+    monkeypatch.setattr(native, "_lib", False)
+    monkeypatch.setenv("BM_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    with pytest.warns(UserWarning, match="native max-times kernel unavailable"):
+        y = mo.maxtimes_conv(u, v)
+    assert native.maxtimes() is None and not list(tmp_path.iterdir())  # nothing half-written
+    monkeypatch.setattr(native, "_lib", False)
+    monkeypatch.setenv("BM_NATIVE", "0")
+    assert native.maxtimes() is None
+    cols = F.unfold(u, 3)  # (B, C*k*k, P)
+    ref = (cols[:, None] * v.reshape(1, 4, -1, 1)).amax(2).view(2, 4, 3, 3)
+    assert torch.equal(y, ref)
 
 
 def test_lse_far_below_the_sample_scale_has_finite_gradients():

@@ -1,0 +1,100 @@
+"""Native kernels, built at first use with the machine's own C++ compiler.
+
+:func:`maxtimes` returns the max-times convolution kernels of ``maxtimes.cc`` (the hard-max BM
+branch on the CPU) through ``ctypes``, or ``None`` where they cannot be had: no C++ compiler, a
+failed build, ``BM_NATIVE=0`` in the environment. Callers then take their portable path, so a
+missing compiler costs speed, never correctness.
+
+The library is compiled with ``-O3 -march=native`` into a per-user cache (``$BM_NATIVE_CACHE``,
+else ``$XDG_CACHE_HOME/bmnet``, else ``~/.cache/bmnet``), named by a hash of the source, the
+compiler and the CPU, and written atomically, so concurrent runs and other machines sharing a home
+directory never load a half-written or foreign build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+__all__ = ["maxtimes"]
+
+_SRC = Path(__file__).with_name("maxtimes.cc")
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None | bool = False  # False: not tried yet
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("BM_NATIVE_CACHE"):
+        return Path(os.environ["BM_NATIVE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bmnet"
+
+
+def _cpu_id() -> str:
+    """The CPU's model and feature flags (``-march=native`` code is only valid on a like CPU)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _build(cc: str) -> Path:
+    src = _SRC.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(src + version.encode() + _cpu_id().encode()).hexdigest()[:16]
+    out = _cache_dir() / f"maxtimes-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [cc, "-O3", "-march=native", "-shared", "-fPIC", "-o", tmp, str(_SRC)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else cmd)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("BM_NATIVE", "1") == "0":
+        return None
+    cc = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cc is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        warnings.warn(f"native max-times kernel unavailable ({e}); using the portable path",
+                      stacklevel=3)
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.maxtimes_vec_bytes.restype = ctypes.c_int
+    for suf in ("f32", "f64"):
+        getattr(lib, f"maxtimes_forward_{suf}").argtypes = [p, p, p, p] + [i64] * 6
+        getattr(lib, f"maxtimes_backward_{suf}").argtypes = [p] * 6 + [i64] * 7
+    return lib
+
+
+def maxtimes() -> ctypes.CDLL | None:
+    """The compiled kernels (``maxtimes_forward_f32`` ... ``maxtimes_backward_f64``), or ``None``."""
+    global _lib
+    if _lib is False:
+        with _lock:
+            if _lib is False:
+                _lib = _load()
+    return _lib
