@@ -73,14 +73,17 @@ def _build(cc: str) -> Path:
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("BM_NATIVE", "1") == "0":
         return None
-    cc = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    cc = os.environ.get("CXX") or next(
+        filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None
+    )
     if cc is None:
         return None
     try:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        warnings.warn(f"native max-times kernel unavailable ({e}); using the portable path",
-                      stacklevel=3)
+        warnings.warn(
+            f"native max-times kernel unavailable ({e}); using the portable path", stacklevel=3
+        )
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.maxtimes_vec_bytes.restype = ctypes.c_int
@@ -91,7 +94,8 @@ def _load() -> ctypes.CDLL | None:
 
 
 def maxtimes() -> ctypes.CDLL | None:
-    """The compiled kernels (``maxtimes_forward_f32`` ... ``maxtimes_backward_f64``), or ``None``."""
+    """The compiled kernels (``maxtimes_forward_f32`` ... ``maxtimes_backward_f64``), or
+    ``None``."""
     global _lib
     if _lib is False:
         with _lock:
