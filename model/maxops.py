@@ -20,10 +20,11 @@ All tend to the max as alpha grows. Every smooth form is a ratio of convolutions
 and ``v``, so :func:`branch` computes it with ``conv2d`` (or a matmul), stabilised: the sample's
 ``max u`` and the channel's ``max v`` are factored out before raising to ``alpha`` and multiplied
 back afterwards, and all-zero windows are masked, so neither overflow nor NaN gradients occur.
-The hard max on the CPU uses a native max-times kernel (``model/native/maxtimes.cc``, built at
+The hard max on the CPU uses a native max-times kernel (``model/native/kernels.cc``, built at
 first use with the machine's C++ compiler: windows read in place, SIMD over the outputs, argmax
 tracked), else ``tropical-gemm``'s max-times product with argmax tracking and a scatter
-(``index_add_``) backward. :func:`branch_naive` is the direct unfold-and-reduce
+(``index_add_``) backward. The smooth branches' float64 convolutions (alpha above 4) also run
+through native kernels on the CPU. :func:`branch_naive` is the direct unfold-and-reduce
 definition the fast paths are tested against.
 """
 
@@ -238,7 +239,7 @@ class _MaxTimesConv(torch.autograd.Function):
         return gu, gv
 
 
-_LANES = 16  # native kernel (maxtimes.cc): the weight's columns are padded to a multiple
+_LANES = 16  # native kernel (kernels.cc): the weight's columns are padded to a multiple
 
 
 def _native_lib(u: torch.Tensor):
@@ -246,9 +247,9 @@ def _native_lib(u: torch.Tensor):
     the CPU has no 256-bit SIMD and tropical-gemm is installed (it is then the faster one)."""
     if u.device.type != "cpu" or u.dtype not in (torch.float32, torch.float64):
         return None
-    from .native import maxtimes
+    from .native import kernels
 
-    lib = maxtimes()
+    lib = kernels()
     if lib is None or (lib.maxtimes_vec_bytes() < 32 and _tg is not None):
         return None
     return lib
@@ -285,7 +286,71 @@ def maxtimes_conv(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 # -- smooth branches through convolutions -------------------------------------------------------
 def _conv(a, b):
-    return a @ b.t() if a.dim() == 2 else F.conv2d(a, b)
+    if a.dim() == 2:
+        return a @ b.t()
+    lib = _native_f64(a, b)
+    return _native_conv(lib, a, b) if lib is not None else F.conv2d(a, b)
+
+
+def _native_f64(x: torch.Tensor, w: torch.Tensor):
+    """The native kernels for a float64 convolution on the CPU without autograd (PyTorch's CPU
+    float64 convolution has no fast path), or ``None``."""
+    if x.dtype != torch.float64 or x.device.type != "cpu" or x.dim() != 4:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return None
+    from .native import kernels
+
+    lib = kernels()
+    return lib if lib is not None and lib.maxtimes_vec_bytes() >= 32 else None
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _lanes(n: int) -> int:
+    return -(-n // _LANES) * _LANES
+
+
+def _native_conv(lib, x, w):
+    """``F.conv2d(x, w)`` (valid, stride 1) through the native float64 kernel. The result is
+    made contiguous as PyTorch's is: a channels-last one would change the order, so the rounding,
+    of later reductions (a bias gradient) with the batch's layout."""
+    b, c, h, wd = x.shape
+    o, _, k, _ = w.shape
+    op = _lanes(o)
+    wk = F.pad(w.permute(2, 3, 1, 0), (0, op - o)).reshape(k * k * c, op).contiguous()
+    out = torch.empty(b, h - k + 1, wd - k + 1, op, dtype=x.dtype)
+    xh = _nhwc(x)  # held: the kernel reads it after data_ptr() returns
+    lib.conv_f64(xh.data_ptr(), wk.data_ptr(), out.data_ptr(), b, h, wd, c, k, op)
+    return out[..., :o].permute(0, 3, 1, 2).contiguous()
+
+
+def _native_conv_backward(lib, g, x, w, need_x: bool, need_w: bool):
+    """:func:`_conv_backward` through the native float64 kernels: the input gradient is the
+    convolution of the zero-padded ``g`` with the flipped weight, the weight gradient one pass
+    over the windows."""
+    b, c, h, wd = x.shape
+    o, _, k, _ = w.shape
+    op = _lanes(o)
+    gh = F.pad(g.permute(0, 2, 3, 1), (0, op - o)).contiguous()
+    gx = gw = None
+    if need_x:
+        cp = _lanes(c)
+        gpad = F.pad(gh, (0, 0, k - 1, k - 1, k - 1, k - 1)).contiguous()
+        wt = F.pad(w.flip(2, 3).permute(2, 3, 0, 1), (0, cp - c, 0, op - o))
+        wt = wt.reshape(k * k * op, cp).contiguous()
+        out = torch.empty(b, h, wd, cp, dtype=x.dtype)
+        hp, wp = gpad.shape[1:3]
+        lib.conv_f64(gpad.data_ptr(), wt.data_ptr(), out.data_ptr(), b, hp, wp, op, k, cp)
+        gx = out[..., :c].permute(0, 3, 1, 2).contiguous()
+    if need_w:
+        gwk = torch.zeros(k * k * c, op, dtype=x.dtype)
+        xh = _nhwc(x)
+        lib.conv_wgrad_f64(xh.data_ptr(), gh.data_ptr(), gwk.data_ptr(), b, h, wd, c, k, op)
+        gw = gwk[:, :o].reshape(k, k, c, o).permute(3, 2, 0, 1)
+    return gx, gw
 
 
 def _safe_pow(x, a):
@@ -308,6 +373,9 @@ def _conv_backward(g, x, w, need_x: bool, need_w: bool):
     """Input and weight gradients of :func:`_conv` (``x @ w.t()`` or a valid conv2d)."""
     if x.dim() == 2:
         return (g @ w if need_x else None), (g.t() @ x if need_w else None)
+    lib = _native_f64(x, w)
+    if lib is not None:
+        return _native_conv_backward(lib, g, x, w, need_x, need_w)
     gx, gw, _ = torch.ops.aten.convolution_backward(
         g, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, False]
     )
@@ -414,6 +482,11 @@ def set_fused(enabled: bool) -> bool:
     if not enabled:
         _fused = None
     elif _fused is None:
+        import torch._dynamo
+
+        # one graph per kind, dtype, rank and size-1 dimension (a first layer's one channel):
+        # a few dozen at most, all compiled once per process
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _fused = {n: torch.compile(f, dynamic=True) for n, f in _EW.items()}
     return _fused is not None
 
@@ -422,6 +495,7 @@ def _ew(name: str, *args):
     """Run one elementwise chain, compiled when fusion is on and the tensors are on the CPU."""
     fused = _fused
     if fused is not None and args[0].device.type == "cpu":
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         try:
             return fused[name](*args)
         except Exception as e:  # noqa: BLE001 - any compiler failure: run unfused from now on

@@ -288,9 +288,9 @@ def test_native_hard_max_matches_the_portable_paths(monkeypatch, dtype, shape):
     through them the same gradients; output counts that are not a multiple of its vector and
     widths that leave a remainder of positions included."""
     import model.maxops as mo
-    from model.native import maxtimes
+    from model.native import kernels
 
-    if maxtimes() is None:
+    if kernels() is None:
         pytest.skip("no C++ compiler here")
     monkeypatch.setattr(mo, "_tg", None)  # native whatever the SIMD width; else materialised
     torch.manual_seed(5)
@@ -306,6 +306,31 @@ def test_native_hard_max_matches_the_portable_paths(monkeypatch, dtype, shape):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "xs, ws",
+    [((3, 1, 9, 7), (20, 1, 3, 3)), ((2, 5, 6, 8), (16, 5, 2, 2)), ((2, 17, 7, 7), (3, 17, 5, 5))],
+)
+def test_native_float64_convolution_matches_torch(xs, ws):
+    """The smooth branches' float64 convolution and both its gradients (native kernels) against
+    PyTorch's, on shapes that pad the outputs and the channels and leave positions over."""
+    import model.maxops as mo
+
+    x, w = torch.rand(xs, dtype=torch.float64), torch.rand(ws, dtype=torch.float64)
+    lib = mo._native_f64(x, w)
+    if lib is None:
+        pytest.skip("no native kernels here")
+    y = mo._native_conv(lib, x, w)
+    g = torch.rand(y.shape, dtype=torch.float64)
+    gx, gw = mo._native_conv_backward(lib, g, x, w, True, True)
+    ref_gx, ref_gw, _ = torch.ops.aten.convolution_backward(
+        g, x, w, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False]
+    )
+    torch.testing.assert_close(y, F.conv2d(x, w), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, ref_gx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-12, atol=1e-12)
+    assert mo._native_conv_backward(lib, g, x, w, False, True)[0] is None
+
+
 def test_native_kernel_falls_back_when_it_cannot_be_built(monkeypatch, tmp_path):
     """No compiler that works: one warning, the portable path, the same values."""
     import model.maxops as mo
@@ -316,12 +341,12 @@ def test_native_kernel_falls_back_when_it_cannot_be_built(monkeypatch, tmp_path)
     monkeypatch.setattr(native, "_lib", False)
     monkeypatch.setenv("BM_NATIVE_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")
-    with pytest.warns(UserWarning, match="native max-times kernel unavailable"):
+    with pytest.warns(UserWarning, match="native kernels unavailable"):
         y = mo.maxtimes_conv(u, v)
-    assert native.maxtimes() is None and not list(tmp_path.iterdir())  # nothing half-written
+    assert native.kernels() is None and not list(tmp_path.iterdir())  # nothing half-written
     monkeypatch.setattr(native, "_lib", False)
     monkeypatch.setenv("BM_NATIVE", "0")
-    assert native.maxtimes() is None
+    assert native.kernels() is None
     cols = F.unfold(u, 3)  # (B, C*k*k, P)
     ref = (cols[:, None] * v.reshape(1, 4, -1, 1)).amax(2).view(2, 4, 3, 3)
     assert torch.equal(y, ref)

@@ -1,7 +1,8 @@
 """Native kernels, built at first use with the machine's own C++ compiler.
 
-:func:`maxtimes` returns the max-times convolution kernels of ``maxtimes.cc`` (the hard-max BM
-branch on the CPU) through ``ctypes``, or ``None`` where they cannot be had: no C++ compiler, a
+:func:`kernels` returns the kernels of ``kernels.cc`` through ``ctypes`` (the hard-max BM
+branch's max-times convolution, and the float64 convolution of the smooth branches), or ``None``
+where they cannot be had: no C++ compiler, a
 failed build, ``BM_NATIVE=0`` in the environment. Callers then take their portable path, so a
 missing compiler costs speed, never correctness.
 
@@ -24,9 +25,9 @@ import threading
 import warnings
 from pathlib import Path
 
-__all__ = ["maxtimes"]
+__all__ = ["kernels"]
 
-_SRC = Path(__file__).with_name("maxtimes.cc")
+_SRC = Path(__file__).with_name("kernels.cc")
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
 
@@ -52,7 +53,7 @@ def _build(cc: str) -> Path:
     src = _SRC.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(src + version.encode() + _cpu_id().encode()).hexdigest()[:16]
-    out = _cache_dir() / f"maxtimes-{key}.so"
+    out = _cache_dir() / f"kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def _load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         warnings.warn(
-            f"native max-times kernel unavailable ({e}); using the portable path", stacklevel=3
+            f"native kernels unavailable ({e}); using the portable paths", stacklevel=3
         )
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
@@ -90,12 +91,12 @@ def _load() -> ctypes.CDLL | None:
     for suf in ("f32", "f64"):
         getattr(lib, f"maxtimes_forward_{suf}").argtypes = [p, p, p, p] + [i64] * 6
         getattr(lib, f"maxtimes_backward_{suf}").argtypes = [p] * 6 + [i64] * 7
+    lib.conv_f64.argtypes = lib.conv_wgrad_f64.argtypes = [p] * 3 + [i64] * 6
     return lib
 
 
-def maxtimes() -> ctypes.CDLL | None:
-    """The compiled kernels (``maxtimes_forward_f32`` ... ``maxtimes_backward_f64``), or
-    ``None``."""
+def kernels() -> ctypes.CDLL | None:
+    """The compiled kernels (``maxtimes_forward_f32`` ... ``conv_wgrad_f64``), or ``None``."""
     global _lib
     if _lib is False:
         with _lock:
