@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["KINDS", "MaxOp", "branch", "branch_naive", "maxtimes_conv", "set_fused"]
+__all__ = ["KINDS", "MaxOp", "branch", "branch_naive", "maxtimes_conv"]
 
 KINDS = ("max", "lse", "smorph", "lmorph")
 
@@ -387,14 +387,7 @@ def _logpos(x):
     return torch.where(x > 0, x, torch.ones_like(x)).log()
 
 
-# -- the smooth branch's elementwise work, fusable ----------------------------------------------
-# Every smooth branch is a few convolutions wrapped in elementwise chains (powers, logs, masks,
-# the chain rule through them). Run op by op, the chains cost as much as the convolutions: each
-# op is one pass over memory. :func:`set_fused` compiles each chain into one loop
-# (``torch.compile``, CPU, needs a C++ compiler); the functions below are the definitions, run as
-# they are when fusion is off. ``a`` is a 0-d tensor when fused (a new alpha needs no recompile).
-
-
+# -- the smooth branch's elementwise chains (powers, masks, the chain rule through them) ---------
 def _ew_powers(x, a, kind: str):
     """The powers a branch convolves: ``x^a``; S-morph also ``ln x`` and ``x^a ln x``."""
     p = x.pow(a)
@@ -462,50 +455,6 @@ def _ew_lse_exponent(g, out, dens, ok, a):
     return -torch.where(ok, g * out * torch.log(dens), torch.zeros_like(g)).sum() / (a * a)
 
 
-_EW = {
-    f.__name__: f
-    for f in (_ew_powers, _ew_finish, _ew_grad_out, _ew_through, _ew_by_alpha, _ew_lse_exponent)
-}
-_fused: dict | None = None  # name -> compiled function, while fusion is on
-
-
-def set_fused(enabled: bool) -> bool:
-    """Compile the smooth branches' elementwise chains (``torch.compile``, CPU tensors only), or
-    go back to running them op by op. Returns whether fusion is on.
-
-    Fused and unfused results agree to rounding (the compiled ``pow``/``exp``/``log`` are
-    vectorised and may differ in the last bits). The first call of each chain compiles it (seconds;
-    cached on disk across runs). If compiling fails, e.g. with no C++ compiler, fusion turns itself
-    off with a warning and the step runs unfused.
-    """
-    global _fused
-    if not enabled:
-        _fused = None
-    elif _fused is None:
-        import torch._dynamo
-
-        # one graph per kind, dtype, rank and size-1 dimension (a first layer's one channel):
-        # a few dozen at most, all compiled once per process
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _fused = {n: torch.compile(f, dynamic=True) for n, f in _EW.items()}
-    return _fused is not None
-
-
-def _ew(name: str, *args):
-    """Run one elementwise chain, compiled when fusion is on and the tensors are on the CPU."""
-    fused = _fused
-    if fused is not None and args[0].device.type == "cpu":
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-        try:
-            return fused[name](*args)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: run unfused from now on
-            import warnings
-
-            warnings.warn(f"fusing the smooth branch failed, running it unfused: {e}", stacklevel=2)
-            set_fused(False)
-    return _EW[name](*args)
-
-
 class _SmoothBranch(torch.autograd.Function):
     """A smooth branch of normalised ``un, vn`` (``<= 1``) at alpha ``at`` (a 0-d tensor, learnable
     or not), times ``scale``, with a hand-written backward (alpha's by the chain rule through
@@ -514,18 +463,15 @@ class _SmoothBranch(torch.autograd.Function):
     It computes what the generic path of :func:`branch` computes, with the same masks (an empty
     window gives 0; a window whose sum of powers ``den < _DEN_MIN`` keeps its value but passes no
     gradient), and keeps only the powers for the backward: ``a un^(a-1)`` is ``a pu / un``, not a
-    second ``pow``. S-morph convolves ``pu`` against ``pv`` and ``pv ln vn`` in one call. The
-    elementwise chains (``_ew_*``) run fused under :func:`set_fused`. ``scale`` (and the
-    normalisers behind it) carry no gradient, as in the generic path.
+    second ``pow``. S-morph convolves ``pu`` against ``pv`` and ``pv ln vn`` in one call.
+    ``scale`` (and the normalisers behind it) carry no gradient, as in the generic path.
     """
 
     @staticmethod
     def forward(ctx, un, vn, at, kind: str, scale):
         a = float(at)
-        # fused chains take alpha as a tensor, so that a new alpha is not a new compilation
-        ak = at.detach().to(un.dtype) if _fused is not None else a
-        pu, lu, pul = _ew("_ew_powers", un, ak, kind)
-        pv, lv, pvl = _ew("_ew_powers", vn, ak, kind)
+        pu, lu, pul = _ew_powers(un, a, kind)
+        pv, lv, pvl = _ew_powers(vn, a, kind)
         num = None
         if kind == "smorph":
             den, num = _conv(pu, torch.cat([pv, pvl], 0)).split(vn.shape[0], 1)
@@ -535,19 +481,19 @@ class _SmoothBranch(torch.autograd.Function):
             if kind == "lmorph":
                 num = _conv(pu * un, pv * vn)
         den_min = _DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32
-        out, dens, live, ok = _ew("_ew_finish", den, num, scale, ak, kind, den_min)
+        out, dens, live, ok = _ew_finish(den, num, scale, a, kind, den_min)
         ctx.save_for_backward(un, vn, pu, pv, dens, num, out, live, ok, scale, lu, lv, pul, pvl)
-        ctx.a, ctx.ak, ctx.kind = a, ak, kind
+        ctx.a, ctx.kind = a, kind
         return out
 
     @staticmethod
     def backward(ctx, g):
         un, vn, pu, pv, dens, num, out, live, ok, scale, lu, lv, pul, pvl = ctx.saved_tensors
-        ak, kind = ctx.ak, ctx.kind
+        a, kind = ctx.a, ctx.kind
         need_a = ctx.needs_input_grad[2]
         # alpha's gradient goes through the powers of both sides: compute both
         need_u, need_v = ctx.needs_input_grad[0] or need_a, ctx.needs_input_grad[1] or need_a
-        gden, gnum = _ew("_ew_grad_out", g.contiguous(), out, dens, num, live, scale, ak, kind)
+        gden, gnum = _ew_grad_out(g, out, dens, num, live, scale, a, kind)
         if kind == "lse":
             gpu, gpv = _conv_backward(gden, pu, pv, need_u, need_v)
             gx = {"u": (gpu, None), "v": (gpv, None)}
@@ -567,16 +513,14 @@ class _SmoothBranch(torch.autograd.Function):
 
         ga = None
         if need_a:
-            ga = _ew("_ew_by_alpha", un, pu, lu, *gx["u"], kind) + _ew(
-                "_ew_by_alpha", vn, pv, lv, *gx["v"], kind
-            )
+            ga = _ew_by_alpha(un, pu, lu, *gx["u"], kind) + _ew_by_alpha(vn, pv, lv, *gx["v"], kind)
             if kind == "lse":  # r = den^(1/a) also through its exponent
-                ga = ga + _ew("_ew_lse_exponent", g.contiguous(), out, dens, ok, ak)
+                ga = ga + _ew_lse_exponent(g, out, dens, ok, a)
         gu = gv = None
         if ctx.needs_input_grad[0]:
-            gu = _ew("_ew_through", un, pu, lu, *gx["u"], ak, kind)
+            gu = _ew_through(un, pu, lu, *gx["u"], a, kind)
         if ctx.needs_input_grad[1]:
-            gv = _ew("_ew_through", vn, pv, lv, *gx["v"], ak, kind)
+            gv = _ew_through(vn, pv, lv, *gx["v"], a, kind)
         return gu, gv, ga, None, None
 
 
