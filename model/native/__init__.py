@@ -2,14 +2,14 @@
 
 :func:`kernels` returns the kernels of ``kernels.cc`` through ``ctypes`` (the hard-max BM
 branch's max-times convolution, and the float64 convolution of the smooth branches), or ``None``
-where they cannot be had: no C++ compiler, a
-failed build, ``BM_NATIVE=0`` in the environment. Callers then take their portable path, so a
-missing compiler costs speed, never correctness.
+where they cannot be had: no C++ compiler, a failed build, ``BM_NATIVE=0`` in the environment.
+Callers then take their portable path, so a missing compiler costs speed, never correctness.
 
 The library is compiled with ``-O3 -march=native`` into a per-user cache (``$BM_NATIVE_CACHE``,
-else ``$XDG_CACHE_HOME/bmnet``, else ``~/.cache/bmnet``), named by a hash of the source, the
-compiler and the CPU, and written atomically, so concurrent runs and other machines sharing a home
-directory never load a half-written or foreign build.
+else ``$XDG_CACHE_HOME/bmnet``, else ``~/.cache/bmnet``; the temporary folder if that cannot be
+written), named by a hash of the source, the compiler and the CPU, and written atomically, so
+concurrent runs and other machines sharing a home directory never load a half-written or
+foreign build.
 """
 
 from __future__ import annotations
@@ -53,11 +53,19 @@ def _build(cc: str) -> Path:
     src = _SRC.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(src + version.encode() + _cpu_id().encode()).hexdigest()[:16]
-    out = _cache_dir() / f"kernels-{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    name = f"kernels-{key}.so"
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"bmnet-{os.getuid()}"):
+        if (folder / name).exists():
+            return folder / name
+        try:  # a read-only home: the temporary folder instead
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError("no writable cache folder")
+    out = folder / name
     os.close(fd)
     try:
         cmd = [cc, "-O3", "-march=native", "-shared", "-fPIC", "-o", tmp, str(_SRC)]
@@ -82,9 +90,7 @@ def _load() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        warnings.warn(
-            f"native kernels unavailable ({e}); using the portable paths", stacklevel=3
-        )
+        warnings.warn(f"native kernels unavailable ({e}); using the portable paths", stacklevel=3)
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.maxtimes_vec_bytes.restype = ctypes.c_int
