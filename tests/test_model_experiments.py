@@ -223,6 +223,8 @@ def test_a_whole_table_in_one_run_records_its_wall_time(tmp_path: Path):
     rec = json.loads(timing_path(cells_[1:]).read_text())
     assert timing_path(cells_[1:]) == tmp_path / "a" / "authors" / "authors_timing.json"
     assert rec["cells"] == 2 and rec["jobs"] == 2 and rec["wall_s"] >= 0 and rec["cores"] >= 1
+    # the stand-in cells write no result: the record names its folder and no accuracy
+    assert rec["runs_dir"] == str(tmp_path / "a" / "authors") and rec["accuracies"] == {}
     resumed = todo(tmp_path / "b")
     (resumed[1]["out"]).mkdir(parents=True)
     (resumed[1]["out"] / "ckpt.pt").write_bytes(b"")
@@ -231,9 +233,11 @@ def test_a_whole_table_in_one_run_records_its_wall_time(tmp_path: Path):
 
     entries = [{"row": "1.5-BM MAX", "method": "kd", "protocol": "authors", "accuracy": 0.95,
                 "paper": 0.9786, "schedule": "paper", "wall_s": 60.0}]
-    write_results("table2", entries, tmp_path / "res", {"authors": {**rec, "wall_s": 7200.0}})
+    timed = {**rec, "wall_s": 7200.0, "runs_dir": "runs/timed", "accuracies": {"max_kd": 0.95}}
+    write_results("table2", entries, tmp_path / "res", {"authors": timed})
     md = (tmp_path / "res" / "table2.md").read_text()
     assert "One run of the authors' protocol's 2 cells: **2.0 h** (2 jobs on" in md
+    assert "That run's cells (`runs/timed`): max_kd 0.9500." in md  # a record from a rerun
     write_results("table2", entries, tmp_path / "res")
     assert "not been trained in one run yet" in (tmp_path / "res" / "table2.md").read_text()
 

@@ -133,6 +133,9 @@ def write_results(table: str, entries: list[dict], results: Path,
                 f"One run of {name} {rec['cells']} cells: **{_duration(rec['wall_s'])}** "
                 f"({rec['jobs']} jobs on {rec['cores']} cores, {rec['device']}, started "
                 f"{rec['started']}).")
+            if rec.get("accuracies"):
+                accs = ", ".join(f"{k} {v:.4f}" for k, v in rec["accuracies"].items() if v)
+                lines.append(f"That run's cells (`{rec['runs_dir']}`): {accs}.")
         elif prot == "authors" or not protocols:
             lines.append(f"{name[0].upper()}{name[1:]} cells have not been trained in one run "
                          "yet (a run from empty run folders records its wall time).")

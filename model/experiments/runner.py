@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["swap_to_max", "swap_to_max_cifar", "run_cells", "timing_path"]
+__all__ = ["swap_to_max", "swap_to_max_cifar", "run_cells", "timing_extras", "timing_path"]
 
 
 def swap_to_max(src: Path, dst: Path, data_dir: str | None) -> dict:
@@ -75,6 +75,20 @@ def timing_path(todo: list[dict]) -> Path:
     folders (``runs/<table>/<protocol>_timing.json``)."""
     trained = [c for c in todo if c["method"] != "classical"]
     return trained[0]["out"].parent / f"{trained[0].get('protocol', 'cells')}_timing.json"
+
+
+def timing_extras(todo: list[dict]) -> dict:
+    """What a timing record says besides the time: the folder of the cells it timed and each
+    cell's accuracy, so that the record still names its own figures when it is shown beside
+    cells trained elsewhere (a rerun in ``--runs-dir runs/timed`` timing a table whose cells
+    were trained over several sessions)."""
+    trained = [c for c in todo if c["method"] != "classical"]
+    accs = {}
+    for c in trained:
+        res = c["out"] / "result.json"
+        if res.exists():
+            accs[c["out"].name] = json.loads(res.read_text()).get("accuracy")
+    return {"runs_dir": str(timing_path(todo).parent), "accuracies": accs}
 
 
 def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
@@ -151,7 +165,8 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
         rec = {"table": table, "cells": len(trained), "jobs": max(1, args.jobs),
                "cores": os.cpu_count(), "device": getattr(args, "device", "cpu"),
                "wall_s": round(time.time() - t_run, 1),
-               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_run))}
+               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_run)),
+               **timing_extras(todo)}
         timing_path(todo).write_text(json.dumps(rec, indent=2) + "\n")
         print(f"[{table}] all {len(trained)} cells in {rec['wall_s']:.0f}s "
               f"({rec['jobs']} jobs, {rec['cores']} cores)", flush=True)
