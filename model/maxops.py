@@ -49,6 +49,11 @@ _DEN_MIN_F32 = 1e-30
 _F64_ALPHA = 4.0  # above this alpha, smooth branches are computed in float64
 _CHUNK = 1 << 23  # elements of an im2col buffer per tropical-gemm call
 _CHUNK_DEV = 1 << 28  # elements of the product tensor per call on an accelerator
+_LANES = 16  # native kernels (kernels.cc): output columns are padded to a multiple of this
+
+
+def _lanes(n: int) -> int:
+    return -(-n // _LANES) * _LANES
 
 
 class MaxOp(nn.Module):
@@ -169,11 +174,9 @@ class _MaxTimesConv(torch.autograd.Function):
         pk = v.detach().permute(2, 3, 1, 0).reshape(kk, o).contiguous()
         s = uh.stride()
         dev = u.device
-        out = torch.empty(b, ho, wo, o, dtype=u.dtype, device=dev)
-        am = torch.empty(b, ho, wo, o, dtype=torch.int32, device=dev)
         lib = _native_lib(u)
         if lib is not None:  # the native kernel reads the windows in place: no im2col buffer
-            op = -(-o // _LANES) * _LANES
+            op = _lanes(o)
             if op != o:
                 pk = F.pad(pk, (0, op - o)).contiguous()
             out = torch.empty(b, ho, wo, op, dtype=u.dtype)
@@ -184,6 +187,8 @@ class _MaxTimesConv(torch.autograd.Function):
             ctx.shape, ctx.native = (b, c, h, w, k), (lib, o, op)
             return out[..., :o].permute(0, 3, 1, 2)
         ctx.native = None
+        out = torch.empty(b, ho, wo, o, dtype=u.dtype, device=dev)
+        am = torch.empty(b, ho, wo, o, dtype=torch.int32, device=dev)
         chunk = _CHUNK if dev.type == "cpu" else _CHUNK_DEV // max(1, o)
         step = max(1, chunk // max(1, ho * wo * kk))
         for b0 in range(0, b, step):
@@ -237,9 +242,6 @@ class _MaxTimesConv(torch.autograd.Function):
             gv.index_add_(0, kv, gh * uh.view(-1).index_select(0, idx))
             gv = gv.view(k, k, c, o).permute(3, 2, 0, 1)
         return gu, gv
-
-
-_LANES = 16  # native kernel (kernels.cc): the weight's columns are padded to a multiple
 
 
 def _native_lib(u: torch.Tensor):
@@ -307,10 +309,6 @@ def _native_f64(x: torch.Tensor, w: torch.Tensor):
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
-
-
-def _lanes(n: int) -> int:
-    return -(-n // _LANES) * _LANES
 
 
 def _native_conv(lib, x, w):
