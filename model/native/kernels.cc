@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #define VEC_BYTES 64
@@ -41,6 +42,20 @@ template <> struct Vec<double> {
 };
 
 constexpr int R = 4;
+
+// Calls f(nr, b, i, j, o0) for every block of nr = R neighbouring output positions (the row's
+// remainder one at a time) and every L outputs from o0; nr is a compile-time constant.
+template <int L, typename F>
+inline __attribute__((always_inline)) void each_block(int64_t B, int64_t Ho, int64_t Wo,
+                                                      int64_t Op, F f) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < Ho; i++)
+            for (int64_t o0 = 0; o0 < Op; o0 += L) {
+                int64_t j = 0;
+                for (; j + R <= Wo; j += R) f(std::integral_constant<int, R>{}, b, i, j, o0);
+                for (; j < Wo; j++) f(std::integral_constant<int, 1>{}, b, i, j, o0);
+            }
+}
 
 template <typename T, int NR>
 inline __attribute__((always_inline)) void block(const T *uh, const T *pk, T *out, int32_t *am,
@@ -82,17 +97,11 @@ inline __attribute__((always_inline)) void block(const T *uh, const T *pk, T *ou
 template <typename T>
 void forward(const T *uh, const T *pk, T *out, int32_t *am, int64_t B, int64_t H, int64_t W,
              int64_t C, int64_t k, int64_t Op) {
-    constexpr int L = VEC_BYTES / sizeof(T);
     int64_t Ho = H - k + 1, Wo = W - k + 1;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < Ho; i++)
-            for (int64_t o0 = 0; o0 < Op; o0 += L) {
-                int64_t j = 0;
-                for (; j + R <= Wo; j += R)
-                    block<T, R>(uh, pk, out, am, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
-                for (; j < Wo; j++)
-                    block<T, 1>(uh, pk, out, am, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
-            }
+    each_block<VEC_BYTES / sizeof(T)>(B, Ho, Wo, Op, [&](auto nr, int64_t b, int64_t i,
+                                                         int64_t j, int64_t o0) {
+        block<T, decltype(nr)::value>(uh, pk, out, am, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
+    });
 }
 
 // gu[b, i+ky, j+kx, c] += g * pk[kk, o] and gv[kk, o] += g * uh[b, i+ky, j+kx, c] at each
@@ -143,16 +152,11 @@ inline __attribute__((always_inline)) void cblock(const T *x, const T *w, T *out
 template <typename T>
 void conv(const T *x, const T *w, T *out, int64_t B, int64_t H, int64_t W, int64_t C, int64_t k,
           int64_t Op) {
-    constexpr int L = VEC_BYTES / sizeof(T);
     int64_t Ho = H - k + 1, Wo = W - k + 1;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < Ho; i++)
-            for (int64_t o0 = 0; o0 < Op; o0 += L) {
-                int64_t j = 0;
-                for (; j + R <= Wo; j += R)
-                    cblock<T, R>(x, w, out, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
-                for (; j < Wo; j++) cblock<T, 1>(x, w, out, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
-            }
+    each_block<VEC_BYTES / sizeof(T)>(B, Ho, Wo, Op, [&](auto nr, int64_t b, int64_t i,
+                                                         int64_t j, int64_t o0) {
+        cblock<T, decltype(nr)::value>(x, w, out, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
+    });
 }
 
 // gw[(ky*k + kx)*C + c, o] += sum_{b, i, j} x[b, i+ky, j+kx, c] * g[b, i, j, o]; g is
@@ -182,22 +186,16 @@ inline __attribute__((always_inline)) void wblock(const T *x, const T *g, T *gw,
 template <typename T>
 void conv_wgrad(const T *x, const T *g, T *gw, int64_t B, int64_t H, int64_t W, int64_t C,
                 int64_t k, int64_t Op) {
-    constexpr int L = VEC_BYTES / sizeof(T);
     int64_t Ho = H - k + 1, Wo = W - k + 1;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < Ho; i++)
-            for (int64_t o0 = 0; o0 < Op; o0 += L) {
-                int64_t j = 0;
-                for (; j + R <= Wo; j += R)
-                    wblock<T, R>(x, g, gw, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
-                for (; j < Wo; j++) wblock<T, 1>(x, g, gw, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
-            }
+    each_block<VEC_BYTES / sizeof(T)>(B, Ho, Wo, Op, [&](auto nr, int64_t b, int64_t i,
+                                                         int64_t j, int64_t o0) {
+        wblock<T, decltype(nr)::value>(x, g, gw, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
+    });
 }
 
 }  // namespace
 
 extern "C" {
-int maxtimes_pad() { return 16; }
 int maxtimes_vec_bytes() { return VEC_BYTES; }
 #define EXPORT(T, SUF)                                                                         \
     void maxtimes_forward_##SUF(const T *uh, const T *pk, T *out, int32_t *am, int64_t B,      \
