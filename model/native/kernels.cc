@@ -57,6 +57,20 @@ inline __attribute__((always_inline)) void each_block(int64_t B, int64_t Ho, int
             }
 }
 
+// Calls f(row, c, kk) for each of the k*k*C taps of the window at (b, i, j): row points at the
+// window's pixel (i+ky, j+kx), c is the channel and kk the tap's row of the weight matrix.
+template <typename T, typename F>
+inline __attribute__((always_inline)) void each_tap(const T *x, int64_t H, int64_t W, int64_t C,
+                                                    int64_t k, int64_t b, int64_t i, int64_t j,
+                                                    F f) {
+    int64_t kk = 0;
+    for (int64_t ky = 0; ky < k; ky++)
+        for (int64_t kx = 0; kx < k; kx++) {
+            const T *row = x + ((b * H + i + ky) * W + j + kx) * C;
+            for (int64_t c = 0; c < C; c++, kk++) f(row, c, kk);
+        }
+}
+
 template <typename T, int NR>
 inline __attribute__((always_inline)) void block(const T *uh, const T *pk, T *out, int32_t *am,
                                                  int64_t H, int64_t W, int64_t C, int64_t k,
@@ -71,22 +85,17 @@ inline __attribute__((always_inline)) void block(const T *uh, const T *pk, T *ou
         for (int l = 0; l < L; l++) acc[r][l] = -INFINITY;
         idx[r] = I{};
     }
-    int64_t kk = 0;
-    for (int64_t ky = 0; ky < k; ky++)
-        for (int64_t kx = 0; kx < k; kx++) {
-            const T *row = uh + ((b * H + i + ky) * W + j + kx) * C;
-            for (int64_t c = 0; c < C; c++, kk++) {
-                V w;
-                std::memcpy(&w, pk + kk * Op + o0, sizeof(V));
-                I kv = I{} + (typename Vec<T>::is)kk;
-                for (int r = 0; r < NR; r++) {
-                    V p = row[r * C + c] * w;
-                    I m = p > acc[r];
-                    acc[r] = m ? p : acc[r];
-                    idx[r] = m ? kv : idx[r];
-                }
-            }
+    each_tap(uh, H, W, C, k, b, i, j, [&](const T *row, int64_t c, int64_t kk) {
+        V w;
+        std::memcpy(&w, pk + kk * Op + o0, sizeof(V));
+        I kv = I{} + (typename Vec<T>::is)kk;
+        for (int r = 0; r < NR; r++) {
+            V p = row[r * C + c] * w;
+            I m = p > acc[r];
+            acc[r] = m ? p : acc[r];
+            idx[r] = m ? kv : idx[r];
         }
+    });
     for (int r = 0; r < NR; r++) {
         int64_t at = ((b * Ho + i) * Wo + j + r) * Op + o0;
         std::memcpy(out + at, &acc[r], sizeof(V));
@@ -135,16 +144,11 @@ inline __attribute__((always_inline)) void cblock(const T *x, const T *w, T *out
     typedef typename Vec<T>::v V;
     V acc[NR];
     for (int r = 0; r < NR; r++) acc[r] = V{};
-    int64_t kk = 0;
-    for (int64_t ky = 0; ky < k; ky++)
-        for (int64_t kx = 0; kx < k; kx++) {
-            const T *row = x + ((b * H + i + ky) * W + j + kx) * C;
-            for (int64_t c = 0; c < C; c++, kk++) {
-                V wv;
-                std::memcpy(&wv, w + kk * Op + o0, sizeof(V));
-                for (int r = 0; r < NR; r++) acc[r] += row[r * C + c] * wv;
-            }
-        }
+    each_tap(x, H, W, C, k, b, i, j, [&](const T *row, int64_t c, int64_t kk) {
+        V wv;
+        std::memcpy(&wv, w + kk * Op + o0, sizeof(V));
+        for (int r = 0; r < NR; r++) acc[r] += row[r * C + c] * wv;
+    });
     for (int r = 0; r < NR; r++)
         std::memcpy(out + ((b * Ho + i) * Wo + j + r) * Op + o0, &acc[r], sizeof(V));
 }
@@ -170,17 +174,12 @@ inline __attribute__((always_inline)) void wblock(const T *x, const T *g, T *gw,
     V gv[NR];
     for (int r = 0; r < NR; r++)
         std::memcpy(&gv[r], g + ((b * Ho + i) * Wo + j + r) * Op + o0, sizeof(V));
-    int64_t kk = 0;
-    for (int64_t ky = 0; ky < k; ky++)
-        for (int64_t kx = 0; kx < k; kx++) {
-            const T *row = x + ((b * H + i + ky) * W + j + kx) * C;
-            for (int64_t c = 0; c < C; c++, kk++) {
-                V a;
-                std::memcpy(&a, gw + kk * Op + o0, sizeof(V));
-                for (int r = 0; r < NR; r++) a += row[r * C + c] * gv[r];
-                std::memcpy(gw + kk * Op + o0, &a, sizeof(V));
-            }
-        }
+    each_tap(x, H, W, C, k, b, i, j, [&](const T *row, int64_t c, int64_t kk) {
+        V a;
+        std::memcpy(&a, gw + kk * Op + o0, sizeof(V));
+        for (int r = 0; r < NR; r++) a += row[r * C + c] * gv[r];
+        std::memcpy(gw + kk * Op + o0, &a, sizeof(V));
+    });
 }
 
 template <typename T>
