@@ -236,7 +236,7 @@ def test_a_whole_table_in_one_run_records_its_wall_time(tmp_path: Path):
     timed = {**rec, "wall_s": 7200.0, "runs_dir": "runs/timed", "accuracies": {"max_kd": 0.95}}
     write_results("table2", entries, tmp_path / "res", {"authors": timed})
     md = (tmp_path / "res" / "table2.md").read_text()
-    assert "One run of the authors' protocol's 2 cells: **2.0 h** (2 jobs on" in md
+    assert "One run of the authors' protocol's 2 cells: **2.0 h** (7,200 s; 2 jobs on" in md
     assert "That run's cells (`runs/timed`): max_kd 0.9500." in md  # a record from a rerun
     write_results("table2", entries, tmp_path / "res")
     assert "not been trained in one run yet" in (tmp_path / "res" / "table2.md").read_text()

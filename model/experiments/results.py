@@ -131,7 +131,8 @@ def write_results(table: str, entries: list[dict], results: Path,
         if rec:
             lines.append(
                 f"One run of {name} {rec['cells']} cells: **{_duration(rec['wall_s'])}** "
-                f"({rec['jobs']} jobs on {rec['cores']} cores, {rec['device']}, started "
+                f"({rec['wall_s']:,.0f} s; {rec['jobs']} jobs on {rec['cores']} cores, "
+                f"{rec['device']}, started "
                 f"{rec['started']}).")
             if rec.get("accuracies"):
                 accs = ", ".join(f"{k} {v:.4f}" for k, v in rec["accuracies"].items() if v)
