@@ -4,7 +4,7 @@
 
 For each of the five convolutions and the classifier of the LeNet (MNIST, batch ``--batch``), it
 times forward + backward (input and weight gradients) of the classical layer and of the 1.5-BM
-layer with the hard max (the native kernel, model/native/maxtimes.cc, and tropical-gemm) and
+layer with the hard max (the native kernel, model/native/kernels.cc, and tropical-gemm) and
 with LSE (alpha = 2, float32; alpha = 1 learnt, as in the authors' protocol of Tables 1-2;
 alpha = 16, float64), and prints the per-layer and whole-network ratios.
 Goals (issue 3): hard max <= 5x, LSE <= 3x.

@@ -283,7 +283,7 @@ def _hard_max(mo, u, v):
     "shape", [((3, 5, 9, 8), (20, 5, 3, 3)), ((2, 3, 6, 6), (32, 3, 2, 2)), ((4, 37), (10, 37))]
 )
 def test_native_hard_max_matches_the_portable_paths(monkeypatch, dtype, shape):
-    """The native kernel (model/native/maxtimes.cc) gives the values and the argmax (ties
+    """The native kernel (model/native/kernels.cc) gives the values and the argmax (ties
     included: most inputs are 0, so many windows tie at 0) of the materialised products, and
     through them the same gradients; output counts that are not a multiple of its vector and
     widths that leave a remainder of positions included."""
