@@ -244,17 +244,22 @@ class _MaxTimesConv(torch.autograd.Function):
         return gu, gv
 
 
-def _native_lib(u: torch.Tensor):
-    """The native max-times kernels for ``u`` (float32/64 on the CPU), or ``None``: also where
-    the CPU has no 256-bit SIMD and tropical-gemm is installed (it is then the faster one)."""
-    if u.device.type != "cpu" or u.dtype not in (torch.float32, torch.float64):
+def _native(x: torch.Tensor, *, portable_is_slow: bool):
+    """The native kernels for a float32/64 CPU tensor, or ``None``. Below 256-bit SIMD they are
+    used only where the portable path is slower still (no tropical-gemm for the hard max)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return None
     from .native import kernels
 
     lib = kernels()
-    if lib is None or (lib.maxtimes_vec_bytes() < 32 and _tg is not None):
+    if lib is None or (lib.vec_bytes < 32 and not portable_is_slow):
         return None
     return lib
+
+
+def _native_lib(u: torch.Tensor):
+    """The native max-times kernels for ``u``, or ``None`` (tropical-gemm's path)."""
+    return _native(u, portable_is_slow=_tg is None)
 
 
 def _native_backward(ctx, g, uh, pk, am):
@@ -297,14 +302,11 @@ def _conv(a, b):
 def _native_f64(x: torch.Tensor, w: torch.Tensor):
     """The native kernels for a float64 convolution on the CPU without autograd (PyTorch's CPU
     float64 convolution has no fast path), or ``None``."""
-    if x.dtype != torch.float64 or x.device.type != "cpu" or x.dim() != 4:
+    if x.dtype != torch.float64 or x.dim() != 4:
         return None
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         return None
-    from .native import kernels
-
-    lib = kernels()
-    return lib if lib is not None and lib.maxtimes_vec_bytes() >= 32 else None
+    return _native(x, portable_is_slow=False)
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:

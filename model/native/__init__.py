@@ -98,6 +98,7 @@ def _load() -> ctypes.CDLL | None:
         getattr(lib, f"maxtimes_forward_{suf}").argtypes = [p, p, p, p] + [i64] * 6
         getattr(lib, f"maxtimes_backward_{suf}").argtypes = [p] * 6 + [i64] * 7
     lib.conv_f64.argtypes = lib.conv_wgrad_f64.argtypes = [p] * 3 + [i64] * 6
+    lib.vec_bytes = lib.maxtimes_vec_bytes()  # the SIMD width it was built for, read once
     return lib
 
 
