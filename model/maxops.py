@@ -24,8 +24,9 @@ The hard max on the CPU uses a native max-times kernel (``model/native/kernels.c
 first use with the machine's C++ compiler: windows read in place, SIMD over the outputs, argmax
 tracked), else ``tropical-gemm``'s max-times product with argmax tracking and a scatter
 (``index_add_``) backward. The smooth branches' float64 convolutions (alpha above 4) also run
-through native kernels on the CPU. :func:`branch_naive` is the direct unfold-and-reduce
-definition the fast paths are tested against.
+through native kernels on the CPU, and so do their float32 elementwise chains (powers, the
+quotient, the chain rule back to the inputs and alpha), each fused into one pass.
+:func:`branch_naive` is the direct unfold-and-reduce definition the fast paths are tested against.
 """
 
 from __future__ import annotations
@@ -455,6 +456,90 @@ def _ew_lse_exponent(g, out, dens, ok, a):
     return -torch.where(ok, g * out * torch.log(dens), torch.zeros_like(g)).sum() / (a * a)
 
 
+# -- the same chains through the native kernels (float32 on the CPU, one pass each) -------------
+_KIND_CODE = {"lse": 0, "lmorph": 1, "smorph": 2}
+
+
+def _native_ew(un: torch.Tensor, vn: torch.Tensor):
+    """The native elementwise passes for contiguous float32 CPU ``un, vn``, or ``None``."""
+    if un.dtype != torch.float32 or not (un.is_contiguous() and vn.is_contiguous()):
+        return None
+    return _native(un, portable_is_slow=True)
+
+
+def _nat_powers(lib, x, a, kind: str):
+    """:func:`_ew_powers` in one native pass."""
+    p = torch.empty_like(x)
+    lx, pl = (torch.empty_like(x), torch.empty_like(x)) if kind == "smorph" else (None, None)
+    lib.smooth_powers_f32(
+        x.data_ptr(), x.numel(), a, p.data_ptr(),
+        lx.data_ptr() if lx is not None else None, pl.data_ptr() if pl is not None else None,
+    )  # fmt: skip
+    return p, lx, pl
+
+
+def _geometry(den: torch.Tensor):
+    """``B, O, S`` and the batch stride of a conv or linear output whose samples are each
+    contiguous (S-morph's ``den`` is half of a two-part convolution's output)."""
+    b, o = den.shape[:2]
+    s = den[0, 0].numel()
+    return b, o, s, den.stride(0)
+
+
+def _nat_finish(lib, den, num, scale, a, kind: str):
+    """:func:`_ew_finish` in one native pass: the output, and ``den`` as the backward wants it
+    (it re-derives the masks from ``den``)."""
+    if not (den[0].is_contiguous() and den.stride(1) == den[0, 0].numel()):
+        den = den.contiguous()
+    b, o, s, dstride = _geometry(den)
+    out = torch.empty(den.shape, dtype=den.dtype)
+    num = num.contiguous() if num is not None else None
+    scale = scale.contiguous()  # held: the kernel reads it after data_ptr() returns
+    lib.smooth_finish_f32(
+        den.data_ptr(), num.data_ptr() if num is not None else None,
+        scale.data_ptr(), b, o, s, dstride, a, _KIND_CODE[kind], out.data_ptr(),
+    )  # fmt: skip
+    return out, den
+
+
+def _nat_grad_out(lib, g, out, den, num, scale, a, kind: str, lse_alpha: bool):
+    """:func:`_ew_grad_out` (and LSE's exponent term) in one native pass. S-morph's two
+    gradients are written side by side, as the one convolution against ``[pv, pv ln vn]``
+    wants them; returns ``gden, gnum, gcat`` (``gcat``: both, S-morph only) and the term."""
+    b, o, s, dstride = _geometry(den)
+    g = g.contiguous()
+    gcat = None
+    if kind == "smorph":
+        gcat = torch.empty((b, 2 * o) + tuple(den.shape[2:]), dtype=den.dtype)
+        gden, gnum = gcat[:, :o], gcat[:, o:]
+        ostride = 2 * o * s
+    else:
+        gden = torch.empty(den.shape, dtype=den.dtype)
+        gnum = torch.empty_like(gden) if kind == "lmorph" else None
+        ostride = o * s
+    num = num.contiguous() if num is not None else None
+    scale = scale.contiguous()
+    ga = lib.smooth_grad_out_f32(
+        g.data_ptr(), out.data_ptr(), den.data_ptr(), num.data_ptr() if num is not None else None,
+        scale.data_ptr(), b, o, s, dstride, ostride, a, _DEN_MIN_F32, _KIND_CODE[kind],
+        int(lse_alpha), gden.data_ptr(), gnum.data_ptr() if gnum is not None else None,
+    )  # fmt: skip
+    return gden, gnum, gcat, ga
+
+
+def _nat_through(lib, x, p, lx, gp, g2, a, kind: str, need_x: bool, need_a: bool):
+    """:func:`_ew_through` and :func:`_ew_by_alpha` in one native pass: ``x``'s gradient (or
+    ``None``) and alpha's (a float)."""
+    gx = torch.empty_like(x) if need_x else None
+    gp, g2 = gp.contiguous(), g2.contiguous() if g2 is not None else None
+    ga = lib.smooth_through_f32(
+        x.data_ptr(), p.data_ptr(), lx.data_ptr() if lx is not None else None,
+        gp.data_ptr(), g2.data_ptr() if g2 is not None else None, x.numel(), a,
+        _KIND_CODE[kind], int(need_a), gx.data_ptr() if gx is not None else None,
+    )  # fmt: skip
+    return gx, ga
+
+
 class _SmoothBranch(torch.autograd.Function):
     """A smooth branch of normalised ``un, vn`` (``<= 1``) at alpha ``at`` (a 0-d tensor, learnable
     or not), times ``scale``, with a hand-written backward (alpha's by the chain rule through
@@ -465,13 +550,18 @@ class _SmoothBranch(torch.autograd.Function):
     gradient), and keeps only the powers for the backward: ``a un^(a-1)`` is ``a pu / un``, not a
     second ``pow``. S-morph convolves ``pu`` against ``pv`` and ``pv ln vn`` in one call.
     ``scale`` (and the normalisers behind it) carry no gradient, as in the generic path.
+    In float32 on the CPU the elementwise chains run as native passes (``_nat_*``), which keep
+    ``den`` itself and re-derive the masks from it.
     """
 
     @staticmethod
     def forward(ctx, un, vn, at, kind: str, scale):
         a = float(at)
-        pu, lu, pul = _ew_powers(un, a, kind)
-        pv, lv, pvl = _ew_powers(vn, a, kind)
+        lib = _native_ew(un, vn)
+        if lib is not None:
+            (pu, lu, pul), (pv, lv, pvl) = (_nat_powers(lib, x, a, kind) for x in (un, vn))
+        else:
+            (pu, lu, pul), (pv, lv, pvl) = (_ew_powers(x, a, kind) for x in (un, vn))
         num = None
         if kind == "smorph":
             den, num = _conv(pu, torch.cat([pv, pvl], 0)).split(vn.shape[0], 1)
@@ -480,20 +570,32 @@ class _SmoothBranch(torch.autograd.Function):
             den = _conv(pu, pv)
             if kind == "lmorph":
                 num = _conv(pu * un, pv * vn)
+        ctx.a, ctx.kind, ctx.native = a, kind, lib
+        if lib is not None:  # the backward re-derives the masks from den
+            out, den = _nat_finish(lib, den, num, scale, a, kind)
+            ctx.save_for_backward(un, vn, pu, pv, den, num, out, scale, lu, lv, pul, pvl)
+            return out
         den_min = _DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32
         out, dens, live, ok = _ew_finish(den, num, scale, a, kind, den_min)
-        ctx.save_for_backward(un, vn, pu, pv, dens, num, out, live, ok, scale, lu, lv, pul, pvl)
-        ctx.a, ctx.kind = a, kind
+        ctx.save_for_backward(
+            un, vn, pu, pv, dens, num, out, scale, lu, lv, pul, pvl, live, ok
+        )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx, g):
-        un, vn, pu, pv, dens, num, out, live, ok, scale, lu, lv, pul, pvl = ctx.saved_tensors
-        a, kind = ctx.a, ctx.kind
+        un, vn, pu, pv, dens, num, out, scale, lu, lv, pul, pvl, *masks = ctx.saved_tensors
+        a, kind, lib = ctx.a, ctx.kind, ctx.native
         need_a = ctx.needs_input_grad[2]
         # alpha's gradient goes through the powers of both sides: compute both
         need_u, need_v = ctx.needs_input_grad[0] or need_a, ctx.needs_input_grad[1] or need_a
-        gden, gnum = _ew_grad_out(g, out, dens, num, live, scale, a, kind)
+        gcat = None
+        if lib is not None:  # dens is the raw den here
+            lse_a = need_a and kind == "lse"
+            gden, gnum, gcat, ga_exp = _nat_grad_out(lib, g, out, dens, num, scale, a, kind, lse_a)
+        else:
+            live, ok = masks
+            gden, gnum = _ew_grad_out(g, out, dens, num, live, scale, a, kind)
         if kind == "lse":
             gpu, gpv = _conv_backward(gden, pu, pv, need_u, need_v)
             gx = {"u": (gpu, None), "v": (gpv, None)}
@@ -503,14 +605,27 @@ class _SmoothBranch(torch.autograd.Function):
             gx = {"u": (gpu, gpu1), "v": (gpv, gpv1)}
         else:
             o = vn.shape[0]
-            gpu, gpvs = _conv_backward(
-                torch.cat([gden, gnum], 1), pu, torch.cat([pv, pvl], 0), need_u, need_v
-            )
+            gcat = torch.cat([gden, gnum], 1) if gcat is None else gcat
+            gpu, gpvs = _conv_backward(gcat, pu, torch.cat([pv, pvl], 0), need_u, need_v)
             gpul, gpv2 = _conv_backward(gnum, pul, pv, need_u, need_v)
             gpv, gpvl = gpvs.split(o, 0) if need_v else (None, None)
             gpv = gpv + gpv2 if need_v else None
             gx = {"u": (gpu, gpul), "v": (gpv, gpvl)}
 
+        if lib is not None:
+            nu, nv = ctx.needs_input_grad[:2]
+            gu, ga_u = (
+                _nat_through(lib, un, pu, lu, *gx["u"], a, kind, nu, need_a)
+                if need_u
+                else (None, 0.0)
+            )
+            gv, ga_v = (
+                _nat_through(lib, vn, pv, lv, *gx["v"], a, kind, nv, need_a)
+                if need_v
+                else (None, 0.0)
+            )
+            ga = torch.tensor(ga_u + ga_v + ga_exp, dtype=g.dtype) if need_a else None
+            return gu, gv, ga, None, None
         ga = None
         if need_a:
             ga = _ew_by_alpha(un, pu, lu, *gx["u"], kind) + _ew_by_alpha(vn, pv, lv, *gx["v"], kind)

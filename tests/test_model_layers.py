@@ -331,6 +331,65 @@ def test_native_float64_convolution_matches_torch(xs, ws):
     assert mo._native_conv_backward(lib, g, x, w, False, True)[0] is None
 
 
+def _smooth(mo, u, v, kind):
+    op = MaxOp(kind, alpha=1.3, learnable=True)
+    uu, vv = u.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    y = mo.branch(uu, vv, op)
+    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    return (y.detach(), *torch.autograd.grad((y * g).sum(), (uu, vv, *op.parameters())))
+
+
+@pytest.mark.parametrize("kind", ["lse", "lmorph", "smorph"])
+@pytest.mark.parametrize("shape", [((3, 5, 9, 8), (20, 5, 3, 3)), ((4, 37), (10, 37))])
+def test_native_smooth_passes_match_the_portable_path(monkeypatch, kind, shape):
+    """The smooth branches' fused float32 passes (native kernels): the values and the input,
+    weight and alpha gradients of the PyTorch chains, to float32 rounding; an all-zero sample
+    (empty windows), sparse inputs and output counts that leave a vector's remainder included."""
+    import model.maxops as mo
+
+    torch.manual_seed(7)
+    su, sv = shape
+    u, v = torch.rand(su, dtype=torch.float32), torch.rand(sv, dtype=torch.float32)
+    u[u < 0.5] = 0
+    u[0] = 0
+    if mo._native_ew(u, v) is None:
+        pytest.skip("no native kernels here")
+    native = _smooth(mo, u, v, kind)
+    monkeypatch.setattr(mo, "_native_ew", lambda un, vn: None)
+    portable = _smooth(mo, u, v, kind)
+    assert len(native) == 4
+    for a, b in zip(native, portable, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6 * float(b.abs().max()))
+    assert native[0][0].abs().max() == 0
+
+
+def test_native_exp_and_log_are_accurate():
+    """The kernels' own single-precision exp and log (behind ``x ** a``): ln x within 2 ulp
+    (absolute where ``|ln x| < 1``) over normal and subnormal x; ``x ** a`` within 4 ulp times
+    ``1 + |a ln x|`` (what the rounding of ``ln x`` carries through ``exp``); 0 at 0."""
+    import model.maxops as mo
+
+    f32 = torch.float32
+    x = torch.rand(50_103, dtype=f32)
+    x[50_000:50_100] *= 1e-38  # subnormal
+    x[50_100:] = torch.tensor([0.0, 1.0, 2**-149])
+    lib = mo._native_ew(x, x)
+    if lib is None:
+        pytest.skip("no native kernels here")
+    xd = x.double()
+    pos = xd > 0
+    for a in (0.7, 1.0, 2.5):
+        p, lx, _ = mo._nat_powers(lib, x, a, "smorph")
+        ulp = torch.finfo(torch.float32).eps
+        ref = xd[pos].log()
+        assert ((lx.double()[pos] - ref).abs() / (ref.abs().clamp(min=1) * ulp)).max() <= 2
+        ref = xd.pow(a)
+        big = ref > 1e-30
+        err = (p.double()[big] - ref[big]).abs() / ref[big]
+        assert (err / (1 + a * xd[big].log().abs())).max() <= 4 * ulp
+        assert p[x == 0].eq(0).all() and lx[x == 0].eq(0).all()
+
+
 def test_native_kernel_falls_back_when_it_cannot_be_built(monkeypatch, tmp_path):
     """No compiler that works: one warning, the portable path, the same values."""
     import model.maxops as mo

@@ -1,7 +1,8 @@
 """Native kernels, built at first use with the machine's own C++ compiler.
 
 :func:`kernels` returns the kernels of ``kernels.cc`` through ``ctypes`` (the hard-max BM
-branch's max-times convolution, and the float64 convolution of the smooth branches), or ``None``
+branch's max-times convolution, the float64 convolution of the smooth branches and their fused
+float32 elementwise passes), or ``None``
 where they cannot be had: no C++ compiler, a failed build, ``BM_NATIVE=0`` in the environment.
 Callers then take their portable path, so a missing compiler costs speed, never correctness.
 
@@ -98,12 +99,18 @@ def _load() -> ctypes.CDLL | None:
         getattr(lib, f"maxtimes_forward_{suf}").argtypes = [p, p, p, p] + [i64] * 6
         getattr(lib, f"maxtimes_backward_{suf}").argtypes = [p] * 6 + [i64] * 7
     lib.conv_f64.argtypes = lib.conv_wgrad_f64.argtypes = [p] * 3 + [i64] * 6
+    f32, i32 = ctypes.c_float, ctypes.c_int
+    lib.smooth_powers_f32.argtypes = [p, i64, f32, p, p, p]
+    lib.smooth_finish_f32.argtypes = [p] * 3 + [i64] * 4 + [f32, i32, p]
+    lib.smooth_grad_out_f32.argtypes = [p] * 5 + [i64] * 5 + [f32, f32, i32, i32, p, p]
+    lib.smooth_through_f32.argtypes = [p] * 5 + [i64, f32, i32, i32, p]
+    lib.smooth_grad_out_f32.restype = lib.smooth_through_f32.restype = ctypes.c_double
     lib.vec_bytes = lib.maxtimes_vec_bytes()  # the SIMD width it was built for, read once
     return lib
 
 
 def kernels() -> ctypes.CDLL | None:
-    """The compiled kernels (``maxtimes_forward_f32`` ... ``conv_wgrad_f64``), or ``None``."""
+    """The compiled kernels (``maxtimes_forward_f32`` ... ``smooth_through_f32``), or ``None``."""
     global _lib
     if _lib is False:
         with _lock:

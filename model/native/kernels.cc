@@ -14,6 +14,12 @@
 //
 // Sum-of-products convolution (a valid conv2d) and its weight gradient, for float64: the smooth
 // branches need float64 above a small alpha, where PyTorch's CPU convolution has no fast path.
+//
+// The smooth branches' elementwise chains in float32 (model/maxops.py, _SmoothBranch): the powers
+// of the normalised inputs and weights, the branch from its convolutions, the gradients of those
+// convolutions, and the chain rule back to the inputs and alpha, each fused into one pass. exp
+// and log are Cephes's single-precision polynomials (within 2 ulp of the C library's), so the
+// passes vectorise without a vector maths library.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -192,6 +198,201 @@ void conv_wgrad(const T *x, const T *g, T *gw, int64_t B, int64_t H, int64_t W, 
     });
 }
 
+
+// -- the smooth branches' elementwise passes (float32) ------------------------------------------
+typedef Vec<float>::v VF;
+typedef Vec<float>::i VI;
+constexpr int LF = VEC_BYTES / sizeof(float);
+
+inline VF sel(VI m, VF a, VF b) { return (VF)(((VI)a & m) | ((VI)b & ~m)); }
+inline VF splat(float x) { return VF{} + x; }
+
+// exp(x), 0 below -87.34 (where the result would be subnormal)
+inline VF vexp(VF x) {
+    VI under = x < -87.336544f;
+    x = sel(x > 88.3762626647949f, splat(88.3762626647949f), x);
+    x = sel(under, splat(0.0f), x);
+    VF fx = x * 1.44269504088896341f + 0.5f;
+    VI n = __builtin_convertvector(fx, VI);
+    VF t = __builtin_convertvector(n, VF);
+    n += (VI)(t > fx);  // truncation to floor: -1 where t rounded up
+    t = __builtin_convertvector(n, VF);
+    x = x - t * 0.693359375f - t * -2.12194440e-4f;
+    VF z = x * x;
+    VF y = splat(1.9875691500e-4f);
+    y = y * x + 1.3981999507e-3f;
+    y = y * x + 8.3334519073e-3f;
+    y = y * x + 4.1665795894e-2f;
+    y = y * x + 1.6666665459e-1f;
+    y = y * x + 5.0000001201e-1f;
+    y = y * z + x + 1.0f;
+    VF scale = (VF)((n + 127) << 23);
+    return sel(under, splat(0.0f), y * scale);
+}
+
+// log(x) for x > 0 (subnormals included); the caller masks x <= 0
+inline VF vlog(VF x) {
+    VI small = x < 1.17549435e-38f;
+    x = sel(small, x * 8388608.0f, x);
+    VI bits = (VI)x;
+    VI e = ((bits >> 23) & 0xff) - 126 + (small & -23);
+    VF m = (VF)((bits & 0x807fffff) | 0x3f000000);  // in [0.5, 1)
+    VI lt = m < 0.707106781186547524f;
+    e += lt;
+    m = sel(lt, m + m, m) - 1.0f;
+    VF ef = __builtin_convertvector(e, VF);
+    VF z = m * m;
+    VF y = splat(7.0376836292e-2f);
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    y += ef * -2.12194440e-4f;
+    y += -0.5f * z;
+    return m + y + ef * 0.693359375f;
+}
+
+inline VF load(const float *p, int64_t n) {
+    VF v = VF{};
+    std::memcpy(&v, p, n * sizeof(float));
+    return v;
+}
+inline void store(float *p, VF v, int64_t n) { std::memcpy(p, &v, n * sizeof(float)); }
+
+// Calls f(i, n) for each run of n <= LF elements from i, over [0, total).
+template <typename F> inline __attribute__((always_inline)) void each_vec(int64_t total, F f) {
+    int64_t i = 0;
+    for (; i + LF <= total; i += LF) f(i, (int64_t)LF);
+    if (i < total) f(i, total - i);
+}
+
+enum Kind { LSE = 0, LMORPH = 1, SMORPH = 2 };
+
+// p = x^a, lx = ln x, pl = x^a ln x (lx and pl may be null); 0 where x <= 0.
+void powers(const float *x, int64_t total, float a, float *p, float *lx, float *pl) {
+    each_vec(total, [&](int64_t i, int64_t n) {
+        VF xv = load(x + i, n);
+        VI pos = xv > 0.0f;
+        VF l = sel(pos, vlog(sel(pos, xv, splat(1.0f))), splat(0.0f));
+        VF pv = sel(pos, vexp(a * l), splat(0.0f));
+        store(p + i, pv, n);
+        if (lx) store(lx + i, l, n);
+        if (pl) store(pl + i, pv * l, n);
+    });
+}
+
+// The branch from its convolutions, den and num (B, O, S; den's batches dstride apart): den^(1/a),
+// num/den or exp(num/den), times scale[b, o]; 0 where den <= 0.
+void finish(const float *den, const float *num, const float *scale, int64_t B, int64_t O,
+            int64_t S, int64_t dstride, float a, int kind, float *out) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t o = 0; o < O; o++) {
+            int64_t q = b * O + o;
+            const float *d = den + b * dstride + o * S;
+            float sc = scale[q];
+            each_vec(S, [&](int64_t i, int64_t n) {
+                VF dv = load(d + i, n);
+                VI ok = dv > 0.0f;
+                VF ds = sel(ok, dv, splat(1.0f));
+                VF r;
+                if (kind == LSE)
+                    r = vexp(vlog(ds) * (1.0f / a));
+                else if (kind == LMORPH)
+                    r = load(num + q * S + i, n) / ds;
+                else
+                    r = vexp(load(num + q * S + i, n) / ds);
+                store(out + q * S + i, sel(ok, r * sc, splat(0.0f)), n);
+            });
+        }
+}
+
+// The gradients of den's and num's convolutions from the output's, g: 0 where den < den_min.
+// g, out and num are (B, O, S), den as in finish(). Element (b, o, s) goes to
+// gden[b * ostride + o * S + s] and gnum alike (gnum may be null).
+// Returns LSE's alpha gradient through the exponent 1/a (the sum over den > 0 of g out ln den,
+// times -1/a^2) when lse_alpha is set, else 0.
+double grad_out(const float *g, const float *out, const float *den, const float *num,
+                const float *scale, int64_t B, int64_t O, int64_t S, int64_t dstride,
+                int64_t ostride, float a, float den_min, int kind, bool lse_alpha, float *gden,
+                float *gnum) {
+    double ga = 0.0;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t o = 0; o < O; o++) {
+            int64_t q = b * O + o, src = q * S, dst = b * ostride + o * S;
+            float sc = scale[q];
+            VF acc = VF{};
+            each_vec(S, [&](int64_t i, int64_t n) {
+                VF gv = load(g + src + i, n), ov = load(out + src + i, n);
+                VF dv = load(den + b * dstride + o * S + i, n);
+                VI ok = dv > 0.0f, live = dv >= den_min;
+                VF ds = sel(ok, dv, splat(1.0f));
+                VF zero = splat(0.0f);
+                if (kind == LSE) {
+                    store(gden + dst + i, sel(live, gv * ov / (a * ds), zero), n);
+                    if (lse_alpha) acc += sel(ok, gv * ov * vlog(ds), zero);
+                } else if (kind == LMORPH) {
+                    store(gnum + dst + i, sel(live, gv * sc / ds, zero), n);
+                    store(gden + dst + i, sel(live, -gv * ov / ds, zero), n);
+                } else {
+                    VF nv = load(num + src + i, n);
+                    store(gnum + dst + i, sel(live, gv * ov / ds, zero), n);
+                    store(gden + dst + i, sel(live, -gv * ov * (nv / ds) / ds, zero), n);
+                }
+            });
+            for (int l = 0; l < LF; l++) ga += acc[l];
+        }
+    return lse_alpha ? -ga / ((double)a * a) : 0.0;
+}
+
+// The chain rule from the powers' gradients, gp (of x^a) and g2 (of x^(a+1) for L-morph, of
+// x^a ln x for S-morph; null for LSE), back to x (into gx, if not null) and to alpha (returned):
+//   d/dx:  a p / x,  (a+1) p,  (p / x)(a ln x + 1);   d/da: p ln x,  p x ln x,  p (ln x)^2.
+// p = x^a; lx = ln x, computed here where null. 0 where x <= 0.
+double through(const float *x, const float *p, const float *lx, const float *gp, const float *g2,
+               int64_t total, float a, int kind, bool need_a, float *gx) {
+    double ga = 0.0;
+    const int64_t chunk = 1 << 14;  // partial sums in float over at most this many elements
+    for (int64_t c0 = 0; c0 < total; c0 += chunk) {
+        int64_t cn = total - c0 < chunk ? total - c0 : chunk;
+        VF acc = VF{};
+        each_vec(cn, [&](int64_t i0, int64_t n) {
+            int64_t i = c0 + i0;
+            VF xv = load(x + i, n), pv = load(p + i, n), gpv = load(gp + i, n);
+            VI pos = xv > 0.0f;
+            VF xs = sel(pos, xv, splat(1.0f)), zero = splat(0.0f);
+            VF l = zero;
+            if (lx)
+                l = load(lx + i, n);
+            else if (need_a)
+                l = sel(pos, vlog(xs), zero);
+            VF g2v = g2 ? load(g2 + i, n) : zero;
+            if (gx) {
+                VF d = gpv * (a * pv / xs);
+                if (kind == LMORPH)
+                    d = d + g2v * ((a + 1.0f) * pv);
+                else if (kind == SMORPH)
+                    d = d + g2v * (pv / xs) * (a * l + 1.0f);
+                store(gx + i, sel(pos, d, zero), n);
+            }
+            if (need_a) {
+                VF d = gpv * pv * l;
+                if (kind == LMORPH)
+                    d = d + g2v * (pv * xv) * l;
+                else if (kind == SMORPH)
+                    d = d + g2v * pv * l * l;
+                acc += sel(pos, d, zero);
+            }
+        });
+        for (int l = 0; l < LF; l++) ga += acc[l];
+    }
+    return ga;
+}
+
 }  // namespace
 
 extern "C" {
@@ -219,4 +420,23 @@ EXPORT(double, f64)
         conv_wgrad<T>(x, g, gw, B, H, W, C, k, Op);                                            \
     }
 EXPORT_CONV(double, f64)
+
+void smooth_powers_f32(const float *x, int64_t n, float a, float *p, float *lx, float *pl) {
+    powers(x, n, a, p, lx, pl);
+}
+void smooth_finish_f32(const float *den, const float *num, const float *scale, int64_t B,
+                       int64_t O, int64_t S, int64_t dstride, float a, int kind, float *out) {
+    finish(den, num, scale, B, O, S, dstride, a, kind, out);
+}
+double smooth_grad_out_f32(const float *g, const float *out, const float *den, const float *num,
+                           const float *scale, int64_t B, int64_t O, int64_t S, int64_t dstride,
+                           int64_t ostride, float a, float den_min, int kind, int lse_alpha,
+                           float *gden, float *gnum) {
+    return grad_out(g, out, den, num, scale, B, O, S, dstride, ostride, a, den_min, kind,
+                    lse_alpha != 0, gden, gnum);
+}
+double smooth_through_f32(const float *x, const float *p, const float *lx, const float *gp,
+                          const float *g2, int64_t n, float a, int kind, int need_a, float *gx) {
+    return through(x, p, lx, gp, g2, n, a, kind, need_a != 0, gx);
+}
 }
