@@ -3,10 +3,16 @@
     python benchmarks/bm_speed.py [--batch 128] [--threads 1] [--repeats 5]
 
 For each of the five convolutions and the classifier of the LeNet (MNIST, batch ``--batch``), it
-times forward + backward (input and weight gradients) of the classical layer and of the 1.5-BM
-layer with the hard max (the native kernel, model/native/kernels.cc, and tropical-gemm) and
-with LSE (alpha = 2, float32; alpha = 1 learnt, as in the authors' protocol of Tables 1-2;
-alpha = 16, float64), and prints the per-layer and whole-network ratios.
+times forward + backward (input and weight gradients) of the classical layer and of:
+
+- the 1.5-BM layer with the hard max (the native kernel, model/native/kernels.cc, and
+  tropical-gemm);
+- the 1.5-BM layer with LSE (alpha = 2, float32; alpha = 1 learnt, as in the authors' protocol of
+  Tables 1-2; alpha = 16, float64);
+- the 4-BM layer with S-morph and L-morph at a learnt alpha = 1 (Table 1's authors' cells), the
+  smooth branches' elementwise chains as native passes and, for S-morph, as PyTorch operations;
+
+and prints each variant's per-layer times and whole-network ratio.
 Goals (issue 3): hard max <= 5x, LSE <= 3x.
 Timings are medians over ``--repeats`` runs after one warm-up, the variants of a layer taking
 turns within each repeat; the machine's load still shows in them.
@@ -48,26 +54,32 @@ def main(argv=None):
     layers.append((nn.Linear(5184, 10), (args.batch, 5184)))
     import model.maxops as mo
 
-    class TropicalGemm(nn.Module):
-        """The layer with the native max-times kernel turned off (tropical-gemm's path)."""
+    class Without(nn.Module):
+        """The layer with one native path of model.maxops turned off (its portable path)."""
 
-        def __init__(self, inner):
+        def __init__(self, inner, name, off):
             super().__init__()
-            self.inner = inner
+            self.inner, self.name, self.off = inner, name, off
 
         def forward(self, x):
-            native, mo._native_lib = mo._native_lib, lambda u: None
+            native = getattr(mo, self.name)
+            setattr(mo, self.name, self.off)
             try:
                 return self.inner(x)
             finally:
-                mo._native_lib = native
+                setattr(mo, self.name, native)
 
-    variants = {
-        "max": MaxOp("max"),
-        "max tropical-gemm": MaxOp("max"),
-        "lse a=2 f32": MaxOp("lse", alpha=2.0),
-        "lse a=1 learnt": MaxOp("lse", alpha=1.0, learnable=True),
-        "lse a=16 f64": MaxOp("lse", alpha=16.0),
+    learnt = {"alpha": 1.0, "learnable": True}
+    no_ew = ("_native_ew", lambda u, v: None)
+    variants = {  # name: (form, op, the native path turned off or None)
+        "max": ("bm15", MaxOp("max"), None),
+        "max tropical-gemm": ("bm15", MaxOp("max"), ("_native_lib", lambda u: None)),
+        "lse a=2 f32": ("bm15", MaxOp("lse", alpha=2.0), None),
+        "lse a=1 learnt": ("bm15", MaxOp("lse", **learnt), None),
+        "lse a=16 f64": ("bm15", MaxOp("lse", alpha=16.0), None),
+        "4-BM smorph a=1 learnt": ("bm4", MaxOp("smorph", **learnt), None),
+        "4-BM smorph PyTorch": ("bm4", MaxOp("smorph", **learnt), no_ew),
+        "4-BM lmorph a=1 learnt": ("bm4", MaxOp("lmorph", **learnt), None),
     }
 
     def timeit(mods, shape):
@@ -87,35 +99,34 @@ def main(argv=None):
 
     print(
         f"batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}; "
-        "forward+backward seconds (ratio to the classical layer)"
+        "forward+backward seconds, and the whole network's ratio to the classical layers"
     )
-    head = f"{'layer':<26}{'classical':>11}" + "".join(f"{k:>22}" for k in variants)
-    print(head)
-    totals = {k: 0.0 for k in ("classical", *variants)}
+    times = {k: [] for k in ("classical", *variants)}
     for layer, shape in layers:
         mods = {"classical": layer}
-        mods.update({k: convert(layer, "bm15", op=op) for k, op in variants.items()})
-        mods["max tropical-gemm"] = TropicalGemm(mods["max tropical-gemm"])
-        t = timeit(mods, shape)
-        for k in totals:
-            totals[k] += t[k]
-        t_c = t["classical"]
-        row = f"{str(tuple(shape)):<26}{t_c:>11.4f}"
-        for k in variants:
-            row += f"{t[k]:>13.4f} ({t[k] / t_c:5.1f}x)"
-        print(row)
-    row = f"{'whole LeNet':<26}{totals['classical']:>11.4f}"
-    for k in variants:
-        row += f"{totals[k]:>13.4f} ({totals[k] / totals['classical']:5.1f}x)"
-    print(row)
-    r_max = totals["max"] / totals["classical"]
-    r_lse = totals["lse a=2 f32"] / totals["classical"]
-    r_tg = totals["max tropical-gemm"] / totals["classical"]
+        for k, (form, op, off) in variants.items():
+            mods[k] = convert(layer, form, op=op)
+            if off is not None:
+                mods[k] = Without(mods[k], *off)
+        for k, t in timeit(mods, shape).items():
+            times[k].append(t)
+    names = [f"{s[1]}x{s[-1]}" if len(s) == 4 else f"fc {s[1]}" for _, s in layers]
+    print(f"{'variant':<24}" + "".join(f"{n:>10}" for n in names) + f"{'whole':>10}{'ratio':>8}")
+    whole = {k: sum(v) for k, v in times.items()}
+    ratio = {k: whole[k] / whole["classical"] for k in whole}
+    for k, ts in times.items():
+        cols = "".join(f"{t:>10.4f}" for t in ts)
+        print(f"{k:<24}{cols}{whole[k]:>10.4f}{ratio[k]:>7.2f}x")
+    r_max, r_lse = ratio["max"], ratio["lse a=2 f32"]
     print(
-        f"RATIO hard-max {r_max:.2f}x (goal <= 5x; tropical-gemm {r_tg:.2f}x), "
+        f"RATIO hard-max {r_max:.2f}x "
+        f"(goal <= 5x; tropical-gemm {ratio['max tropical-gemm']:.2f}x), "
         f"LSE {r_lse:.2f}x (goal <= 3x), "
-        f"LSE learnt alpha {totals['lse a=1 learnt'] / totals['classical']:.2f}x, "
-        f"LSE float64 {totals['lse a=16 f64'] / totals['classical']:.2f}x"
+        f"LSE learnt alpha {ratio['lse a=1 learnt']:.2f}x, "
+        f"LSE float64 {ratio['lse a=16 f64']:.2f}x, "
+        f"4-BM S-morph {ratio['4-BM smorph a=1 learnt']:.2f}x "
+        f"(PyTorch chains {ratio['4-BM smorph PyTorch']:.2f}x), "
+        f"4-BM L-morph {ratio['4-BM lmorph a=1 learnt']:.2f}x"
     )
     return {"max": r_max, "lse": r_lse}
 
