@@ -171,8 +171,8 @@ def test_missing_teacher_is_one_line(tmp_path):
 
 def test_diagnostics_list_the_authors_cells_that_miss_the_goal(tmp_path: Path):
     """results/<table>.md gets a diagnostic for an authors' cell below 0.90 or more than 1 pp
-    from the paper, with what its run measured, and none for a cell on target, for an all-BM
-    cell, or where the paper's own figure is at chance."""
+    from the paper (below or above it), with what its run measured, and none for a cell on
+    target, for an all-BM cell, or where the paper's own figure is at chance."""
     from model.experiments import write_results
 
     def cell(row, method, acc, protocol="authors", **kw):
@@ -189,11 +189,15 @@ def test_diagnostics_list_the_authors_cells_that_miss_the_goal(tmp_path: Path):
         cell("1.5-BM LSE", "kd", 0.9942, alphas=[1.0, 1.0]),  # within 1 pp of 0.9998
         cell("1.5-BM MAX", "direct", 0.9131),  # the paper's figure is at chance
         cell("1.5-BM MAX", "kd", 0.1785, protocol="allbm"),
+        cell("1.5-BM LSE", "direct", 0.9873),  # the paper's 0.1486 is at chance
+        {**cell("1.5-BM LSE", "lwkd", 0.9950), "paper": 0.9700, "per_layer_accuracy": [0.99]},
     ]
     write_results("table2", entries, tmp_path)
     diag = (tmp_path / "table2.md").read_text().split("## Diagnostics")[1]
     lines = [x for x in diag.splitlines() if x.startswith("- ")]
-    assert len(lines) == 2
+    assert len(lines) == 3
+    assert "LSE / lwkd: 0.9950" in lines[2] and "2.5 pp above the paper" in lines[2]
+    assert "above the paper" not in lines[0] + lines[1]
     assert "MAX / lwkd: 0.1135" in lines[0] and "0.9896, 0.1135" in lines[0]
     assert "layer 4 3.505 -> 3.49" in lines[0]
     assert "LSE-MAX / kd: 0.7807" in lines[1] and "switched to the hard max 0.0974" in lines[1]
