@@ -474,6 +474,7 @@ def _nat_powers(lib, x, a, kind: str):
     lib.smooth_powers_f32(
         x.data_ptr(), x.numel(), a, p.data_ptr(),
         lx.data_ptr() if lx is not None else None, pl.data_ptr() if pl is not None else None,
+        torch.get_num_threads(),
     )  # fmt: skip
     return p, lx, pl
 
@@ -498,6 +499,7 @@ def _nat_finish(lib, den, num, scale, a, kind: str):
     lib.smooth_finish_f32(
         den.data_ptr(), num.data_ptr() if num is not None else None,
         scale.data_ptr(), b, o, s, dstride, a, _KIND_CODE[kind], out.data_ptr(),
+        torch.get_num_threads(),
     )  # fmt: skip
     return out, den
 
@@ -523,6 +525,7 @@ def _nat_grad_out(lib, g, out, den, num, scale, a, kind: str, lse_alpha: bool):
         g.data_ptr(), out.data_ptr(), den.data_ptr(), num.data_ptr() if num is not None else None,
         scale.data_ptr(), b, o, s, dstride, ostride, a, _DEN_MIN_F32, _KIND_CODE[kind],
         int(lse_alpha), gden.data_ptr(), gnum.data_ptr() if gnum is not None else None,
+        torch.get_num_threads(),
     )  # fmt: skip
     return gden, gnum, gcat, ga
 
@@ -536,6 +539,7 @@ def _nat_through(lib, x, p, lx, gp, g2, a, kind: str, need_x: bool, need_a: bool
         x.data_ptr(), p.data_ptr(), lx.data_ptr() if lx is not None else None,
         gp.data_ptr(), g2.data_ptr() if g2 is not None else None, x.numel(), a,
         _KIND_CODE[kind], int(need_a), gx.data_ptr() if gx is not None else None,
+        torch.get_num_threads(),
     )  # fmt: skip
     return gx, ga
 

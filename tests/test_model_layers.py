@@ -363,6 +363,35 @@ def test_native_smooth_passes_match_the_portable_path(monkeypatch, kind, shape):
     assert native[0][0].abs().max() == 0
 
 
+@pytest.mark.parametrize("kind", ["lse", "smorph"])
+def test_native_smooth_passes_split_over_threads(monkeypatch, kind):
+    """With several intra-op threads the passes split their work: the same values and gradients
+    as on one thread (alpha's summed in another order), and as the PyTorch chains."""
+    import model.maxops as mo
+
+    torch.manual_seed(8)
+    u = torch.rand(8, 8, 40, 40, dtype=torch.float32)  # 102,400 inputs: three parts
+    v = torch.rand(20, 8, 3, 3, dtype=torch.float32)
+    u[u < 0.5] = 0
+    if mo._native_ew(u, v) is None:
+        pytest.skip("no native kernels here")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        split = _smooth(mo, u, v, kind)
+        torch.set_num_threads(1)
+        one = _smooth(mo, u, v, kind)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(split[:3], one[:3], strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(split[3], one[3], rtol=1e-5, atol=0)
+    monkeypatch.setattr(mo, "_native_ew", lambda un, vn: None)
+    portable = _smooth(mo, u, v, kind)
+    for a, b in zip(split, portable, strict=True):  # the weight gradient sums 11,552 windows
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * float(b.abs().max()))
+
+
 def test_native_exp_and_log_are_accurate():
     """The kernels' own single-precision exp and log (behind ``x ** a``): ln x within 2 ulp
     (absolute where ``|ln x| < 1``) over normal and subnormal x; ``x ** a`` within 4 ulp times

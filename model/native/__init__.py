@@ -69,7 +69,7 @@ def _build(cc: str) -> Path:
     out = folder / name
     os.close(fd)
     try:
-        cmd = [cc, "-O3", "-march=native", "-shared", "-fPIC", "-o", tmp, str(_SRC)]
+        cmd = [cc, "-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-o", tmp, str(_SRC)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else cmd)
@@ -100,10 +100,10 @@ def _load() -> ctypes.CDLL | None:
         getattr(lib, f"maxtimes_backward_{suf}").argtypes = [p] * 6 + [i64] * 7
     lib.conv_f64.argtypes = lib.conv_wgrad_f64.argtypes = [p] * 3 + [i64] * 6
     f32, i32 = ctypes.c_float, ctypes.c_int
-    lib.smooth_powers_f32.argtypes = [p, i64, f32, p, p, p]
-    lib.smooth_finish_f32.argtypes = [p] * 3 + [i64] * 4 + [f32, i32, p]
-    lib.smooth_grad_out_f32.argtypes = [p] * 5 + [i64] * 5 + [f32, f32, i32, i32, p, p]
-    lib.smooth_through_f32.argtypes = [p] * 5 + [i64, f32, i32, i32, p]
+    lib.smooth_powers_f32.argtypes = [p, i64, f32, p, p, p, i32]
+    lib.smooth_finish_f32.argtypes = [p] * 3 + [i64] * 4 + [f32, i32, p, i32]
+    lib.smooth_grad_out_f32.argtypes = [p] * 5 + [i64] * 5 + [f32, f32, i32, i32, p, p, i32]
+    lib.smooth_through_f32.argtypes = [p] * 5 + [i64, f32, i32, i32, p, i32]
     lib.smooth_grad_out_f32.restype = lib.smooth_through_f32.restype = ctypes.c_double
     lib.vec_bytes = lib.maxtimes_vec_bytes()  # the SIMD width it was built for, read once
     return lib

@@ -19,11 +19,15 @@
 // of the normalised inputs and weights, the branch from its convolutions, the gradients of those
 // convolutions, and the chain rule back to the inputs and alpha, each fused into one pass. exp
 // and log are Cephes's single-precision polynomials (within 2 ulp of the C library's), so the
-// passes vectorise without a vector maths library.
+// passes vectorise without a vector maths library. They split their work over up to nt threads
+// (the caller passes PyTorch's intra-op thread count).
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <thread>
 #include <type_traits>
+#include <vector>
 
 #if defined(__AVX512F__)
 #define VEC_BYTES 64
@@ -271,28 +275,47 @@ template <typename F> inline __attribute__((always_inline)) void each_vec(int64_
     if (i < total) f(i, total - i);
 }
 
+// Runs f(begin, end, part) over [0, total) cut into up to nt parts of at least grain items (this
+// thread takes part 0).
+template <typename F> void parallel(int64_t total, int nt, int64_t grain, F f) {
+    int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nt, total / grain));
+    int64_t step = (total + parts - 1) / parts;
+    step = (step + LF - 1) / LF * LF;  // whole vectors, but for the last part's tail
+    parts = (total + step - 1) / step;
+    std::vector<std::thread> ts;
+    for (int64_t p = 1; p < parts; p++)
+        ts.emplace_back(f, p * step, std::min(total, (p + 1) * step), (int)p);
+    if (total > 0) f(0, std::min(total, step), 0);
+    for (auto &t : ts) t.join();
+}
+
+constexpr int64_t GRAIN = 1 << 15;  // elements below which a pass stays on one thread
+
 enum Kind { LSE = 0, LMORPH = 1, SMORPH = 2 };
 
 // p = x^a, lx = ln x, pl = x^a ln x (lx and pl may be null); 0 where x <= 0.
-void powers(const float *x, int64_t total, float a, float *p, float *lx, float *pl) {
-    each_vec(total, [&](int64_t i, int64_t n) {
-        VF xv = load(x + i, n);
-        VI pos = xv > 0.0f;
-        VF l = sel(pos, vlog(sel(pos, xv, splat(1.0f))), splat(0.0f));
-        VF pv = sel(pos, vexp(a * l), splat(0.0f));
-        store(p + i, pv, n);
-        if (lx) store(lx + i, l, n);
-        if (pl) store(pl + i, pv * l, n);
+void powers(const float *x, int64_t total, float a, float *p, float *lx, float *pl, int nt) {
+    parallel(total, nt, GRAIN, [&](int64_t i0, int64_t i1, int) {
+        each_vec(i1 - i0, [&](int64_t j, int64_t n) {
+            int64_t i = i0 + j;
+            VF xv = load(x + i, n);
+            VI pos = xv > 0.0f;
+            VF l = sel(pos, vlog(sel(pos, xv, splat(1.0f))), splat(0.0f));
+            VF pv = sel(pos, vexp(a * l), splat(0.0f));
+            store(p + i, pv, n);
+            if (lx) store(lx + i, l, n);
+            if (pl) store(pl + i, pv * l, n);
+        });
     });
 }
 
 // The branch from its convolutions, den and num (B, O, S; den's batches dstride apart): den^(1/a),
 // num/den or exp(num/den), times scale[b, o]; 0 where den <= 0.
 void finish(const float *den, const float *num, const float *scale, int64_t B, int64_t O,
-            int64_t S, int64_t dstride, float a, int kind, float *out) {
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t o = 0; o < O; o++) {
-            int64_t q = b * O + o;
+            int64_t S, int64_t dstride, float a, int kind, float *out, int nt) {
+    parallel(B * O, nt, std::max<int64_t>(1, GRAIN / S), [&](int64_t q0, int64_t q1, int) {
+        for (int64_t q = q0; q < q1; q++) {
+            int64_t b = q / O, o = q % O;
             const float *d = den + b * dstride + o * S;
             float sc = scale[q];
             each_vec(S, [&](int64_t i, int64_t n) {
@@ -309,6 +332,7 @@ void finish(const float *den, const float *num, const float *scale, int64_t B, i
                 store(out + q * S + i, sel(ok, r * sc, splat(0.0f)), n);
             });
         }
+    });
 }
 
 // The gradients of den's and num's convolutions from the output's, g: 0 where den < den_min.
@@ -319,11 +343,12 @@ void finish(const float *den, const float *num, const float *scale, int64_t B, i
 double grad_out(const float *g, const float *out, const float *den, const float *num,
                 const float *scale, int64_t B, int64_t O, int64_t S, int64_t dstride,
                 int64_t ostride, float a, float den_min, int kind, bool lse_alpha, float *gden,
-                float *gnum) {
-    double ga = 0.0;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t o = 0; o < O; o++) {
-            int64_t q = b * O + o, src = q * S, dst = b * ostride + o * S;
+                float *gnum, int nt) {
+    std::vector<double> part(std::max(nt, 1), 0.0);
+    parallel(B * O, nt, std::max<int64_t>(1, GRAIN / S), [&](int64_t q0, int64_t q1, int pi) {
+        double ga = 0.0;
+        for (int64_t q = q0; q < q1; q++) {
+            int64_t b = q / O, o = q % O, src = q * S, dst = b * ostride + o * S;
             float sc = scale[q];
             VF acc = VF{};
             each_vec(S, [&](int64_t i, int64_t n) {
@@ -346,22 +371,24 @@ double grad_out(const float *g, const float *out, const float *den, const float 
             });
             for (int l = 0; l < LF; l++) ga += acc[l];
         }
+        part[pi] = ga;
+    });
+    double ga = 0.0;
+    for (double x : part) ga += x;
     return lse_alpha ? -ga / ((double)a * a) : 0.0;
 }
 
-// The chain rule from the powers' gradients, gp (of x^a) and g2 (of x^(a+1) for L-morph, of
-// x^a ln x for S-morph; null for LSE), back to x (into gx, if not null) and to alpha (returned):
-//   d/dx:  a p / x,  (a+1) p,  (p / x)(a ln x + 1);   d/da: p ln x,  p x ln x,  p (ln x)^2.
-// p = x^a; lx = ln x, computed here where null. 0 where x <= 0.
-double through(const float *x, const float *p, const float *lx, const float *gp, const float *g2,
-               int64_t total, float a, int kind, bool need_a, float *gx) {
+// through() over elements [i0, i1): returns this range's alpha gradient.
+double through_part(const float *x, const float *p, const float *lx, const float *gp,
+                    const float *g2, int64_t i0, int64_t i1, float a, int kind, bool need_a,
+                    float *gx) {
     double ga = 0.0;
     const int64_t chunk = 1 << 14;  // partial sums in float over at most this many elements
-    for (int64_t c0 = 0; c0 < total; c0 += chunk) {
-        int64_t cn = total - c0 < chunk ? total - c0 : chunk;
+    for (int64_t c0 = i0; c0 < i1; c0 += chunk) {
+        int64_t cn = i1 - c0 < chunk ? i1 - c0 : chunk;
         VF acc = VF{};
-        each_vec(cn, [&](int64_t i0, int64_t n) {
-            int64_t i = c0 + i0;
+        each_vec(cn, [&](int64_t j, int64_t n) {
+            int64_t i = c0 + j;
             VF xv = load(x + i, n), pv = load(p + i, n), gpv = load(gp + i, n);
             VI pos = xv > 0.0f;
             VF xs = sel(pos, xv, splat(1.0f)), zero = splat(0.0f);
@@ -393,6 +420,20 @@ double through(const float *x, const float *p, const float *lx, const float *gp,
     return ga;
 }
 
+// The chain rule from the powers' gradients, gp (of x^a) and g2 (of x^(a+1) for L-morph, of
+// x^a ln x for S-morph; null for LSE), back to x (into gx, if not null) and to alpha (returned):
+//   d/dx:  a p / x,  (a+1) p,  (p / x)(a ln x + 1);   d/da: p ln x,  p x ln x,  p (ln x)^2.
+// p = x^a; lx = ln x, computed here where null. 0 where x <= 0.
+double through(const float *x, const float *p, const float *lx, const float *gp, const float *g2,
+               int64_t total, float a, int kind, bool need_a, float *gx, int nt) {
+    std::vector<double> part(std::max(nt, 1), 0.0);
+    parallel(total, nt, GRAIN, [&](int64_t i0, int64_t i1, int pi) {
+        part[pi] = through_part(x, p, lx, gp, g2, i0, i1, a, kind, need_a, gx);
+    });
+    double ga = 0.0;
+    for (double v : part) ga += v;
+    return ga;
+}
 }  // namespace
 
 extern "C" {
@@ -421,22 +462,25 @@ EXPORT(double, f64)
     }
 EXPORT_CONV(double, f64)
 
-void smooth_powers_f32(const float *x, int64_t n, float a, float *p, float *lx, float *pl) {
-    powers(x, n, a, p, lx, pl);
+void smooth_powers_f32(const float *x, int64_t n, float a, float *p, float *lx, float *pl,
+                       int nt) {
+    powers(x, n, a, p, lx, pl, nt);
 }
 void smooth_finish_f32(const float *den, const float *num, const float *scale, int64_t B,
-                       int64_t O, int64_t S, int64_t dstride, float a, int kind, float *out) {
-    finish(den, num, scale, B, O, S, dstride, a, kind, out);
+                       int64_t O, int64_t S, int64_t dstride, float a, int kind, float *out,
+                       int nt) {
+    finish(den, num, scale, B, O, S, dstride, a, kind, out, nt);
 }
 double smooth_grad_out_f32(const float *g, const float *out, const float *den, const float *num,
                            const float *scale, int64_t B, int64_t O, int64_t S, int64_t dstride,
                            int64_t ostride, float a, float den_min, int kind, int lse_alpha,
-                           float *gden, float *gnum) {
+                           float *gden, float *gnum, int nt) {
     return grad_out(g, out, den, num, scale, B, O, S, dstride, ostride, a, den_min, kind,
-                    lse_alpha != 0, gden, gnum);
+                    lse_alpha != 0, gden, gnum, nt);
 }
 double smooth_through_f32(const float *x, const float *p, const float *lx, const float *gp,
-                          const float *g2, int64_t n, float a, int kind, int need_a, float *gx) {
-    return through(x, p, lx, gp, g2, n, a, kind, need_a != 0, gx);
+                          const float *g2, int64_t n, float a, int kind, int need_a, float *gx,
+                          int nt) {
+    return through(x, p, lx, gp, g2, n, a, kind, need_a != 0, gx, nt);
 }
 }
