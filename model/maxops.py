@@ -581,9 +581,7 @@ class _SmoothBranch(torch.autograd.Function):
             return out
         den_min = _DEN_MIN_F64 if den.dtype == torch.float64 else _DEN_MIN_F32
         out, dens, live, ok = _ew_finish(den, num, scale, a, kind, den_min)
-        ctx.save_for_backward(
-            un, vn, pu, pv, dens, num, out, scale, lu, lv, pul, pvl, live, ok
-        )  # fmt: skip
+        ctx.save_for_backward(un, vn, pu, pv, dens, num, out, scale, lu, lv, pul, pvl, live, ok)
         return out
 
     @staticmethod
