@@ -467,14 +467,22 @@ def _native_ew(un: torch.Tensor, vn: torch.Tensor):
     return _native(un, portable_is_slow=True)
 
 
+def _ptr(t: torch.Tensor | None):
+    """``t``'s data pointer for a native call, or ``None`` (a null pointer) for no tensor."""
+    return t.data_ptr() if t is not None else None
+
+
+def _held(t: torch.Tensor | None):
+    """``t`` contiguous (a copy held by the caller until the native call returns), or ``None``."""
+    return t.contiguous() if t is not None else None
+
+
 def _nat_powers(lib, x, a, kind: str):
     """:func:`_ew_powers` in one native pass."""
     p = torch.empty_like(x)
     lx, pl = (torch.empty_like(x), torch.empty_like(x)) if kind == "smorph" else (None, None)
     lib.smooth_powers_f32(
-        x.data_ptr(), x.numel(), a, p.data_ptr(),
-        lx.data_ptr() if lx is not None else None, pl.data_ptr() if pl is not None else None,
-        torch.get_num_threads(),
+        x.data_ptr(), x.numel(), a, p.data_ptr(), _ptr(lx), _ptr(pl), torch.get_num_threads()
     )  # fmt: skip
     return p, lx, pl
 
@@ -494,12 +502,10 @@ def _nat_finish(lib, den, num, scale, a, kind: str):
         den = den.contiguous()
     b, o, s, dstride = _geometry(den)
     out = torch.empty(den.shape, dtype=den.dtype)
-    num = num.contiguous() if num is not None else None
-    scale = scale.contiguous()  # held: the kernel reads it after data_ptr() returns
+    num, scale = _held(num), _held(scale)
     lib.smooth_finish_f32(
-        den.data_ptr(), num.data_ptr() if num is not None else None,
-        scale.data_ptr(), b, o, s, dstride, a, _KIND_CODE[kind], out.data_ptr(),
-        torch.get_num_threads(),
+        den.data_ptr(), _ptr(num), scale.data_ptr(), b, o, s, dstride, a, _KIND_CODE[kind],
+        out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return out, den
 
@@ -519,13 +525,11 @@ def _nat_grad_out(lib, g, out, den, num, scale, a, kind: str, lse_alpha: bool):
         gden = torch.empty(den.shape, dtype=den.dtype)
         gnum = torch.empty_like(gden) if kind == "lmorph" else None
         ostride = o * s
-    num = num.contiguous() if num is not None else None
-    scale = scale.contiguous()
+    num, scale = _held(num), _held(scale)
     ga = lib.smooth_grad_out_f32(
-        g.data_ptr(), out.data_ptr(), den.data_ptr(), num.data_ptr() if num is not None else None,
-        scale.data_ptr(), b, o, s, dstride, ostride, a, _DEN_MIN_F32, _KIND_CODE[kind],
-        int(lse_alpha), gden.data_ptr(), gnum.data_ptr() if gnum is not None else None,
-        torch.get_num_threads(),
+        g.data_ptr(), out.data_ptr(), den.data_ptr(), _ptr(num), scale.data_ptr(), b, o, s,
+        dstride, ostride, a, _DEN_MIN_F32, _KIND_CODE[kind], int(lse_alpha), gden.data_ptr(),
+        _ptr(gnum), torch.get_num_threads(),
     )  # fmt: skip
     return gden, gnum, gcat, ga
 
@@ -534,12 +538,10 @@ def _nat_through(lib, x, p, lx, gp, g2, a, kind: str, need_x: bool, need_a: bool
     """:func:`_ew_through` and :func:`_ew_by_alpha` in one native pass: ``x``'s gradient (or
     ``None``) and alpha's (a float)."""
     gx = torch.empty_like(x) if need_x else None
-    gp, g2 = gp.contiguous(), g2.contiguous() if g2 is not None else None
+    gp, g2 = _held(gp), _held(g2)
     ga = lib.smooth_through_f32(
-        x.data_ptr(), p.data_ptr(), lx.data_ptr() if lx is not None else None,
-        gp.data_ptr(), g2.data_ptr() if g2 is not None else None, x.numel(), a,
-        _KIND_CODE[kind], int(need_a), gx.data_ptr() if gx is not None else None,
-        torch.get_num_threads(),
+        x.data_ptr(), p.data_ptr(), _ptr(lx), gp.data_ptr(), _ptr(g2), x.numel(), a,
+        _KIND_CODE[kind], int(need_a), _ptr(gx), torch.get_num_threads(),
     )  # fmt: skip
     return gx, ga
 

@@ -21,9 +21,9 @@
 // and log are Cephes's single-precision polynomials (within 2 ulp of the C library's), so the
 // passes vectorise without a vector maths library. They split their work over up to nt threads
 // (the caller passes PyTorch's intra-op thread count).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <thread>
 #include <type_traits>
@@ -201,7 +201,6 @@ void conv_wgrad(const T *x, const T *g, T *gw, int64_t B, int64_t H, int64_t W, 
         wblock<T, decltype(nr)::value>(x, g, gw, H, W, C, k, Op, b, i, j, o0, Ho, Wo);
     });
 }
-
 
 // -- the smooth branches' elementwise passes (float32) ------------------------------------------
 typedef Vec<float>::v VF;
