@@ -144,12 +144,13 @@ class LeNet(SwitchableNet):
             h = self.run_layer(i, h)
         return h
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's output (post-ReLU; logits last)."""
+    def features(self, x: torch.Tensor, *, pre: bool = False) -> list[torch.Tensor]:
+        """Every layer's output (post-ReLU, or before the ReLU with ``pre``; logits last)."""
         outs = []
         for i in range(len(self.layers)):
-            x = self.run_layer(i, x)
-            outs.append(x)
+            y = self.run_layer(i, x, pre=True)
+            x = y if i == len(self.layers) - 1 else F.relu(y)
+            outs.append(y if pre else x)
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -529,6 +529,36 @@ def test_kd_step_on_a_converted_layer_lowers_the_loss(op):
     assert torch.isfinite(torch.tensor(last)) and last < first
 
 
+def test_kd_pre_layers_reach_a_channel_the_relu_silences():
+    """``--kd-layers pre``: a convolution channel below zero on every input (as the
+    all-at-once conversion left conv5's) gets a gradient from section 4.1's loss; compared
+    after the ReLU (``post``) it gets none. The logits are the same either way."""
+    import copy
+
+    from model.train import TrainConfig, kd_loss_fn
+
+    torch.manual_seed(0)
+    teacher = create_net("lenet").eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.layers[2].bias[0] = -1e3  # channel 0 of conv3: never above zero
+    x = torch.rand(16, 1, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    post, pre = student.features(x), student.features(x, pre=True)
+    assert torch.equal(post[-1], pre[-1]) and torch.equal(post[2], pre[2].relu())
+    assert bool((pre[2][:, 0] < 0).all())
+    grads = {}
+    for where in ("post", "pre"):
+        cfg = TrainConfig(method="kd", kd_norm=True, kd_temp=4.0, kd_layers=where)
+        student.zero_grad()
+        kd_loss_fn(cfg, teacher)(student, x, y, None).backward()
+        grads[where] = student.layers[2].weight.grad[0].abs().sum()
+    assert float(grads["post"]) == 0.0
+    assert float(grads["pre"]) > 0.0
+    with pytest.raises(ValueError, match="kd_layers"):
+        TrainConfig(method="kd", kd_layers="mid")
+
+
 def test_direct_and_kd_keep_the_classifier_classical(tmp_path: Path, mnist_dir, capsys):
     """``--keep 5`` (the authors' protocol) leaves the classifier classical in every method."""
     from model.train import main

@@ -158,6 +158,12 @@ AUTHORS_KEEP = "5"
 AUTHORS_KD = ["--kd-norm", "--kd-temp", "4"]
 
 
+# section 4.1's KD compares each layer before its ReLU, as the authors' KD_train.py does: after
+# the ReLU, a channel that the all-at-once conversion leaves below zero gets no gradient, and
+# conv5 was left with 1 live channel of 16 (issue 23, docs/tables.md)
+AUTHORS_KD_LAYERS = ["--kd-layers", "pre"]
+
+
 # the refit at a conversion: a layer where most channels have no positive least-squares gain is
 # kept at the target's spread instead of flattened (issue 23: the floor rule collapsed MAX /
 # layer-wise KD at conv5 and flattened conv2 and conv5 at the all-at-once conversions)
@@ -187,6 +193,8 @@ def _authors_argv(op: str, col: str, sch: dict, form: str) -> list[str]:
     argv = ["--keep", AUTHORS_KEEP, *AUTHORS_REFIT]
     learn = ["--alpha", "1", "--learn-alpha"]  # no annealing: evaluated at the learned alpha
     kd = AUTHORS_KD if col in ("kd", "lwkd") else []
+    if col == "kd":
+        kd = kd + AUTHORS_KD_LAYERS
     if op == "lse-max":
         # stage 1's alpha annealed to 64, not learned: a learned alpha falls to its floor 1,
         # where LSE is the sum (the classical neuron), and the switch to the hard max then

@@ -13,6 +13,7 @@ import torch
 
 from .config import (
     DIRECT_INITS,
+    KD_LAYERS,
     METHODS,
     REFIT_GAINS,
     REFIT_TARGETS,
@@ -153,6 +154,13 @@ def _loss_and_data_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "--kd-norm",
         action="store_true",
         help="kd, lwkd: divide each layer's feature MSE by the teacher layer's variance",
+    )
+    p.add_argument(
+        "--kd-layers",
+        choices=KD_LAYERS,
+        default=d.kd_layers,
+        help="kd: compare each layer with the teacher's after its ReLU (post) or before it "
+        "(pre: a channel the ReLU silences still gets a gradient)",
     )
     p.add_argument(
         "--ema", type=float, default=d.ema, help="keep an EMA of the weights (decay, e.g. 0.999)"

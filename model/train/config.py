@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CORR_MIN", "DIRECT_INITS", "METHODS", "REFIT_TARGETS", "STAGE2_LOSSES",
+__all__ = ["CORR_MIN", "DIRECT_INITS", "KD_LAYERS", "METHODS", "REFIT_TARGETS", "STAGE2_LOSSES",
            "SWITCH_REFITS", "BaseConfig", "TrainConfig"]
 
 
@@ -13,6 +13,7 @@ SWITCH_REFITS = ("none", "teacher")  # TrainConfig.switch_refit
 DIRECT_INITS = ("plain", "spread")  # TrainConfig.direct_init
 STAGE2_LOSSES = ("kd", "logits")  # TrainConfig.stage2_loss
 REFIT_TARGETS = ("teacher", "self")  # TrainConfig.refit_target
+KD_LAYERS = ("post", "pre")  # TrainConfig.kd_layers
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
 
 
@@ -127,6 +128,9 @@ class TrainConfig(BaseConfig):
     grad_alpha: float = 0.0  # > 0: hard-max layers train with the LSE's backward at this alpha
     corr_channels: bool = False  # bm15: one power-of-two correction per output channel
     kd_norm: bool = False  # kd, lwkd: each layer's MSE divided by the teacher layer's variance
+    # section 4.1's layer terms (kd, and the kd stages of two_stage): each layer's output after
+    # its ReLU ("post") or before it ("pre", as the authors' KD_train.py compares them)
+    kd_layers: str = "post"
     ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
     extra: dict = field(default_factory=dict)
 
@@ -138,7 +142,8 @@ class TrainConfig(BaseConfig):
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         self.check_switch_refit()
         self.check_choices(refit_gain=REFIT_GAINS, refit_target=REFIT_TARGETS,
-                           stage2_loss=STAGE2_LOSSES, direct_init=DIRECT_INITS)
+                           stage2_loss=STAGE2_LOSSES, direct_init=DIRECT_INITS,
+                           kd_layers=KD_LAYERS)
         if self.direct_init != "plain" and self.form != "bm4":
             raise ValueError(f"direct_init {self.direct_init!r} is for --form bm4 (a 1.5-BM layer "
                              "is not homogeneous in its weights)")

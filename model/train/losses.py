@@ -76,12 +76,14 @@ def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
     ``beta = cfg.beta`` and ``w = cfg.ce_weight``. ``cfg.kd_norm`` divides each layer's MSE by
     the teacher layer's variance (:func:`feature_mse`); ``cfg.kd_temp`` > 0 makes the soft term
     a distillation at that temperature (:func:`soft_ce`). The logits' MSE compares them up to a
-    shift common to all classes (:func:`centred`)."""
+    shift common to all classes (:func:`centred`). ``cfg.kd_layers == "pre"`` compares the
+    layers before their ReLU, so that a channel the ReLU silences on a batch still learns."""
+    pre = cfg.kd_layers == "pre"
 
     def f(net, xb, yb, idx):
         with torch.no_grad():
-            tf = teacher.features(xb)
-        sf = net.features(xb)
+            tf = teacher.features(xb, pre=pre)
+        sf = net.features(xb, pre=pre)
         mse = 0.0
         if layers:
             mse = sum(feature_mse(s, t, cfg.kd_norm) for s, t in zip(sf[:-1], tf[:-1], strict=True))
