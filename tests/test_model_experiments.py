@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -40,9 +42,9 @@ def test_table3_two_stage_cells_refit_the_switch_as_they_were_run():
 def test_authors_protocol_cells(table):
     """Authors: the classifier kept classical, alpha learned from 1 (no annealing) except in
     the LSE-MAX cells (annealed to 64, the switch keeping the weights), the KD losses
-    normalised with a temperature (the KD cells' layers before the ReLU), Table 1's direct cells at the classical init's spread,
-    own run folders; all-BM: none of that, and its LSE-MAX
-    cells refit the switch to the teacher as they were run."""
+    normalised with a temperature (the KD cells' layers before the ReLU), Table 1's direct
+    cells at the classical init's spread, own run folders; all-BM: none of that, and its
+    LSE-MAX cells refit the switch to the teacher as they were run."""
     authors = cells(table, "reduced", Path("runs"), [], "authors")
     allbm = cells(table, "reduced", Path("runs"), [], "allbm")
     assert authors[0]["out"] == allbm[0]["out"] == Path("runs") / table / "classical"
@@ -138,7 +140,10 @@ def test_table2_two_cells_in_parallel(tmp_path: Path, mnist_dir):
         "accuracy": 0.5, "wall_s": 3700.0,
         "segments": [{"device": "cpu", "wall_s": 3600.0}, {"device": "cuda", "wall_s": 100.0}],
     }))
-    (done / "config.json").write_text(json.dumps({"device": "cuda"}))
+    from model.train.cli import parse_args
+
+    argv = shlex.split(by[("1.5-BM MAX", "kd", "allbm")]["command"])[3:]
+    (done / "config.json").write_text(json.dumps({**asdict(parse_args(argv)), "device": "cuda"}))
     by = _by(main(["table2", "--collect", *common]))
     assert by[("1.5-BM MAX", "kd", "allbm")]["device"] == "cpu + cuda"
     assert by[("1.5-BM MAX", "kd", "allbm")]["wall_s_by_device"] == {"cpu": 3600.0, "cuda": 100.0}
@@ -171,6 +176,45 @@ def test_missing_teacher_is_one_line(tmp_path):
         main(["table2", "--collect", "--readme", str(tmp_path / "none.md"), "--runs-dir",
               str(tmp_path), "--results-dir", str(tmp_path / "res")])
     assert not (tmp_path / "res").exists()  # nothing written before the check
+
+
+def test_a_cell_trained_under_an_older_recipe_is_marked_stale(tmp_path: Path):
+    """A finished cell whose recorded configuration (config.json, else the log's start line)
+    differs from its command's now is stale: the runner names it, the table marks it and
+    lists what differs. Options added later compare as what runs did before them."""
+    from model.experiments import recipe_drift, write_results
+    from model.train.cli import parse_args
+
+    runs = tmp_path / "runs"
+    t1 = {c["out"].name: c for c in cells("table1", "reduced", runs, [], "authors")}
+    c = t1["max_kd"]
+    assert recipe_drift(c) == {}  # not trained
+    c["out"].mkdir(parents=True)
+    (c["out"] / "result.json").write_text(json.dumps({"accuracy": 0.9}))
+    rec = asdict(parse_args(c["argv"]))
+    (c["out"] / "config.json").write_text(json.dumps(rec))
+    assert recipe_drift(c) == {}
+    (c["out"] / "config.json").write_text(json.dumps({**rec, "kd_layers": "post"}))
+    assert recipe_drift(c) == {"kd_layers": ["post", "pre"]}
+    # no config.json: the log's start line; a run from before --kd-layers compared after the ReLU
+    (c["out"] / "config.json").unlink()
+    old = {k: v for k, v in rec.items() if k != "kd_layers"}
+    (c["out"] / "train.log").write_text(f"[10:00:00 +  0s] kd: {json.dumps(old)}\nepoch 1\n")
+    assert recipe_drift(c) == {"kd_layers": ["post", "pre"]}
+    # the all-BM LSE-MAX cells were trained before --switch-refit, which then refitted
+    t2 = {c["out"].name: c for c in cells("table2", "reduced", runs, [], "allbm")}
+    c2 = t2["lse-max_kd"]
+    c2["out"].mkdir(parents=True)
+    (c2["out"] / "result.json").write_text(json.dumps({"accuracy": 0.9}))
+    rec2 = {k: v for k, v in asdict(parse_args(c2["argv"])).items() if k != "switch_refit"}
+    (c2["out"] / "config.json").write_text(json.dumps(rec2))
+    assert recipe_drift(c2) == {}
+    entry = {"row": "4-BM (hard max)", "method": "kd", "protocol": "authors", "accuracy": 0.9,
+             "paper": 0.9893, "schedule": "paper", "stale": recipe_drift(c)}
+    write_results("table1", [entry], tmp_path / "res")
+    md = (tmp_path / "res" / "table1.md").read_text()
+    assert "0.9000 (stale) / - / 0.9893" in md
+    assert "- 4-BM (hard max) / kd (authors): trained with `kd_layers` 'post', now 'pre'." in md
 
 
 def test_diagnostics_list_the_authors_cells_that_miss_the_goal(tmp_path: Path):

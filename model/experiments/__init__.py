@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from .cells import (
     AUTHORS_KD,
+    AUTHORS_KD_LAYERS,
     AUTHORS_KEEP,
     AUTHORS_REFIT,
     CLASSICAL_PAPER,
@@ -37,7 +38,14 @@ from .cells import (
 )
 from .cli import main, parse_args
 from .results import loss_curves, write_readme_table, write_results
-from .runner import run_cells, swap_to_max, swap_to_max_cifar, timing_path
+from .runner import (
+    recipe_drift,
+    recorded_config,
+    run_cells,
+    swap_to_max,
+    swap_to_max_cifar,
+    timing_path,
+)
 
 __all__ = [
     "TABLES",
@@ -49,6 +57,7 @@ __all__ = [
     "PROTOCOLS",
     "AUTHORS_KEEP",
     "AUTHORS_KD",
+    "AUTHORS_KD_LAYERS",
     "AUTHORS_REFIT",
     "LSE_MAX_ANNEAL",
     "cell_dir",
@@ -56,6 +65,8 @@ __all__ = [
     "swap_to_max",
     "swap_to_max_cifar",
     "run_cells",
+    "recipe_drift",
+    "recorded_config",
     "timing_path",
     "loss_curves",
     "write_results",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cells import PROTOCOLS, SCHEDULES, SCHEDULES_T3, TABLES, cells, cells_table3
 from .results import loss_curves, write_readme_table, write_results
-from .runner import run_cells, timing_path
+from .runner import recipe_drift, run_cells, timing_path
 
 __all__ = ["parse_args", "main"]
 
@@ -143,6 +143,8 @@ def main(argv=None) -> list[dict]:
         if len(seg_time) > 1:  # resumed on another device: say where each part ran
             entry["device"] = " + ".join(seg_time)
             entry["wall_s_by_device"] = {d: round(t, 1) for d, t in seg_time.items()}
+        if drift := recipe_drift(c):
+            entry["stale"] = drift
         if not res and (out / "ckpt.pt").exists():  # started: rerunning the command resumes it
             entry["status"] = "unfinished (checkpoint)"
         log = out / "train.log"

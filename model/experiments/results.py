@@ -82,7 +82,7 @@ def write_results(table: str, entries: list[dict], results: Path,
                 else e.get("device") or "cpu"
             )
             took = f" ({part}{_duration(e['wall_s'])}{': ' if split else ', '}{where})"
-        return f"{a:.4f}{took}"
+        return f"{a:.4f}{took}{' (stale)' if e.get('stale') else ''}"
 
     def fmt(e):
         return "-" if e is None else f"{ours(e)} / {e['paper']:.4f}"
@@ -115,6 +115,7 @@ def write_results(table: str, entries: list[dict], results: Path,
         lines.append(f"| {row} | " + " | ".join(cells_) + " |")
     if protocols:
         lines += _diagnostics(entries, cls)
+    lines += _stale(entries)
     total = sum(e.get("wall_s") or 0 for e in entries)
     devices = sorted(
         {d for e in entries if e.get("device") for d in e.get("wall_s_by_device") or [e["device"]]}
@@ -141,6 +142,22 @@ def write_results(table: str, entries: list[dict], results: Path,
             lines.append(f"{name[0].upper()}{name[1:]} cells have not been trained in one run "
                          "yet (a run from empty run folders records its wall time).")
     (results / f"{table}.md").write_text("\n".join(lines) + "\n")
+
+
+def _stale(entries: list[dict]) -> list[str]:
+    """The cells marked "(stale)": trained under an older recipe than their command's now."""
+    stale = [e for e in entries if e.get("stale")]
+    if not stale:
+        return []
+    lines = ["", "## Stale cells", "",
+             "Trained under an older recipe than the command in the JSON: their figures are "
+             "not the recipe's. Move a cell's run folder away and run the table to retrain it.",
+             ""]
+    for e in stale:
+        what = ", ".join(f"`{k}` {a!r}, now {b!r}" for k, (a, b) in e["stale"].items())
+        prot = f" ({e['protocol']})" if e.get("protocol") else ""
+        lines.append(f"- {e['row']} / {e['method']}{prot}: trained with {what}.")
+    return lines
 
 
 CHANCE = 0.5  # a paper figure below this is at chance (direct training of a hard max, ...)

@@ -4,12 +4,59 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["swap_to_max", "swap_to_max_cifar", "run_cells", "timing_extras", "timing_path"]
+__all__ = ["swap_to_max", "swap_to_max_cifar", "run_cells", "timing_extras", "timing_path",
+           "recipe_drift", "recorded_config"]
+
+
+# what a cell's run does not depend on: where it is written and read from, and how it ran
+_RUN_ONLY = {"out", "data_dir", "threads", "progress", "device", "budget_s", "teacher", "extra"}
+# options added after some cells were trained, with the method whose runs did otherwise before
+# the option existed, and what they did (two_stage refitted the LSE -> max switch to the teacher)
+_BEFORE_OPTION = {"switch_refit": ("two_stage", "teacher")}
+
+
+def recorded_config(out: Path) -> dict | None:
+    """A run's configuration: its ``config.json``, else the last one its ``train.log`` printed
+    at a start (``[time] method: {...}``; some cells' folders kept only the log)."""
+    if (out / "config.json").exists():
+        return json.loads((out / "config.json").read_text())
+    log = out / "train.log"
+    starts = re.findall(r"^\[[^]]*\] \w+: (\{.*\})$", log.read_text(), re.M) if log.exists() else []
+    return json.loads(starts[-1]) if starts else None
+
+
+def recipe_drift(c: dict) -> dict[str, list]:
+    """The training options in which a finished ``model.train`` cell's recorded
+    ``config.json`` differs from the cell's command now, as ``{option: [trained, now]}``: a
+    non-empty answer means the cell was trained under an older recipe and must be rerun to
+    count. Empty for cells without a result or with nothing to compare (swaps, a given
+    teacher, Table 3)."""
+    from dataclasses import asdict
+
+    from ..train.cli import parse_args
+    from ..train.config import TrainConfig
+
+    if (c.get("module", "model.train") != "model.train" or c.get("swap_from") or c.get("given")
+            or not (c["out"] / "result.json").exists()):
+        return {}
+    had = recorded_config(c["out"])
+    if had is None:
+        return {}
+    now = json.loads(json.dumps(asdict(parse_args(c["argv"]))))  # tuples as lists, as recorded
+    default = json.loads(json.dumps(asdict(TrainConfig())))
+    drift = {}
+    for k, v in now.items():
+        method, before = _BEFORE_OPTION.get(k, (None, None))
+        old = had.get(k, before if had.get("method") == method else default.get(k))
+        if k not in _RUN_ONLY and old != v:
+            drift[k] = [old, v]
+    return drift
 
 
 def swap_to_max(src: Path, dst: Path, data_dir: str | None) -> dict:
@@ -136,6 +183,11 @@ def run_cells(table: str, todo: list[dict], only: set | None, args) -> None:
         if rc:
             failed.append(c["out"].name)
 
+    for c in todo:
+        if drift := recipe_drift(c):
+            print(f"[{table}] {c['out'].name}: trained under an older recipe ("
+                  + ", ".join(f"{k} {a!r}, now {b!r}" for k, (a, b) in drift.items())
+                  + f"); move {c['out']} away to rerun it", flush=True)
     queue = list(pending)
     running: list = []
     while queue or running:
