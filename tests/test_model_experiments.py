@@ -180,8 +180,8 @@ def test_missing_teacher_is_one_line(tmp_path):
 
 def test_a_cell_trained_under_an_older_recipe_is_marked_stale(tmp_path: Path):
     """A finished cell whose recorded configuration (config.json, else the log's start line)
-    differs from its command's now is stale: the runner names it, the table marks it and
-    lists what differs. Options added later compare as what runs did before them."""
+    differs from its command's now is stale: the table marks it and lists what differs.
+    Options added later compare as what runs did before them."""
     from model.experiments import recipe_drift, write_results
     from model.train.cli import parse_args
 
