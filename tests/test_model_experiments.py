@@ -209,6 +209,17 @@ def test_a_cell_trained_under_an_older_recipe_is_marked_stale(tmp_path: Path):
     rec2 = {k: v for k, v in asdict(parse_args(c2["argv"])).items() if k != "switch_refit"}
     (c2["out"] / "config.json").write_text(json.dumps(rec2))
     assert recipe_drift(c2) == {}
+    # direct training reads no refit option: one recorded before --refit-gain is not stale
+    c3 = next(c for c in cells("table2", "reduced", runs, [], "authors")
+              if c["out"].name == "lse_direct")
+    assert c3["argv"][c3["argv"].index("--refit-gain") + 1] == "auto"
+    c3["out"].mkdir(parents=True)
+    (c3["out"] / "result.json").write_text(json.dumps({"accuracy": 0.9}))
+    rec3 = {k: v for k, v in asdict(parse_args(c3["argv"])).items() if k != "refit_gain"}
+    (c3["out"] / "config.json").write_text(json.dumps(rec3))
+    assert recipe_drift(c3) == {}
+    (c3["out"] / "config.json").write_text(json.dumps({**rec3, "lr": 0.5}))
+    assert recipe_drift(c3) == {"lr": [0.5, 0.001]}
     entry = {"row": "4-BM (hard max)", "method": "kd", "protocol": "authors", "accuracy": 0.9,
              "paper": 0.9893, "schedule": "paper", "stale": recipe_drift(c)}
     write_results("table1", [entry], tmp_path / "res")

@@ -19,6 +19,8 @@ _RUN_ONLY = {"out", "data_dir", "threads", "progress", "device", "budget_s", "te
 # options added after some cells were trained, with the method whose runs did otherwise before
 # the option existed, and what they did (two_stage refitted the LSE -> max switch to the teacher)
 _BEFORE_OPTION = {"switch_refit": ("two_stage", "teacher")}
+# options a method does not read (direct training has no teacher, so nothing to refit to)
+_UNREAD = {"direct": {"refit", "refit_gain", "refit_images", "refit_target"}}
 
 
 def recorded_config(out: Path) -> dict | None:
@@ -50,11 +52,11 @@ def recipe_drift(c: dict) -> dict[str, list]:
         return {}
     now = json.loads(json.dumps(asdict(parse_args(c["argv"]))))  # tuples as lists, as recorded
     default = json.loads(json.dumps(asdict(TrainConfig())))
-    drift = {}
+    drift, method_now = {}, now["method"]
     for k, v in now.items():
         method, before = _BEFORE_OPTION.get(k, (None, None))
         old = had.get(k, before if had.get("method") == method else default.get(k))
-        if k not in _RUN_ONLY and old != v:
+        if k not in _RUN_ONLY | _UNREAD.get(method_now, set()) and old != v:
             drift[k] = [old, v]
     return drift
 
