@@ -1,8 +1,10 @@
 """Are Table 1's KD students' conv5 features, or their classifiers, what they lack? A fresh
 linear classifier (Adam, 30 epochs, batch 256) on each student's conv5 output (10,000 training
 images), tested on the full test set, against the student's own classifier:
-    python runs/table1/diag/kd/head_probe.py [cell|model.pt ...]
-(default: max_kd smorph_kd and the teacher)"""
+    python runs/table1/diag/kd/head_probe.py [cell|folder/cell|model.pt ...]
+(default: the layers-after-the-ReLU students kd_post/max_kd kd_post/smorph_kd, and the teacher;
+a bare cell name is the authors' cell: head_probe.log and head_probe_lmorph.log are the
+kd_post students, head_probe_pre.log the cells trained with --kd-layers pre)"""
 import sys
 
 import numpy as np
@@ -22,8 +24,10 @@ def images(x):
 
 Xtr, Ytr = images(xtr[:10000]), torch.from_numpy(np.asarray(ytr[:10000], dtype=np.int64))
 Xte, Yte = images(xte), torch.from_numpy(np.asarray(yte, dtype=np.int64))
-for cell in sys.argv[1:] or ["max_kd", "smorph_kd", "runs/recipe_long/teacher/model.pt"]:
-    path = cell if cell.endswith(".pt") else f"runs/table1/authors/{cell}/model.pt"
+for cell in sys.argv[1:] or ["kd_post/max_kd", "kd_post/smorph_kd",
+                             "runs/recipe_long/teacher/model.pt"]:
+    where = cell if "/" in cell else f"authors/{cell}"
+    path = cell if cell.endswith(".pt") else f"runs/table1/{where}/model.pt"
     net = load_model(path, "cpu").eval()
     k = len(net.forms) - 1
     with torch.no_grad():

@@ -1,5 +1,7 @@
 """Where Table 1's KD students part from the teacher, layer by layer (2,000 test images):
-    python runs/table1/diag/kd/layer_gap.py [cell ...]   (default: max_kd smorph_kd)
+    python runs/table1/diag/kd/layer_gap.py [cell|folder/cell ...]
+(default: kd_post/max_kd kd_post/smorph_kd, the students of layer_gap.log; a bare cell name is
+the authors' cell)
 For each converted layer: the student's pre-activation on its own path against the teacher's
 (relative MSE: mse / the teacher's variance; correlation), and the test accuracy of the hybrid
 that runs the student up to and including that layer and the teacher after it."""
@@ -16,8 +18,9 @@ _, _, xte, yte = load_mnist("../shared/data/mnist")
 X = torch.from_numpy(np.ascontiguousarray(xte[:2000])).float().div_(256).unsqueeze(1)
 Y = torch.from_numpy(np.asarray(yte[:2000], dtype=np.int64))
 teacher = load_model("runs/recipe_long/teacher/model.pt", "cpu").eval()
-for cell in sys.argv[1:] or ["max_kd", "smorph_kd"]:
-    net = load_model(f"runs/table1/authors/{cell}/model.pt", "cpu").eval()
+for cell in sys.argv[1:] or ["kd_post/max_kd", "kd_post/smorph_kd"]:
+    where = cell if "/" in cell else f"authors/{cell}"
+    net = load_model(f"runs/table1/{where}/model.pt", "cpu").eval()
     with torch.no_grad():
         acc = float((net(X).argmax(1) == Y).float().mean())
         print(f"{cell}: forms {net.forms}, student {acc:.4f}, teacher "
