@@ -559,6 +559,22 @@ def test_kd_pre_layers_reach_a_channel_the_relu_silences():
         TrainConfig(method="kd", kd_layers="mid")
 
 
+def test_partial_kd_skips_where_both_are_silenced():
+    """``--kd-layers partial``: no loss and no gradient where the student is at or below a
+    teacher value that is at or below zero; elsewhere the MSE before the ReLU."""
+    from model.train.losses import partial_pre
+
+    t = torch.tensor([-1.0, -1.0, -1.0, 0.5, 0.5, 0.0])
+    s = torch.tensor([-3.0, -1.0, -0.2, -2.0, 1.0, 0.0], requires_grad=True)
+    p = partial_pre(s, t)
+    ((p - t) ** 2).sum().backward()
+    # both silenced (student below or at the teacher's non-positive value): skipped
+    assert p[:2].tolist() == [-1.0, -1.0] and s.grad[:2].tolist() == [0.0, 0.0]
+    # the student above a negative teacher value, or below a positive one: compared
+    assert s.grad[2:5].tolist() == pytest.approx([1.6, -5.0, 1.0])
+    assert s.grad[5] == 0.0  # equal
+
+
 def test_direct_and_kd_keep_the_classifier_classical(tmp_path: Path, mnist_dir, capsys):
     """``--keep 5`` (the authors' protocol) leaves the classifier classical in every method."""
     from model.train import main

@@ -160,7 +160,8 @@ def _loss_and_data_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         choices=KD_LAYERS,
         default=d.kd_layers,
         help="kd: compare each layer with the teacher's after its ReLU (post) or before it "
-        "(pre: a channel the ReLU silences still gets a gradient)",
+        "(pre: a channel the ReLU silences still gets a gradient; partial: before it, but not "
+        "where the student is at or below a teacher value <= 0)",
     )
     p.add_argument(
         "--ema", type=float, default=d.ema, help="keep an EMA of the weights (decay, e.g. 0.999)"

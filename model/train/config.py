@@ -13,7 +13,7 @@ SWITCH_REFITS = ("none", "teacher")  # TrainConfig.switch_refit
 DIRECT_INITS = ("plain", "spread")  # TrainConfig.direct_init
 STAGE2_LOSSES = ("kd", "logits")  # TrainConfig.stage2_loss
 REFIT_TARGETS = ("teacher", "self")  # TrainConfig.refit_target
-KD_LAYERS = ("post", "pre")  # TrainConfig.kd_layers
+KD_LAYERS = ("post", "pre", "partial")  # TrainConfig.kd_layers
 CORR_MIN = 2.0**-10  # smallest corr_x the refit chooses
 
 
@@ -129,7 +129,8 @@ class TrainConfig(BaseConfig):
     corr_channels: bool = False  # bm15: one power-of-two correction per output channel
     kd_norm: bool = False  # kd, lwkd: each layer's MSE divided by the teacher layer's variance
     # section 4.1's layer terms (kd, and the kd stages of two_stage): each layer's output after
-    # its ReLU ("post") or before it ("pre", as the authors' KD_train.py compares them)
+    # its ReLU ("post") or before it ("pre", as the authors' KD_train.py compares them;
+    # "partial": before it, skipping where student and teacher are both at or below zero)
     kd_layers: str = "post"
     ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
     extra: dict = field(default_factory=dict)

@@ -9,7 +9,7 @@ from ..nets import LeNet
 from .config import TrainConfig
 
 __all__ = ["ce_loss", "ce_loss_fn", "logit_kd_loss_fn", "centred", "feature_mse", "soft_ce",
-           "kd_loss_fn"]
+           "kd_loss_fn", "partial_pre"]
 
 
 def ce_loss(net, xb, yb, idx):
@@ -61,6 +61,15 @@ def feature_mse(s: torch.Tensor, t: torch.Tensor, norm: bool) -> torch.Tensor:
     return mse / t.detach().var().clamp(min=1e-8) if norm else mse
 
 
+def partial_pre(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The student's pre-activations ``s`` with each element at or below a teacher value ``t``
+    that is at or below zero replaced by ``t`` (no loss, no gradient there): the partial L2 of
+    Heo et al., "A Comprehensive Overhaul of Feature Distillation" (ICCV 2019), at margin 0.
+    Both are silenced by the ReLU there; elsewhere, and where the teacher is positive and the
+    student is not, it is the MSE before the ReLU."""
+    return torch.where((s <= t) & (t <= 0), t, s)
+
+
 def soft_ce(s_logits: torch.Tensor, t_logits: torch.Tensor, temp: float) -> torch.Tensor:
     """The student against the teacher's soft labels: ``CE(y_s, softmax(y_t))`` at ``temp`` 0,
     else Hinton's ``T**2 * KL(softmax(y_t / T) || softmax(y_s / T))``."""
@@ -77,8 +86,11 @@ def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
     the teacher layer's variance (:func:`feature_mse`); ``cfg.kd_temp`` > 0 makes the soft term
     a distillation at that temperature (:func:`soft_ce`). The logits' MSE compares them up to a
     shift common to all classes (:func:`centred`). ``cfg.kd_layers == "pre"`` compares the
-    layers before their ReLU, so that a channel the ReLU silences on a batch still learns."""
-    pre = cfg.kd_layers == "pre"
+    layers before their ReLU, so that a channel the ReLU silences on a batch still learns;
+    ``"partial"`` too, but without the elements where the student is at or below a teacher
+    value that is itself at or below zero (both silenced: :func:`partial_pre`)."""
+    pre = cfg.kd_layers in ("pre", "partial")
+    part = cfg.kd_layers == "partial"
 
     def f(net, xb, yb, idx):
         with torch.no_grad():
@@ -86,7 +98,8 @@ def kd_loss_fn(cfg: TrainConfig, teacher: LeNet, layers: bool = True):
         sf = net.features(xb, pre=pre)
         mse = 0.0
         if layers:
-            mse = sum(feature_mse(s, t, cfg.kd_norm) for s, t in zip(sf[:-1], tf[:-1], strict=True))
+            mse = sum(feature_mse(partial_pre(s, t) if part else s, t, cfg.kd_norm)
+                      for s, t in zip(sf[:-1], tf[:-1], strict=True))
             mse = mse + feature_mse(centred(sf[-1]), centred(tf[-1]), cfg.kd_norm)
         soft = soft_ce(sf[-1], tf[-1], cfg.kd_temp)
         return cfg.beta * mse + cfg.ce_weight * (soft + F.cross_entropy(sf[-1], yb))
