@@ -3,7 +3,9 @@ KD (Liahimz/BM_Network, src/KD_train.py) compares each BM layer's output before 
 the same conversion and refit as the cell, train ``STEPS`` batches of section 4.1's loss with the
 layer terms after the ReLU (ours) or before it, and print conv5's live channels and the test
 accuracy on 2,000 images as they go:
-    python runs/table1/diag/kd/pre_probe.py CELL post|pre [STEPS]"""
+    python runs/table1/diag/kd/pre_probe.py CELL post|pre|partial [STEPS]
+(partial: before the ReLU, skipping where student and teacher are both at or below zero,
+model.train.losses.partial_pre; added after the post and pre logs were made)"""
 import copy
 import json
 import sys
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from model.train.config import TrainConfig
 from model.train.convert import convert_layer, converted, load_teacher, refit_layer
 from model.train.data import load_data
-from model.train.losses import centred, feature_mse, soft_ce
+from model.train.losses import centred, feature_mse, partial_pre, soft_ce
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -43,7 +45,7 @@ def pre_features(m, xb):
     return out
 
 
-feats = pre_features if where == "pre" else (lambda m, xb: m.features(xb))
+feats = pre_features if where in ("pre", "partial") else (lambda m, xb: m.features(xb))
 
 
 @torch.no_grad()
@@ -65,7 +67,8 @@ for s in range(steps):
     with torch.no_grad():
         tf = feats(teacher, xb)
     sf = feats(net, xb)
-    mse = sum(feature_mse(a, b, cfg.kd_norm) for a, b in zip(sf[:-1], tf[:-1], strict=True))
+    mse = sum(feature_mse(partial_pre(a, b) if where == "partial" else a, b, cfg.kd_norm)
+              for a, b in zip(sf[:-1], tf[:-1], strict=True))
     mse = mse + feature_mse(centred(sf[-1]), centred(tf[-1]), cfg.kd_norm)
     loss = cfg.beta * mse + cfg.ce_weight * (soft_ce(sf[-1], tf[-1], cfg.kd_temp)
                                              + F.cross_entropy(sf[-1], yb))
