@@ -1,0 +1,1 @@
+python -m model.train --out runs/table2/diag/kd_partial/max_kd --form bm15 --teacher runs/recipe_long/teacher/model.pt --keep 5 --refit-gain auto --method kd --op max --kd-norm --kd-temp 4 --epochs 5 --threads 1 --seed 0 --no-progress --data-dir ../shared/data/mnist --kd-layers partial
