@@ -36,9 +36,9 @@ def recorded_config(out: Path) -> dict | None:
 def recipe_drift(c: dict) -> dict[str, list]:
     """The training options in which a finished ``model.train`` cell's recorded
     configuration (:func:`recorded_config`) differs from the cell's command now, as
-    ``{option: [trained, now]}``: a non-empty answer means the cell was trained under an older recipe and must be rerun to
-    count. Empty for cells without a result or with nothing to compare (swaps, a given
-    teacher, Table 3)."""
+    ``{option: [trained, now]}``: a non-empty answer means the cell was trained under an
+    older recipe and must be rerun to count. Empty for cells without a result or with nothing
+    to compare (swaps, a given teacher, Table 3)."""
     from dataclasses import asdict
 
     from ..train.cli import parse_args
